@@ -1,0 +1,58 @@
+"""GPT-1 as published (Radford et al. 2018): the 117M model and its pretraining recipe.
+
+Every default here is the paper's value; the comments say where each comes from.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  config.model = ml_collections.ConfigDict(dict(
+      vocab_size=40478,  # 40,000 BPE merges + base symbols, as in the released model
+      n_ctx=512,
+      n_embd=768,
+      n_layer=12,
+      n_head=12,
+      d_ff=3072,
+      embd_pdrop=0.1,  # dropout on embeddings, attention, residual branches
+      attn_pdrop=0.1,
+      resid_pdrop=0.1,
+      layer_norm_epsilon=1e-5,
+      dtype='float32',  # compute dtype; 'bfloat16' on TPU / GPU
+      param_dtype='float32',
+      remat=False,
+  ))
+
+  config.optim = ml_collections.ConfigDict(dict(
+      learning_rate=2.5e-4,  # Adam, max lr 2.5e-4
+      schedule='cosine',  # linear warmup from 0, cosine annealing to 0
+      warmup_steps=2000,
+      warmup_fraction=0.002,  # used by the 'linear' (fine-tuning) schedule only
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.01,  # "modified L2": decoupled, weight matrices only
+      clip_norm=1.0,  # global-norm gradient clipping, as in the original release
+      grad_accum_steps=1,
+  ))
+
+  config.train = ml_collections.ConfigDict(dict(
+      batch_size=64,  # global batch: 64 random contiguous windows ...
+      seq_len=512,  # ... of 512 tokens
+      num_epochs=100.0,  # epochs over the corpus; sets num_steps when that is -1
+      num_steps=-1,  # optimizer updates; -1 derives it from num_epochs and the corpus size
+      seed=0,
+      log_every=100,
+      eval_every=2000,
+      eval_batches=20,
+  ))
+
+  # Device mesh: sizes of ('data', 'fsdp', 'tensor'); one may be -1 (the rest).
+  config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+
+  config.data = ml_collections.ConfigDict(dict(
+      text_file='',  # plain UTF-8 text to pretrain on (placeholder reader)
+  ))
+  return config

@@ -1,0 +1,201 @@
+"""The GPT-1 decoder (Radford et al. 2018) in Flax Linen.
+
+Read top to bottom: attention, MLP, the post-LN block, then the model. Every
+parameter carries logical axis names; `gpt_jax.sharding` maps them onto the
+device mesh. Parameter names follow Hugging Face's `OpenAIGPTModel` so weights
+move between the two without a renaming table.
+"""
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# GPT-1 initialises every weight from N(0, 0.02) and every bias to zero.
+_weight_init = nn.initializers.normal(stddev=0.02)
+_zeros = nn.initializers.zeros
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Sizes and numerics of the decoder. Defaults are the paper's 117M model."""
+
+  vocab_size: int = 40478
+  n_ctx: int = 512
+  n_embd: int = 768
+  n_layer: int = 12
+  n_head: int = 12
+  d_ff: int = 3072
+  embd_pdrop: float = 0.1
+  attn_pdrop: float = 0.1
+  resid_pdrop: float = 0.1
+  layer_norm_epsilon: float = 1e-5
+  dtype: str = 'float32'  # compute dtype of activations and matmuls
+  param_dtype: str = 'float32'
+  remat: bool = False  # recompute each block's activations in the backward pass
+
+  @property
+  def head_dim(self) -> int:
+    return self.n_embd // self.n_head
+
+  @classmethod
+  def from_config(cls, config) -> 'ModelConfig':
+    """Builds from an ml_collections ConfigDict (or any mapping) of the same fields."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = dict(config)
+    unknown = sorted(set(values) - fields)
+    if unknown:
+      raise ValueError(f'unknown model config field(s) {unknown}; known: {sorted(fields)}')
+    model_config = cls(**values)
+    if model_config.n_embd % model_config.n_head:
+      raise ValueError(f'model.n_embd={model_config.n_embd} is not divisible by '
+                       f'model.n_head={model_config.n_head}')
+    return model_config
+
+
+def _partitioned(init, names):
+  return nn.with_logical_partitioning(init, names)
+
+
+def _layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=config.layer_norm_epsilon,  # 1e-5 as in GPT-1; Flax's default is 1e-6
+      dtype=config.dtype, param_dtype=config.param_dtype,
+      scale_init=_partitioned(nn.initializers.ones, ('embed',)),
+      bias_init=_partitioned(_zeros, ('embed',)),
+      name=name)
+
+
+class Linear(nn.Module):
+  """y = x @ kernel + bias, contracting the trailing dims of x with the kernel's leading ones.
+
+  Our own instead of nn.DenseGeneral so a multi-dimensional kernel such as
+  (embed, 3, heads, head_dim) is created, and logically annotated, in its
+  final shape.
+  """
+
+  in_shape: tuple[int, ...]
+  out_shape: tuple[int, ...]
+  axis_names: tuple[str, ...]  # logical names of the kernel's dims: in_shape + out_shape
+  dtype: str = 'float32'
+  param_dtype: str = 'float32'
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', _partitioned(_weight_init, self.axis_names),
+                        self.in_shape + self.out_shape, self.param_dtype)
+    bias = self.param('bias', _partitioned(_zeros, self.axis_names[len(self.in_shape):]),
+                      self.out_shape, self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    contract = len(self.in_shape)
+    y = jax.lax.dot_general(
+        x, kernel, ((tuple(range(x.ndim - contract, x.ndim)), tuple(range(contract))), ((), ())))
+    return y + bias
+
+
+class CausalSelfAttention(nn.Module):
+  """Multi-head attention with a fused [q | k | v] projection and a causal mask."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    cfg = self.config
+    d, heads, head_dim = cfg.n_embd, cfg.n_head, cfg.head_dim
+    # One kernel for q, k and v, kept as (embed, 3, heads, head_dim) so tensor
+    # parallelism splits whole heads; flattened it is GPT-1's (768, 2304).
+    qkv = Linear((d,), (3, heads, head_dim), ('embed', 'qkv', 'heads', 'head_dim'),
+                 cfg.dtype, cfg.param_dtype, name='c_attn')(x)
+    qkv = nn.with_logical_constraint(
+        qkv, ('activation_batch', 'activation_length', None, 'activation_heads', None))
+    query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+    scores = jnp.einsum('bqhd,bkhd->bhqk', query, key) / math.sqrt(head_dim)
+    length = x.shape[1]
+    causal = jnp.tril(jnp.ones((length, length), dtype=bool))
+    scores = jnp.where(causal, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
+    probs = nn.Dropout(cfg.attn_pdrop)(probs, deterministic=deterministic)
+    out = jnp.einsum('bhqk,bkhd->bqhd', probs, value)
+
+    out = Linear((heads, head_dim), (d,), ('heads', 'head_dim', 'embed'),
+                 cfg.dtype, cfg.param_dtype, name='c_proj')(out)
+    return nn.Dropout(cfg.resid_pdrop)(out, deterministic=deterministic)
+
+
+class MLP(nn.Module):
+  """Position-wise feed-forward network with tanh-approximated GELU."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    cfg = self.config
+    h = Linear((cfg.n_embd,), (cfg.d_ff,), ('embed', 'mlp'),
+               cfg.dtype, cfg.param_dtype, name='c_fc')(x)
+    h = nn.with_logical_constraint(
+        h, ('activation_batch', 'activation_length', 'activation_mlp'))
+    h = nn.gelu(h, approximate=True)
+    h = Linear((cfg.d_ff,), (cfg.n_embd,), ('mlp', 'embed'),
+               cfg.dtype, cfg.param_dtype, name='c_proj')(h)
+    return nn.Dropout(cfg.resid_pdrop)(h, deterministic=deterministic)
+
+
+class Block(nn.Module):
+  """Post-LN Transformer block: n = LN(x + attn(x)); h = LN(n + mlp(n))."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    x = _layer_norm(self.config, 'ln_1')(
+        x + CausalSelfAttention(self.config, name='attn')(x, deterministic))
+    x = _layer_norm(self.config, 'ln_2')(
+        x + MLP(self.config, name='mlp')(x, deterministic))
+    return nn.with_logical_constraint(
+        x, ('activation_batch', 'activation_length', 'activation_embed'))
+
+
+class GPT(nn.Module):
+  """GPT-1: token + learned position embeddings, n_layer post-LN blocks, tied output.
+
+  There is no final LayerNorm: the last block already ends in one.
+  """
+
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    self.tokens_embed = nn.Embed(
+        cfg.vocab_size, cfg.n_embd, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        embedding_init=_partitioned(_weight_init, ('vocab', 'embed')))
+    self.positions_embed = nn.Embed(
+        cfg.n_ctx, cfg.n_embd, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        embedding_init=_partitioned(_weight_init, ('position', 'embed')))
+    self.drop = nn.Dropout(cfg.embd_pdrop)
+    # static_argnums counts `self`: argument 2 is `deterministic`.
+    block = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
+    self.h = [block(cfg, name=f'h_{i}') for i in range(cfg.n_layer)]
+
+  def hidden_states(self, tokens, deterministic: bool = True):
+    """Final hidden states (batch, length, n_embd) of the last block."""
+    length = tokens.shape[1]
+    if length > self.config.n_ctx:
+      raise ValueError(f'sequence length {length} exceeds the model context '
+                       f'model.n_ctx={self.config.n_ctx}')
+    x = self.tokens_embed(tokens) + self.positions_embed(jnp.arange(length))[None]
+    x = nn.with_logical_constraint(
+        x, ('activation_batch', 'activation_length', 'activation_embed'))
+    x = self.drop(x, deterministic=deterministic)
+    for block in self.h:
+      x = block(x, deterministic)
+    return x
+
+  def logits(self, hidden):
+    """Language-model logits through the transposed token embedding, in float32."""
+    return self.tokens_embed.attend(hidden).astype(jnp.float32)
+
+  def __call__(self, tokens, deterministic: bool = True):
+    return self.logits(self.hidden_states(tokens, deterministic))

@@ -1,0 +1,122 @@
+"""Device mesh, the logical-axis rules table, and shardings for state and batches.
+
+We use GSPMD with *Auto* mesh axes: parameters and activations carry logical
+names (see model.py), `LOGICAL_RULES` maps them to the mesh axes
+('data', 'fsdp', 'tensor'), and XLA inserts the collectives.
+"""
+
+import math
+from collections.abc import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')
+
+# One table maps every logical axis to mesh axes. Parameters are sharded over
+# 'fsdp' along their embedding dimension (ZeRO-3 style) and over 'tensor'
+# along heads / MLP / vocabulary (Megatron style); the batch over data x fsdp.
+LOGICAL_RULES = (
+    ('activation_batch', BATCH_AXES),
+    ('activation_length', None),
+    ('activation_embed', None),
+    ('activation_heads', 'tensor'),
+    ('activation_mlp', 'tensor'),
+    ('vocab', 'tensor'),
+    ('embed', 'fsdp'),
+    ('position', None),
+    ('qkv', None),
+    ('heads', 'tensor'),
+    ('head_dim', None),
+    ('mlp', 'tensor'),
+    ('classes', None),
+)
+
+
+class ShardingError(ValueError):
+  """A configuration that cannot be laid out on the requested mesh."""
+
+
+def mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+  """Resolves the mesh sizes; at most one axis may be -1 (= all remaining devices)."""
+  sizes = [int(mesh_config[axis]) for axis in MESH_AXES]
+  free = [axis for axis, size in zip(MESH_AXES, sizes) if size == -1]
+  if len(free) > 1:
+    raise ShardingError(f'only one mesh axis may be -1, got {free}; set the others explicitly')
+  if any(size == 0 or size < -1 for size in sizes):
+    raise ShardingError(f'mesh sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}')
+  fixed = math.prod(size for size in sizes if size != -1)
+  if free:
+    if num_devices % fixed:
+      raise ShardingError(
+          f'{num_devices} devices cannot be split over mesh '
+          f'{dict(zip(MESH_AXES, sizes))}: the fixed axes need a divisor of {num_devices}')
+    sizes[MESH_AXES.index(free[0])] = num_devices // fixed
+  if math.prod(sizes) != num_devices:
+    raise ShardingError(
+        f'mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but '
+        f'{num_devices} are available; set config.mesh so the sizes multiply to {num_devices}')
+  return tuple(sizes)
+
+
+def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(mesh_config, len(devices))
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)
+
+
+def logical_to_mesh(specs, mesh: Mesh):
+  """Maps a tree of logical PartitionSpecs to NamedShardings on `mesh`."""
+  return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+
+
+def check_divisible(abstract_boxed_params, mesh: Mesh) -> None:
+  """Fails, naming parameter, dimension and mesh axis, if a parameter cannot be split evenly."""
+  specs = nn.get_partition_spec(abstract_boxed_params)
+  shapes = nn.unbox(abstract_boxed_params)
+  for (path, spec), shape in zip(
+      jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))[0],
+      jax.tree.leaves(shapes)):
+    mesh_spec = nn.logical_to_mesh_axes(spec, LOGICAL_RULES)
+    for dim, (logical, axes) in enumerate(zip(spec, mesh_spec)):
+      if axes is None:
+        continue
+      axes = (axes,) if isinstance(axes, str) else tuple(axes)
+      ways = math.prod(mesh.shape[a] for a in axes)
+      if shape.shape[dim] % ways:
+        name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+        raise ShardingError(
+            f'parameter {name} dimension {dim} ({logical}, size {shape.shape[dim]}) cannot be split '
+            f'{ways} ways over mesh axis {"x".join(axes)}; change config.mesh or the model size')
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Shards the leading (batch) dimension over data x fsdp; the rest is replicated."""
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def check_batch(global_batch_size: int, mesh: Mesh) -> int:
+  """Returns the per-process batch size, failing clearly when the batch cannot be split."""
+  ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
+  if global_batch_size % ways:
+    raise ShardingError(
+        f'train.batch_size={global_batch_size} cannot be split over the {ways} batch shards '
+        f'(mesh data x fsdp = {mesh.shape["data"]} x {mesh.shape["fsdp"]}); '
+        f'use a multiple of {ways}')
+  if global_batch_size % jax.process_count():
+    raise ShardingError(f'train.batch_size={global_batch_size} is not divisible by the '
+                        f'{jax.process_count()} processes')
+  return global_batch_size // jax.process_count()
+
+
+def global_batch(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
+  """Assembles the global batch array from this process's rows (multi-host safe)."""
+  return jax.make_array_from_process_local_data(batch_sharding(mesh), local_batch)

@@ -1,0 +1,139 @@
+"""Train state, jitted train/eval steps, and the pretraining loop.
+
+Steps are pure functions of (state, batch), compiled once with explicit
+input/output shardings; the state argument is donated so parameters and
+optimizer moments are updated in place.
+"""
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from gpt_jax import optim, sharding
+from gpt_jax.model import GPT
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # number of optimizer updates applied
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # base key; step k uses fold_in(rng, k) so a resumed run repeats its dropout
+
+
+def cross_entropy(logits, targets, weights=None):
+  """Mean next-token cross-entropy in float32 over positions where `weights` is 1."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  if weights is None:
+    return losses.mean()
+  weights = weights.astype(jnp.float32)
+  return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+
+def lm_loss_fn(model: GPT) -> Callable:
+  """Pretraining objective on windows of seq_len + 1 tokens: predict token t+1 from 0..t."""
+
+  def loss_fn(params, windows, rng, deterministic):
+    logits = model.apply({'params': params}, windows[:, :-1], deterministic=deterministic,
+                         rngs=None if deterministic else {'dropout': rng})
+    return cross_entropy(logits, windows[:, 1:]), {}
+
+  return loss_fn
+
+
+class Trainer:
+  """Compiles the sharded init, train and eval steps for one model, loss and mesh.
+
+  `loss_fn(params, batch, rng, deterministic) -> (loss, aux)` defines the
+  objective; `init_params(rng)` returns the model's *boxed* (logically
+  annotated) parameters.
+  """
+
+  def __init__(self, init_params: Callable, loss_fn: Callable, tx: optax.GradientTransformation,
+               schedule: optax.Schedule, mesh: jax.sharding.Mesh, grad_accum_steps: int = 1):
+    self.mesh, self.tx, self.schedule = mesh, tx, schedule
+    self._init_params, self._loss_fn = init_params, loss_fn
+    self._grad_accum_steps = grad_accum_steps
+
+    abstract_boxed = jax.eval_shape(init_params, jax.random.key(0))
+    sharding.check_divisible(abstract_boxed, mesh)
+    self.param_shardings = sharding.logical_to_mesh(nn.get_partition_spec(abstract_boxed), mesh)
+    abstract_params = nn.unbox(abstract_boxed)
+    abstract_opt_state = jax.eval_shape(tx.init, abstract_params)
+    replicated = sharding.replicated(mesh)
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, s: s, abstract_opt_state, self.param_shardings,
+        transform_non_params=lambda _: replicated)
+    self.state_shardings = TrainState(step=replicated, params=self.param_shardings,
+                                      opt_state=opt_shardings, rng=replicated)
+    self.abstract_state = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+        opt_state=abstract_opt_state, rng=jax.eval_shape(lambda: jax.random.key(0)))
+    batch = sharding.batch_sharding(mesh)
+
+    self._jit_init = jax.jit(self._init_state, out_shardings=self.state_shardings)
+    self._jit_from_params = jax.jit(self._state_from_params, out_shardings=self.state_shardings)
+    self._jit_train_step = jax.jit(
+        self._train_step, in_shardings=(self.state_shardings, batch),
+        out_shardings=(self.state_shardings, replicated), donate_argnums=0)
+    self._jit_eval_step = jax.jit(self._eval_step, in_shardings=(self.param_shardings, batch),
+                                  out_shardings=replicated)
+
+  @contextlib.contextmanager
+  def activation_sharding(self):
+    """Context in which the model's logical activation constraints resolve on our mesh."""
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+      yield
+
+  def init(self, rng: jax.Array) -> TrainState:
+    """A fresh state whose parameters are created already sharded (never whole on one device)."""
+    with self.activation_sharding():
+      return self._jit_init(rng)
+
+  def from_params(self, params, rng: jax.Array) -> TrainState:
+    """A step-0 state around existing parameters (e.g. imported weights), resharded."""
+    with self.activation_sharding():
+      return self._jit_from_params(params, rng)
+
+  def train_step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
+    """One optimizer update; `state` is donated (do not reuse it afterwards)."""
+    with self.activation_sharding():
+      return self._jit_train_step(state, batch)
+
+  def eval_step(self, params, batch) -> dict:
+    with self.activation_sharding():
+      return self._jit_eval_step(params, batch)
+
+  def _init_state(self, rng):
+    params_rng, state_rng = jax.random.split(rng)
+    return self._state_from_params(nn.unbox(self._init_params(params_rng)), state_rng)
+
+  def _state_from_params(self, params, rng):
+    params = jax.lax.with_sharding_constraint(params, self.param_shardings)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.tx.init(params), rng=rng)
+
+  def _train_step(self, state: TrainState, batch):
+    step_rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_and_grad(params, microbatch, index):
+      rng = jax.random.fold_in(step_rng, index)
+      return jax.value_and_grad(self._loss_fn, has_aux=True)(params, microbatch, rng, False)
+
+    (loss, aux), grads = optim.accumulate_gradients(
+        loss_and_grad, state.params, batch, self._grad_accum_steps)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
+               'learning_rate': self.schedule(state.step), **aux}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  def _eval_step(self, params, batch):
+    loss, aux = self._loss_fn(params, batch, None, True)
+    return {'loss': loss, **aux}
