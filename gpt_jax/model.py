@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gpt_jax.errors import UserError
+
 # GPT-1 initialises every weight from N(0, 0.02) and every bias to zero.
 _weight_init = nn.initializers.normal(stddev=0.02)
 _zeros = nn.initializers.zeros
@@ -47,10 +49,10 @@ class ModelConfig:
     values = dict(config)
     unknown = sorted(set(values) - fields)
     if unknown:
-      raise ValueError(f'unknown model config field(s) {unknown}; known: {sorted(fields)}')
+      raise UserError(f'unknown model config field(s) {unknown}; known: {sorted(fields)}')
     model_config = cls(**values)
     if model_config.n_embd % model_config.n_head:
-      raise ValueError(f'model.n_embd={model_config.n_embd} is not divisible by '
+      raise UserError(f'model.n_embd={model_config.n_embd} is not divisible by '
                        f'model.n_head={model_config.n_head}')
     return model_config
 
@@ -183,7 +185,7 @@ class GPT(nn.Module):
     """Final hidden states (batch, length, n_embd) of the last block."""
     length = tokens.shape[1]
     if length > self.config.n_ctx:
-      raise ValueError(f'sequence length {length} exceeds the model context '
+      raise UserError(f'sequence length {length} exceeds the model context '
                        f'model.n_ctx={self.config.n_ctx}')
     x = self.tokens_embed(tokens) + self.positions_embed(jnp.arange(length))[None]
     x = nn.with_logical_constraint(

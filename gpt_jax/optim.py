@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gpt_jax.errors import UserError
+
 # Leaves that GPT-1's "modified L2" decays: matrices (kernels and embeddings).
 # Biases and LayerNorm gains are exempt. We test the leaf name, not ndim,
 # because the fused qkv bias is stored as (3, heads, head_dim).
@@ -40,7 +42,7 @@ def make_schedule(optim_config, total_steps: int) -> optax.Schedule:
     return pretrain_schedule(optim_config.learning_rate, optim_config.warmup_steps, total_steps)
   if optim_config.schedule == 'linear':
     return finetune_schedule(optim_config.learning_rate, optim_config.warmup_fraction, total_steps)
-  raise ValueError(f"optim.schedule={optim_config.schedule!r}: expected 'cosine' or 'linear'")
+  raise UserError(f"optim.schedule={optim_config.schedule!r}: expected 'cosine' or 'linear'")
 
 
 def make_optimizer(optim_config, total_steps: int):
@@ -64,7 +66,7 @@ def accumulate_gradients(loss_and_grad, params, batch, num_microbatches: int, *a
     return loss_and_grad(params, batch, 0, *args)
   rows = jax.tree.leaves(batch)[0].shape[0]
   if rows % num_microbatches:
-    raise ValueError(f'batch of {rows} rows cannot be split into {num_microbatches} '
+    raise UserError(f'batch of {rows} rows cannot be split into {num_microbatches} '
                      'microbatches; make the batch a multiple of optim.grad_accum_steps')
   # Strided split (row i goes to microbatch i % n): each device keeps its own
   # rows, so no data moves between devices.

@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from gpt_jax.errors import UserError
+
 MESH_AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')
 
@@ -36,7 +38,7 @@ LOGICAL_RULES = (
 )
 
 
-class ShardingError(ValueError):
+class ShardingError(UserError):
   """A configuration that cannot be laid out on the requested mesh."""
 
 

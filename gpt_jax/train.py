@@ -6,17 +6,23 @@ optimizer moments are updated in place.
 """
 
 import contextlib
-from collections.abc import Callable
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from gpt_jax import metrics as metrics_lib
 from gpt_jax import optim, sharding
-from gpt_jax.model import GPT
+from gpt_jax.errors import UserError
+from gpt_jax.model import GPT, ModelConfig
+from gpt_jax.report import RunLog
 
 
 @flax.struct.dataclass
@@ -137,3 +143,106 @@ class Trainer:
   def _eval_step(self, params, batch):
     loss, aux = self._loss_fn(params, batch, None, True)
     return {'loss': loss, **aux}
+
+
+def resolve_num_steps(train_config, train_tokens: int | None) -> int:
+  """train.num_steps, or train.num_epochs over a corpus of `train_tokens` when it is -1."""
+  if train_config.num_steps > 0:
+    return int(train_config.num_steps)
+  if train_config.num_steps != -1:
+    raise UserError(f'train.num_steps={train_config.num_steps}: use a positive number of '
+                    'updates, or -1 to derive it from train.num_epochs')
+  if not train_tokens:
+    raise UserError('train.num_steps=-1 needs the corpus size to derive steps from '
+                    'train.num_epochs; set train.num_steps explicitly')
+  tokens_per_step = train_config.batch_size * train_config.seq_len
+  return max(1, int(train_config.num_epochs * train_tokens // tokens_per_step))
+
+
+def evaluate(trainer: Trainer, params, batches: Iterable[np.ndarray]) -> dict:
+  """Mean loss and perplexity over an iterable of per-process eval batches."""
+  totals, count = None, 0
+  for batch in batches:
+    metrics = trainer.eval_step(params, sharding.global_batch(batch, trainer.mesh))
+    totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+    count += 1
+  if not count:
+    raise UserError('the validation split produced no batches; it must hold at least one '
+                    'window of train.seq_len + 1 tokens per batch row')
+  means = {k: float(v) / count for k, v in jax.device_get(totals).items()}
+  means['perplexity'] = math.exp(min(means['loss'], 50.0))
+  return means
+
+
+def run_pretraining(config, workdir, train_batches: Iterator[np.ndarray],
+                    eval_batches: Callable[[], Iterable[np.ndarray]],
+                    train_tokens: int | None = None, log: RunLog | None = None) -> dict:
+  """Pretrains GPT on next-token prediction; returns the final train and eval metrics.
+
+  `train_batches` yields this process's rows of each global batch, int32 arrays of
+  shape (batch_size // process_count, seq_len + 1); `eval_batches()` returns a
+  fresh iterable of the same over the validation split.
+  """
+  log = log or RunLog(workdir)
+  model_config = ModelConfig.from_config(config.model)
+  seq_len = config.train.seq_len
+  if seq_len > model_config.n_ctx:
+    raise UserError(f'train.seq_len={seq_len} exceeds model.n_ctx={model_config.n_ctx}')
+  total_steps = resolve_num_steps(config.train, train_tokens)
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch(config.train.batch_size, mesh)
+
+  model = GPT(model_config)
+  tx, schedule = optim.make_optimizer(config.optim, total_steps)
+  trainer = Trainer(
+      init_params=lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32))['params'],
+      loss_fn=lm_loss_fn(model), tx=tx, schedule=schedule, mesh=mesh,
+      grad_accum_steps=config.optim.grad_accum_steps)
+  state = trainer.init(jax.random.key(config.train.seed))
+  num_params = sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))
+  tokens_per_step = config.train.batch_size * seq_len
+  flops_per_step = metrics_lib.train_flops_per_token(model_config, seq_len) * tokens_per_step
+  peak, peak_source = metrics_lib.peak_flops_per_device(jnp.dtype(model_config.dtype))
+  log.info(f'model: {num_params:,} parameters | mesh {dict(mesh.shape)} | {total_steps:,} steps '
+           f'of {config.train.batch_size} x {seq_len} tokens | peak {peak / 1e12:.2f} TFLOP/s '
+           f'per device ({peak_source})')
+
+  window = {'start': time.perf_counter(), 'step': int(state.step)}
+
+  def record(step, metrics):
+    """Logs `step`'s metrics and the throughput since the last record; blocks until `step` is done."""
+    values = dict(jax.device_get(metrics))
+    now = time.perf_counter()
+    steps, seconds = step - window['step'], now - window['start']
+    values['tokens_per_s'] = tokens_per_step * steps / seconds
+    values['mfu'] = flops_per_step * steps / seconds / (peak * mesh.size)
+    log.scalars(step, values)
+    window.update(start=now, step=step)
+    return values
+
+  last_train, last_eval, pending, compiled = {}, {}, None, False
+  for step in range(int(state.step), total_steps):
+    state, metrics = trainer.train_step(state, sharding.global_batch(next(train_batches), mesh))
+    done = step + 1
+    if not compiled:
+      jax.block_until_ready(metrics)  # keep compile time out of the throughput figures
+      log.info(f'compiled and ran the first step in {time.perf_counter() - window["start"]:.1f}s')
+      window.update(start=time.perf_counter(), step=done)
+      compiled = True
+    # Fetch the previous logged step only now, after dispatching this one, so the
+    # device never waits for the host.
+    if pending is not None:
+      last_train = record(*pending)
+      pending = None
+    if done % config.train.log_every == 0 or done == total_steps:
+      pending = (done, metrics)
+    if done % config.train.eval_every == 0 or done == total_steps:
+      if pending is not None:
+        last_train = record(*pending)
+        pending = None
+      last_eval = evaluate(trainer, state.params, eval_batches())
+      log.scalars(done, last_eval, split='eval')
+      window.update(start=time.perf_counter(), step=done)  # evaluation is not training time
+  if pending is not None:
+    last_train = record(*pending)
+  return {'train': last_train, 'eval': last_eval, 'state': state, 'trainer': trainer}
