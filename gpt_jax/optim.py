@@ -22,10 +22,11 @@ def decay_mask(params):
 
 def pretrain_schedule(peak_lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
   """Linear warmup from 0 to `peak_lr`, then cosine decay to 0 at `total_steps`."""
-  warmup_steps = min(warmup_steps, total_steps)
+  # A run shorter than the warmup still ends at 0: the warmup is cut to fit.
+  warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak_lr, warmup_steps=warmup_steps,
-      decay_steps=max(total_steps, 1), end_value=0.0)
+      decay_steps=max(total_steps, warmup_steps + 1), end_value=0.0)
 
 
 def finetune_schedule(peak_lr: float, warmup_fraction: float, total_steps: int) -> optax.Schedule:

@@ -66,6 +66,10 @@ class Trainer:
     self.mesh, self.tx, self.schedule = mesh, tx, schedule
     self._init_params, self._loss_fn = init_params, loss_fn
     self._grad_accum_steps = grad_accum_steps
+    # XLA's CPU collectives deadlock when several multi-device steps are in flight
+    # on fewer cores than devices (e.g. 8 fake devices on 2 cores), so there we
+    # run one step at a time. CPU devices share the host's cores anyway.
+    self._wait_for_each_step = mesh.devices.flat[0].platform == 'cpu' and mesh.size > 1
 
     abstract_boxed = jax.eval_shape(init_params, jax.random.key(0))
     sharding.check_divisible(abstract_boxed, mesh)
@@ -110,7 +114,10 @@ class Trainer:
   def train_step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
     """One optimizer update; `state` is donated (do not reuse it afterwards)."""
     with self.activation_sharding():
-      return self._jit_train_step(state, batch)
+      state, metrics = self._jit_train_step(state, batch)
+    if self._wait_for_each_step:
+      jax.block_until_ready(state)
+    return state, metrics
 
   def eval_step(self, params, batch) -> dict:
     with self.activation_sharding():
@@ -136,7 +143,7 @@ class Trainer:
         loss_and_grad, state.params, batch, self._grad_accum_steps)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
+    metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
                'learning_rate': self.schedule(state.step), **aux}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

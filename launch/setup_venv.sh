@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the project's virtualenv and installs gpt_jax into it.
+# Usage: source launch/setup_venv.sh [EXTRAS]   e.g. EXTRAS=test
+# The venv lives in $GPT_JAX_VENV (default: .venv in the repository root).
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${GPT_JAX_VENV:-$repo/.venv}"
+extras="${1:-}"
+python="${PYTHON:-python3}"
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "[setup] creating virtualenv $venv"
+  "$python" -m venv "$venv"
+fi
+spec="$repo"
+[ -n "$extras" ] && spec="$repo[$extras]"
+echo "[setup] installing gpt_jax${extras:+[$extras]} (quick when already installed)"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$spec" 2>&1 \
+  | grep -v '^WARNING: Location' || true
+"$venv/bin/python" -c 'import gpt_jax' || { echo "[setup] install failed" >&2; exit 1; }
+export PATH="$venv/bin:$PATH"
