@@ -40,8 +40,8 @@ def _pretrain(args, overrides) -> None:
 
   config = config_lib.load_config(args.config, overrides)
   workdir = Path(args.workdir)
-  log = RunLog(workdir)
   train_batches, eval_batches, train_tokens = _placeholder_text_data(config)
+  log = RunLog(workdir)  # only once the inputs are known to be good: no stray workdirs
   result = train.run_pretraining(config, workdir, train_batches, eval_batches, train_tokens, log)
   log.info(f'done: eval loss {result["eval"]["loss"]:.4f} | '
            f'perplexity {result["eval"]["perplexity"]:.2f}')

@@ -51,8 +51,10 @@ def test_pretrain_tiny_runs_end_to_end_with_falling_loss(capsys, tmp_path):
     (['pretrain', '--config', 'tiny', '--workdir', 'x', '--config.data.text_file=/no/such'],
      "data.text_file='/no/such' is not a file"),
 ])
-def test_user_errors_are_one_line_and_exit_nonzero(capsys, argv, message):
+def test_user_errors_are_one_line_and_exit_nonzero(capsys, tmp_path, monkeypatch, argv, message):
+  monkeypatch.chdir(tmp_path)
   code, _, err = _run(capsys, *argv)
   assert code == 1
   assert err.startswith('gpt-jax: error: ') and message in err
   assert err.count('\n') == 1
+  assert not (tmp_path / 'x').exists()  # a failed start leaves no workdir behind
