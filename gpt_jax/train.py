@@ -53,6 +53,18 @@ def lm_loss_fn(model: GPT) -> Callable:
   return loss_fn
 
 
+def make_pretrainer(model_config: ModelConfig, optim_config, mesh: jax.sharding.Mesh,
+                    seq_len: int, total_steps: int) -> tuple[GPT, 'Trainer']:
+  """The GPT and its next-token Trainer for `total_steps` updates on `mesh`."""
+  model = GPT(model_config)
+  tx, schedule = optim.make_optimizer(optim_config, total_steps)
+  trainer = Trainer(
+      init_params=lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32))['params'],
+      loss_fn=lm_loss_fn(model), tx=tx, schedule=schedule, mesh=mesh,
+      grad_accum_steps=optim_config.grad_accum_steps)
+  return model, trainer
+
+
 class Trainer:
   """Compiles the sharded init, train and eval steps for one model, loss and mesh.
 

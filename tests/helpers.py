@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import ml_collections
 
 import tiny
-from gpt_jax import optim, train
-from gpt_jax.model import GPT, ModelConfig
+from gpt_jax import train
+from gpt_jax.model import ModelConfig
 
 
 def tiny_config(**model_overrides) -> ml_collections.ConfigDict:
@@ -19,13 +19,8 @@ def tiny_config(**model_overrides) -> ml_collections.ConfigDict:
 
 
 def make_trainer(config, mesh, total_steps: int = 10):
-  model = GPT(ModelConfig.from_config(config.model))
-  tx, schedule = optim.make_optimizer(config.optim, total_steps)
-  seq_len = config.train.seq_len
-  return model, train.Trainer(
-      init_params=lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32))['params'],
-      loss_fn=train.lm_loss_fn(model), tx=tx, schedule=schedule, mesh=mesh,
-      grad_accum_steps=config.optim.grad_accum_steps)
+  return train.make_pretrainer(ModelConfig.from_config(config.model), config.optim, mesh,
+                               config.train.seq_len, total_steps)
 
 
 def max_relative_difference(tree_a, tree_b) -> float:

@@ -1,0 +1,225 @@
+"""Training-step throughput: gpt_jax against Hugging Face's PyTorch OpenAIGPTLMHeadModel.
+
+Each framework runs in its own worker process (separate thread pools, separate
+peak-memory figures); the parent interleaves them — a few steps of one, then of
+the next — so both see the same machine load. Every step is a full training
+step: forward, backward, gradient clipping and an AdamW update, float32 unless
+--dtype bfloat16. PyTorch runs at its best: all cores, fused AdamW, and
+torch.compile as a second contender.
+
+    python benchmarks/throughput.py --configs tiny,small,gpt1 [--dtype bfloat16] [--json out.json]
+
+Prints tokens/s, the ratio gpt_jax / PyTorch (against PyTorch's faster variant),
+achieved FLOP/s, MFU against the measured matmul peak of this machine (the best
+of XLA's and PyTorch's float32 matmul), peak memory and compile time.
+"""
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# (batch, seq_len) per config: the configs' own sizes, shrunk where a CPU step would take minutes.
+SHAPES = {'tiny': (16, 128), 'small': (16, 256), 'gpt1': (4, 512)}
+
+
+def _model_sizes(config_name: str, vocab_size: int | None) -> dict:
+  from gpt_jax.config import load_config
+  model = load_config(config_name).model
+  if vocab_size:
+    model.vocab_size = vocab_size
+  return dict(model)
+
+
+def _matmul_peak_torch(torch, device, dtype, size=2048, repeats=5):
+  a = torch.ones(size, size, device=device, dtype=dtype)
+  (a @ a).sum().item()
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    (a @ a).sum().item()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size**3 / best
+
+
+def jax_worker(spec, conn):
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  import numpy as np
+
+  from gpt_jax import metrics, sharding, train
+  from gpt_jax.model import ModelConfig
+
+  model_config = ModelConfig.from_config({**spec['model'], 'dtype': spec['dtype']})
+  optim = ml_collections.ConfigDict(dict(
+      learning_rate=2.5e-4, schedule='cosine', warmup_steps=10, warmup_fraction=0.0, b1=0.9,
+      b2=0.999, eps=1e-8, weight_decay=0.01, clip_norm=1.0, grad_accum_steps=1))
+  mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+  _, trainer = train.make_pretrainer(model_config, optim, mesh, spec['seq_len'], 10**6)
+  state = trainer.init(jax.random.key(0))
+  rows = np.random.default_rng(0).integers(
+      0, model_config.vocab_size, (spec['batch'], spec['seq_len'] + 1)).astype(np.int32)
+  batch = sharding.global_batch(rows, mesh)
+  start = time.perf_counter()
+  state, step_metrics = trainer.train_step(state, batch)
+  jax.block_until_ready(step_metrics)
+  conn.send({'compile_s': time.perf_counter() - start,
+             'matmul_peak': metrics._measure_matmul_peak(jnp.float32),
+             'device': jax.devices()[0].device_kind})
+  while (message := conn.recv()) != 'stop':
+    start = time.perf_counter()
+    for _ in range(message):
+      state, step_metrics = trainer.train_step(state, batch)
+    jax.block_until_ready(step_metrics)
+    conn.send(time.perf_counter() - start)
+  conn.send({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             'loss': float(step_metrics['loss'])})
+
+
+def torch_worker(spec, conn):
+  import torch
+  import transformers
+
+  torch.set_num_threads(os.cpu_count())
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  m = spec['model']
+  config = transformers.OpenAIGPTConfig(
+      vocab_size=m['vocab_size'], n_positions=m['n_ctx'], n_embd=m['n_embd'],
+      n_layer=m['n_layer'], n_head=m['n_head'], afn='gelu', resid_pdrop=m['resid_pdrop'],
+      embd_pdrop=m['embd_pdrop'], attn_pdrop=m['attn_pdrop'],
+      layer_norm_epsilon=m['layer_norm_epsilon'])
+  model = transformers.OpenAIGPTLMHeadModel(config).to(device).train()
+  # The paper's decoupled weight decay: matrices only, as on the JAX side.
+  decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+  no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+  groups = [{'params': decay, 'weight_decay': 0.01}, {'params': no_decay, 'weight_decay': 0.0}]
+  try:
+    optimizer = torch.optim.AdamW(groups, lr=2.5e-4, betas=(0.9, 0.999), eps=1e-8, fused=True)
+  except (RuntimeError, TypeError):
+    optimizer = torch.optim.AdamW(groups, lr=2.5e-4, betas=(0.9, 0.999), eps=1e-8, foreach=True)
+  tokens = torch.randint(0, m['vocab_size'], (spec['batch'], spec['seq_len']), device=device)
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=spec['dtype'] == 'bfloat16')
+
+  def forward_backward():
+    with autocast:
+      loss = model(input_ids=tokens, labels=tokens).loss
+    loss.backward()
+    return loss
+
+  if spec['compile']:
+    forward_backward = torch.compile(forward_backward)
+
+  def step():
+    loss = forward_backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+  start = time.perf_counter()
+  loss = step().item()
+  conn.send({'compile_s': time.perf_counter() - start,
+             'matmul_peak': _matmul_peak_torch(torch, device, torch.float32),
+             'device': torch.cuda.get_device_name() if device == 'cuda' else 'cpu'})
+  while (message := conn.recv()) != 'stop':
+    start = time.perf_counter()
+    for _ in range(message):
+      loss = step()
+    loss = loss.item()
+    conn.send(time.perf_counter() - start)
+  conn.send({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             'loss': loss})
+
+
+def _start(target, spec):
+  context = multiprocessing.get_context('spawn')
+  parent, child = context.Pipe()
+  process = context.Process(target=target, args=(spec, child), daemon=True)
+  process.start()
+  return process, parent
+
+
+def benchmark(config_name: str, args) -> dict:
+  from gpt_jax import metrics
+  from gpt_jax.model import ModelConfig
+
+  batch, seq_len = SHAPES.get(config_name, (args.batch or 8, args.seq_len or 128))
+  batch, seq_len = args.batch or batch, args.seq_len or seq_len
+  model = _model_sizes(config_name, args.vocab_size)
+  spec = dict(model=model, batch=batch, seq_len=seq_len, dtype=args.dtype)
+  contenders = {'gpt_jax': (jax_worker, spec), 'torch': (torch_worker, {**spec, 'compile': False})}
+  if args.torch_compile:
+    contenders['torch.compile'] = (torch_worker, {**spec, 'compile': True})
+  workers = {}
+  for name, (target, worker_spec) in contenders.items():  # one at a time: compile times are clean
+    process, conn = _start(target, worker_spec)
+    workers[name] = (process, conn, conn.recv())
+    print(f'  {config_name}: {name} ready (first step {workers[name][2]["compile_s"]:.1f}s)',
+          flush=True)
+  timings = {name: [] for name in workers}
+  for _ in range(args.rounds):
+    for name, (_, conn, _) in workers.items():
+      conn.send(args.steps)
+      timings[name].append(conn.recv() / args.steps)
+  tokens = batch * seq_len
+  flops = metrics.train_flops_per_token(ModelConfig.from_config(model), seq_len) * tokens
+  peak = max(info['matmul_peak'] for _, _, info in workers.values())
+  results = {}
+  for name, (process, conn, info) in workers.items():
+    conn.send('stop')
+    final = conn.recv()
+    process.join()
+    step_s = statistics.median(timings[name])
+    results[name] = dict(step_s=step_s, tokens_per_s=tokens / step_s, flops_per_s=flops / step_s,
+                         mfu=flops / step_s / peak, compile_s=info['compile_s'],
+                         matmul_peak=info['matmul_peak'], device=info['device'], **final)
+  best_torch = max(v['tokens_per_s'] for k, v in results.items() if k.startswith('torch'))
+  for result in results.values():
+    result['ratio_vs_torch'] = result['tokens_per_s'] / best_torch
+  return dict(config=config_name, batch=batch, seq_len=seq_len, dtype=args.dtype,
+              model=model, peak_flops=peak, results=results)
+
+
+def _print(report):
+  print(f'\n{report["config"]}: batch {report["batch"]} x {report["seq_len"]} tokens, '
+        f'{report["dtype"]}, peak {report["peak_flops"] / 1e12:.3f} TFLOP/s (measured matmul)')
+  print(f'  {"":14s} {"tokens/s":>10s} {"step ms":>9s} {"vs torch":>8s} {"TFLOP/s":>8s} '
+        f'{"MFU":>6s} {"peak MB":>8s} {"compile s":>9s}')
+  for name, r in report['results'].items():
+    print(f'  {name:14s} {r["tokens_per_s"]:10,.0f} {1e3 * r["step_s"]:9.1f} '
+          f'{r["ratio_vs_torch"]:7.2f}x {r["flops_per_s"] / 1e12:8.3f} {100 * r["mfu"]:5.1f}% '
+          f'{r["peak_rss_mb"]:8,.0f} {r["compile_s"]:9.1f}')
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--configs', default='tiny,small,gpt1',
+                      help='comma-separated config names from configs/')
+  parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  parser.add_argument('--batch', type=int, help='override the batch size of every config')
+  parser.add_argument('--seq_len', type=int, help='override the sequence length')
+  parser.add_argument('--vocab_size', type=int, help='override the vocabulary size')
+  parser.add_argument('--steps', type=int, default=3, help='steps per round and framework')
+  parser.add_argument('--rounds', type=int, default=4, help='interleaved rounds')
+  parser.add_argument('--torch_compile', action=argparse.BooleanOptionalAction, default=True,
+                      help='also time torch.compile (default on)')
+  parser.add_argument('--json', help='write the results to this JSON file')
+  args = parser.parse_args()
+  reports = []
+  for name in args.configs.split(','):
+    reports.append(benchmark(name, args))
+    _print(reports[-1])
+  if args.json:
+    Path(args.json).write_text(json.dumps(reports, indent=2))
+
+
+if __name__ == '__main__':
+  main()
