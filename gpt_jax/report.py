@@ -27,7 +27,7 @@ def _format(name: str, value) -> str:
 class RunLog:
   """Appends one JSON record per logged step to `workdir/metrics.jsonl` and prints it."""
 
-  def __init__(self, workdir: str | Path | None, stream=sys.stdout):
+  def __init__(self, workdir: str | Path | None, stream=None):
     self._enabled = jax.process_index() == 0
     self._stream = stream
     self._file = None
@@ -38,7 +38,7 @@ class RunLog:
 
   def info(self, message: str) -> None:
     if self._enabled:
-      print(message, file=self._stream, flush=True)
+      print(message, file=self._stream or sys.stdout, flush=True)
 
   def scalars(self, step: int, values: dict, split: str = 'train') -> None:
     values = {k: float(v) if not isinstance(v, (int, str)) else v for k, v in values.items()}
