@@ -1,4 +1,12 @@
-"""What a run tells its user: console lines and a metrics.jsonl file in the workdir.
+"""What a run tells its user while it trains and after.
+
+- console: one line per logged step, and a progress bar (step, loss, tokens/s,
+  MFU, ETA) when the output is a terminal;
+- `metrics.jsonl`: one JSON record per logged step and split;
+- `tensorboard/`: TensorBoard event files (written by tensorboardX, no TensorFlow);
+- `curves.png`: loss and learning-rate curves (and validation metrics), drawn
+  when the run ends;
+- `profile/`: a JAX profiler trace of a window of steps, when asked for.
 
 Only process 0 writes, so a multi-host run logs each step once.
 """
@@ -11,10 +19,13 @@ from pathlib import Path
 
 import jax
 
+METRICS_FILE = 'metrics.jsonl'
+CURVES_FILE = 'curves.png'
+
 
 def _format(name: str, value) -> str:
   if isinstance(value, float):
-    if name in ('learning_rate',):
+    if name == 'learning_rate':
       return f'{name} {value:.3e}'
     if name == 'mfu':
       return f'mfu {100 * value:.1f}%'
@@ -25,32 +36,137 @@ def _format(name: str, value) -> str:
 
 
 class RunLog:
-  """Appends one JSON record per logged step to `workdir/metrics.jsonl` and prints it."""
+  """Console lines, progress bar, metrics.jsonl and TensorBoard events of one run."""
 
-  def __init__(self, workdir: str | Path | None, stream=None):
+  def __init__(self, workdir: str | Path | None, stream=None, progress: bool | None = None):
     self._enabled = jax.process_index() == 0
     self._stream = stream
-    self._file = None
-    if workdir is not None and self._enabled:
-      Path(workdir).mkdir(parents=True, exist_ok=True)
-      self._file = open(Path(workdir) / 'metrics.jsonl', 'a', encoding='utf-8')
+    self._workdir = Path(workdir) if workdir is not None else None
+    self._progress = progress  # None: a bar only when the output is a terminal
+    self._file = self._tensorboard = self._bar = None
+    if self._workdir is not None and self._enabled:
+      self._workdir.mkdir(parents=True, exist_ok=True)
+      self._file = open(self._workdir / METRICS_FILE, 'a', encoding='utf-8')
+      from tensorboardX import SummaryWriter
+      self._tensorboard = SummaryWriter(str(self._workdir / 'tensorboard'))
     self._start = time.time()
 
   def info(self, message: str) -> None:
-    if self._enabled:
-      print(message, file=self._stream or sys.stdout, flush=True)
+    if not self._enabled:
+      return
+    if self._bar is not None:
+      self._bar.write(message, file=self._out())
+    else:
+      print(message, file=self._out(), flush=True)
+
+  def _out(self):
+    return self._stream or sys.stdout
+
+  def start_progress(self, first_step: int, total_steps: int, unit: str = 'step') -> None:
+    """Shows a progress bar from `first_step` to `total_steps` (only on a terminal by default)."""
+    if not self._enabled:
+      return
+    from tqdm import tqdm
+    disable = not self._out().isatty() if self._progress is None else not self._progress
+    self._bar = tqdm(total=total_steps, initial=first_step, unit=unit, file=self._out(),
+                     disable=disable, dynamic_ncols=True, leave=False)
+
+  def advance(self, step: int) -> None:
+    if self._bar is not None:
+      self._bar.update(step - self._bar.n)
 
   def scalars(self, step: int, values: dict, split: str = 'train') -> None:
-    values = {k: float(v) if not isinstance(v, (int, str)) else v for k, v in values.items()}
+    values = {k: v if isinstance(v, (int, str)) else float(v) for k, v in values.items()}
     if not self._enabled:
       return
     self.info(f'{split} step {step} | ' + ' | '.join(_format(k, v) for k, v in values.items()))
+    if self._bar is not None and split == 'train':
+      shown = ('loss', 'tokens_per_s', 'mfu')
+      self._bar.set_postfix_str(', '.join(_format(k, values[k]) for k in shown if k in values))
     if self._file:
       record = {'split': split, 'step': step, 'time': round(time.time() - self._start, 3), **values}
       self._file.write(json.dumps(record) + '\n')
       self._file.flush()
+    if self._tensorboard:
+      for name, value in values.items():
+        if isinstance(value, (int, float)):
+          self._tensorboard.add_scalar(f'{split}/{name}', value, step)
 
   def close(self) -> None:
+    """Flushes everything and draws the curves PNG."""
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
+    if self._tensorboard:
+      self._tensorboard.close()
+      self._tensorboard = None
     if self._file:
       self._file.close()
       self._file = None
+      plot_curves(self._workdir / METRICS_FILE, self._workdir / CURVES_FILE)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+  with open(path, encoding='utf-8') as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(metrics_path: str | Path, png_path: str | Path) -> Path | None:
+  """Draws loss, learning rate and validation metrics from metrics.jsonl; None if empty."""
+  records = read_metrics(metrics_path)
+  if not records:
+    return None
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  def series(split, name):
+    points = [(r['step'], r[name]) for r in records
+              if r['split'] == split and isinstance(r.get(name), (int, float))]
+    return zip(*points) if points else ((), ())
+
+  eval_metrics = sorted({k for r in records if r['split'] != 'train' for k in r
+                         if k not in ('split', 'step', 'time', 'loss', 'perplexity')
+                         and isinstance(r[k], (int, float))})
+  panels = 2 + bool(eval_metrics)
+  fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6))
+  for split in sorted({r['split'] for r in records}):
+    axes[0].plot(*series(split, 'loss'), label=f'{split} loss',
+                 marker='o' if split != 'train' else None)
+  axes[0].set(xlabel='step', ylabel='loss', title='loss')
+  axes[0].legend()
+  axes[1].plot(*series('train', 'learning_rate'))
+  axes[1].set(xlabel='step', ylabel='learning rate', title='learning rate')
+  if eval_metrics:
+    for name in eval_metrics:
+      for split in sorted({r['split'] for r in records if r['split'] != 'train'}):
+        axes[2].plot(*series(split, name), marker='o', label=f'{split} {name}')
+    axes[2].set(xlabel='step', title='validation metrics')
+    axes[2].legend()
+  fig.tight_layout()
+  fig.savefig(png_path, dpi=100)
+  plt.close(fig)
+  return Path(png_path)
+
+
+class StepProfiler:
+  """Writes a JAX profiler trace (TensorBoard / Perfetto) for steps [start, start + count)."""
+
+  def __init__(self, workdir: str | Path, start: int, count: int):
+    self._dir = str(Path(workdir) / 'profile')
+    self._start, self._stop = start, start + count
+    self._active = False
+
+  def step(self, step: int, log: RunLog) -> None:
+    """Call before running `step`."""
+    if step == self._start and not self._active:
+      jax.profiler.start_trace(self._dir)
+      self._active = True
+    elif step == self._stop and self._active:
+      self.stop(log)
+
+  def stop(self, log: RunLog) -> None:
+    if self._active:
+      jax.profiler.stop_trace()
+      self._active = False
+      log.info(f'profiler trace of steps {self._start}-{self._stop - 1} written to {self._dir}')

@@ -1,0 +1,84 @@
+"""Run outputs a user looks at: metrics.jsonl, TensorBoard events, the curves PNG, traces."""
+
+import re
+import struct
+
+import numpy as np
+from PIL import Image
+from tensorboardX.proto import event_pb2
+
+from gpt_jax.report import RunLog, StepProfiler, read_metrics
+
+
+def _read_events(directory):
+  """Scalars from TFRecord-framed Event protos, parsed independently of the writer."""
+  scalars = {}
+  for path in directory.glob('events.out.tfevents.*'):
+    data = path.read_bytes()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack('<Q', data[offset:offset + 8])
+      payload = data[offset + 12:offset + 12 + length]
+      offset += 12 + length + 4
+      event = event_pb2.Event.FromString(payload)
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
+
+
+def test_scalars_reach_jsonl_tensorboard_console_and_png(tmp_path, capsys):
+  log = RunLog(tmp_path, progress=False)
+  for step in range(10, 60, 10):
+    log.scalars(step, {'loss': 5.0 - step / 20, 'learning_rate': 1e-4 * step,
+                       'tokens_per_s': 1000.0, 'mfu': 0.25})
+  log.scalars(50, {'loss': 2.9, 'accuracy': 0.7}, split='eval')
+  log.close()
+
+  out = capsys.readouterr().out
+  assert 'train step 30 | loss 3.5000 | learning_rate 3.000e-03 | tokens_per_s 1,000 | mfu 25.0%' \
+      in out
+  records = read_metrics(tmp_path / 'metrics.jsonl')
+  assert [r['step'] for r in records if r['split'] == 'train'] == [10, 20, 30, 40, 50]
+  assert records[-1]['accuracy'] == 0.7
+
+  events = _read_events(tmp_path / 'tensorboard')
+  assert [s for s, _ in events['train/loss']] == [10, 20, 30, 40, 50]
+  np.testing.assert_allclose([v for _, v in events['train/loss']], [4.5, 4.0, 3.5, 3.0, 2.5])
+  assert events['eval/accuracy'] == [(50, np.float32(0.7))]
+
+  image = np.asarray(Image.open(tmp_path / 'curves.png').convert('L'))
+  assert image.shape[0] > 200 and image.shape[1] > 600  # loss, lr and eval-metric panels
+  assert image.std() > 10  # something is drawn
+
+
+def test_progress_bar_shows_loss_throughput_and_eta(tmp_path):
+  class Terminal:
+    text = ''
+
+    def write(self, s):
+      Terminal.text += s
+
+    def flush(self):
+      pass
+
+    def isatty(self):
+      return True
+
+  log = RunLog(tmp_path, stream=Terminal(), progress=True)
+  log.start_progress(0, 100)
+  log.advance(10)
+  log.scalars(10, {'loss': 4.25, 'tokens_per_s': 1234.0, 'mfu': 0.5})
+  log.close()
+  assert 'loss 4.2500' in Terminal.text and 'tokens_per_s 1,234' in Terminal.text
+  assert 'mfu 50.0%' in Terminal.text
+  assert re.search(r'10/100 \[\d\d:\d\d<\d\d:\d\d', Terminal.text)  # elapsed<ETA
+
+
+def test_profiler_writes_a_trace_for_the_window(tmp_path):
+  import jax.numpy as jnp
+  log = RunLog(None)
+  profiler = StepProfiler(tmp_path, start=1, count=2)
+  for step in range(4):
+    profiler.step(step, log)
+    (jnp.ones((64, 64)) @ jnp.ones((64, 64))).block_until_ready()
+  assert list((tmp_path / 'profile').rglob('*.xplane.pb'))
