@@ -1,0 +1,16 @@
+"""Data for pretraining: tokenizer, corpora (TFDS builders), token store, grain pipelines.
+
+  tokenizer.py  sentencepiece BPE with GPT-1's special tokens
+  builders/     TFDS builders of our own corpora (stdlib_docs, local_text)
+  corpora.py    any corpus by name (ours or the TFDS catalogue) as documents
+  store.py      the corpus tokenised once into flat token files
+  pipeline.py   grain: seeded, per-process sharded, checkpointable batches of windows
+  workflow.py   the steps a run takes, from its config (`gpt-jax tokenizer|prepare|pretrain`)
+"""
+
+import sys
+
+
+def warn(message: str) -> None:
+  """A one-line warning about the user's data, on stderr."""
+  print(f'warning: {message}', file=sys.stderr, flush=True)

@@ -1,0 +1,72 @@
+"""The shape shared by our local corpora: documents of text, a deterministic validation split.
+
+Each builder is a TFDS `GeneratorBasedBuilder` written as array_record files,
+read back through `as_data_source` — no TensorFlow needed. A document goes to
+the validation split when a hash of its key (its file path, or path:line)
+falls below `validation_fraction`: the split depends on nothing else, so it is
+the same on every machine and stable when documents are added.
+"""
+
+import abc
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Iterator
+
+import tensorflow_datasets as tfds
+
+from gpt_jax.errors import UserError
+
+SPLITS = ('train', 'validation')
+# Our configs are made at run time (from a glob, this interpreter's version), so
+# TFDS would warn about a "custom data configuration" with its whole repr each run.
+logging.getLogger('absl').addFilter(
+    lambda record: not record.getMessage().startswith('Using custom data configuration'))
+
+
+@dataclasses.dataclass
+class TextCorpusConfig(tfds.core.BuilderConfig):
+  validation_fraction: float = 0.05
+
+
+def is_validation(key: str, fraction: float) -> bool:
+  """Whether the document with this key is held out (a fixed hash, uniform in [0, 1))."""
+  digest = hashlib.sha256(key.encode('utf-8')).digest()
+  return int.from_bytes(digest[:8], 'big') / 2**64 < fraction
+
+
+class TextCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Builders yield (key, text) pairs from `_documents(split)`; this class routes and stores them."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  # TFDS looks for download checksums beside a builder's code; ours download
+  # nothing, and that lookup needs the importlib_resources backport.
+  code_path = None
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self, description=self.__doc__,
+        features=tfds.features.FeaturesDict({'text': tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # everything is local
+    return {split: self._generate_examples(split) for split in SPLITS}
+
+  def _generate_examples(self, split: str):
+    fraction, found = self.builder_config.validation_fraction, 0
+    for key, text in self._documents(lambda key: is_validation(key, fraction) == (split == 'validation')):
+      if text.strip():
+        found += 1
+        yield key, {'text': text}
+    if not found:  # TFDS cannot store an empty split: say why it is empty
+      raise UserError(
+          f'the {split} split of {self.name} ({self.builder_config.description}) holds no '
+          'documents with text' + ('' if split == 'train' else
+                                   f'; with data.validation_fraction={fraction} none was held '
+                                   'out: raise it or add documents (local_text: more .txt files, '
+                                   'or .jsonl with one document per line)'))
+
+  @abc.abstractmethod
+  def _documents(self, wanted) -> Iterator[tuple[str, str]]:
+    """(key, text) of every document whose key satisfies `wanted(key)`."""

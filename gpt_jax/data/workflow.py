@@ -1,0 +1,128 @@
+"""The data steps of a run, driven by its config: train a tokenizer, prepare a store, read batches.
+
+    gpt-jax tokenizer --config configs/tiny.py   ->  train_tokenizer(config)
+    gpt-jax prepare   --config configs/tiny.py   ->  prepare(config)
+    gpt-jax pretrain  --config configs/tiny.py   ->  pretrain_data(config, workdir)
+
+Unless data.tokenizer / data.store name them, the tokenizer lives in
+`{data_dir}/gpt_jax_tokenizers/{corpus}-bpe{vocab}.model` and the store in
+`{data_dir}/gpt_jax_token_stores/{corpus}-{tokenizer hash}/`: a different
+corpus, vocabulary size or tokenizer never reuses the wrong files.
+"""
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import grain
+import jax
+import numpy as np
+import tqdm
+
+from gpt_jax.data import corpora, pipeline
+from gpt_jax.data import store as store_lib
+from gpt_jax.data import tokenizer as tokenizer_lib
+from gpt_jax.errors import UserError
+
+
+def tokenizer_path(config, corpus: corpora.Corpus) -> Path:
+  if config.data.tokenizer:
+    return Path(config.data.tokenizer).expanduser()
+  return (corpora.data_dir(config.data) / 'gpt_jax_tokenizers' /
+          f'{corpus.slug}-bpe{config.model.vocab_size}.model')
+
+
+def store_path(config, corpus: corpora.Corpus, tokenizer: tokenizer_lib.Tokenizer) -> Path:
+  if config.data.store:
+    return Path(config.data.store).expanduser()
+  return (corpora.data_dir(config.data) / 'gpt_jax_token_stores' /
+          f'{corpus.slug}-{tokenizer.fingerprint()[:12]}')
+
+
+def train_tokenizer(config, log: Callable[[str], None] = print) -> tokenizer_lib.Tokenizer:
+  """Trains a BPE tokenizer of model.vocab_size pieces on the corpus's train split, or reuses
+  the one already trained with the same corpus and size."""
+  corpus = corpora.open_corpus(config.data)
+  corpus.prepare()
+  path = tokenizer_path(config, corpus)
+  vocab_size, max_bytes = config.model.vocab_size, config.data.tokenizer_max_bytes
+  description = f'{corpus.name}:{corpus.split_names["train"]}'
+  record = tokenizer_lib.read_record(path)
+  if (path.is_file() and record and record.get('trained_on') == description and
+      record.get('vocab_size') == vocab_size):
+    log(f'reusing tokenizer {path} ({vocab_size:,} pieces, trained on {description})')
+    return tokenizer_lib.Tokenizer(path)
+  log(f'training a {vocab_size:,}-piece BPE tokenizer on up to {max_bytes:,} bytes of '
+      f'{description}')
+  documents = (text for batch in corpus.documents('train') for text in batch)
+  with tqdm.tqdm(unit='B', unit_scale=True, desc='reading text', dynamic_ncols=True) as progress:
+    tokenizer = tokenizer_lib.train_tokenizer(documents, path, vocab_size, max_bytes=max_bytes,
+                                              description=description, progress=progress)
+  record = tokenizer_lib.read_record(path)
+  log(f'wrote {path} in {record["training_seconds"]}s: {tokenizer.vocab_size:,} pieces; ids ' +
+      ', '.join(f'{name} {value}' for name, value in tokenizer.special_ids.items()))
+  return tokenizer
+
+
+def _load_tokenizer(config, corpus: corpora.Corpus) -> tokenizer_lib.Tokenizer:
+  path = tokenizer_path(config, corpus)
+  if not path.is_file():
+    raise UserError(f'no tokenizer at {path}; train it with `gpt-jax tokenizer` and the same '
+                    'config flags, or set --config.data.tokenizer=PATH')
+  tokenizer = tokenizer_lib.Tokenizer(path)
+  if tokenizer.vocab_size > config.model.vocab_size:
+    raise UserError(f'tokenizer {path} has {tokenizer.vocab_size:,} pieces but '
+                    f'model.vocab_size={config.model.vocab_size}; set '
+                    f'--config.model.vocab_size={tokenizer.vocab_size}')
+  return tokenizer
+
+
+def prepare(config, log: Callable[[str], None] = print) -> store_lib.TokenStore:
+  """Tokenises the corpus into its token store (reused when corpus and tokenizer are unchanged)."""
+  corpus = corpora.open_corpus(config.data)
+  corpus.prepare()
+  tokenizer = _load_tokenizer(config, corpus)
+  directory = store_path(config, corpus, tokenizer)
+  store, reused = store_lib.build_store(directory, corpus, tokenizer)
+  log(f'{"reusing" if reused else "wrote"} token store {directory} ({corpus.name})\n' +
+      store_lib.describe(store))
+  return store
+
+
+@dataclasses.dataclass
+class PretrainData:
+  """What the pretraining loop consumes, for this JAX process."""
+
+  tokenizer: tokenizer_lib.Tokenizer
+  store: store_lib.TokenStore
+  train_batches: grain.DatasetIterator  # endless; get_state() / set_state() for checkpoints
+  eval_batches: Callable[[], Iterable[np.ndarray]]  # a fresh pass over the validation batches
+  train_tokens: int  # size of the train split, for train.num_epochs
+
+
+def pretrain_data(config, workdir: str | Path | None = None) -> PretrainData:
+  """Batches of this process's share of train.batch_size windows of train.seq_len + 1 tokens
+  from the prepared store; copies the tokenizer into `workdir` so the run can decode its ids."""
+  corpus = corpora.open_corpus(config.data)
+  tokenizer = _load_tokenizer(config, corpus)
+  directory = store_path(config, corpus, tokenizer)
+  if not (directory / 'meta.json').is_file():
+    raise UserError(f'no token store at {directory}; build it with `gpt-jax prepare` and the '
+                    'same config flags')
+  store = store_lib.TokenStore(directory)
+  if store.meta['tokenizer_sha256'] != tokenizer.fingerprint():
+    raise UserError(f'token store {directory} was built with another tokenizer '
+                    f'({store.meta["tokenizer"]}); run `gpt-jax prepare` again')
+  process_count, batch_size = jax.process_count(), config.train.batch_size
+  if batch_size % process_count:
+    raise UserError(f'train.batch_size={batch_size} must be a multiple of the number of JAX '
+                    f'processes ({process_count})')
+  shard = dict(seq_len=config.train.seq_len, batch_size=batch_size // process_count,
+               process_index=jax.process_index(), process_count=process_count)
+  train = pipeline.train_batches(store.tokens('train'), seed=config.data.seed,
+                                 num_threads=config.data.num_threads, **shard)
+  evaluation = pipeline.eval_batches(store.tokens('validation'),
+                                     num_batches=config.train.eval_batches, **shard)
+  if workdir is not None and jax.process_index() == 0:
+    tokenizer.copy_to(workdir)
+  return PretrainData(tokenizer, store, train, lambda: evaluation, store.num_tokens('train'))
