@@ -97,13 +97,46 @@ class Linear(nn.Module):
     return y + bias
 
 
+class KeyValueCache(nn.Module):
+  """The keys and values of every token decoded so far, in the 'cache' collection.
+
+  Slots are shared by the batch: each call writes its n new tokens at slots
+  [index, index + n) of every row. Rows of different lengths are left-padded,
+  so `cache_mask` (batch, cache_len) marks the padding slots that no query may
+  attend. The first call creates the cache, sized by `cache_mask`.
+  """
+
+  @nn.compact
+  def __call__(self, key, value, cache_mask):
+    batch, length, heads, head_dim = key.shape
+    shape = (batch, cache_mask.shape[1], heads, head_dim)
+    axes = ('activation_batch', 'activation_length', 'activation_heads', None)
+    keys = self.variable('cache', 'key', jnp.zeros, shape, key.dtype)
+    values = self.variable('cache', 'value', jnp.zeros, shape, value.dtype)
+    index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
+    start = index.value
+    keys.value = nn.with_logical_constraint(
+        jax.lax.dynamic_update_slice(keys.value, key, (0, start, 0, 0)), axes)
+    values.value = nn.with_logical_constraint(
+        jax.lax.dynamic_update_slice(values.value, value, (0, start, 0, 0)), axes)
+    index.value = start + length
+    # Query i sits at slot start + i: it sees real tokens at that slot or before.
+    slots = jnp.arange(cache_mask.shape[1])
+    causal = slots[None, :] <= start + jnp.arange(length)[:, None]
+    return keys.value, values.value, causal[None, None] & cache_mask[:, None, None, :]
+
+
 class CausalSelfAttention(nn.Module):
-  """Multi-head attention with a fused [q | k | v] projection and a causal mask."""
+  """Multi-head attention with a fused [q | k | v] projection and a causal mask.
+
+  With a `cache_mask` (decoding, see `GPT.decode`) the keys and values also go
+  to a KeyValueCache, and queries attend to everything cached so far.
+  """
 
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, deterministic: bool):
+  def __call__(self, x, deterministic: bool, cache_mask=None):
     cfg = self.config
     d, heads, head_dim = cfg.n_embd, cfg.n_head, cfg.head_dim
     # One kernel for q, k and v, kept as (embed, 3, heads, head_dim) so tensor
@@ -113,10 +146,13 @@ class CausalSelfAttention(nn.Module):
     qkv = nn.with_logical_constraint(
         qkv, ('activation_batch', 'activation_length', None, 'activation_heads', None))
     query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    if cache_mask is None:
+      length = x.shape[1]
+      causal = jnp.tril(jnp.ones((length, length), dtype=bool))
+    else:
+      key, value, causal = KeyValueCache(name='kv_cache')(key, value, cache_mask)
 
     scores = jnp.einsum('bqhd,bkhd->bhqk', query, key) / math.sqrt(head_dim)
-    length = x.shape[1]
-    causal = jnp.tril(jnp.ones((length, length), dtype=bool))
     scores = jnp.where(causal, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
     probs = nn.Dropout(cfg.attn_pdrop)(probs, deterministic=deterministic)
@@ -151,9 +187,9 @@ class Block(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, deterministic: bool):
+  def __call__(self, x, deterministic: bool, cache_mask=None):
     x = _layer_norm(self.config, 'ln_1')(
-        x + CausalSelfAttention(self.config, name='attn')(x, deterministic))
+        x + CausalSelfAttention(self.config, name='attn')(x, deterministic, cache_mask))
     x = _layer_norm(self.config, 'ln_2')(
         x + MLP(self.config, name='mlp')(x, deterministic))
     return nn.with_logical_constraint(
@@ -201,3 +237,18 @@ class GPT(nn.Module):
 
   def __call__(self, tokens, deterministic: bool = True):
     return self.logits(self.hidden_states(tokens, deterministic))
+
+  def decode(self, tokens, positions, cache_mask):
+    """Logits (batch, vocab) after the last of `tokens`, attending through the key/value cache.
+
+    Apply with mutable=['cache']: each call appends tokens (batch, n) at their
+    absolute positions (batch, n) to the cache that earlier calls filled (the
+    prompt, then one token per step), so nothing is recomputed. cache_mask
+    (batch, cache_len) is False at padding slots; see KeyValueCache.
+    """
+    x = self.tokens_embed(tokens) + self.positions_embed(positions)
+    x = nn.with_logical_constraint(
+        x, ('activation_batch', 'activation_length', 'activation_embed'))
+    for block in self.h:
+      x = block(x, True, cache_mask)
+    return self.logits(x[:, -1])
