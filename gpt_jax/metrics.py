@@ -1,9 +1,10 @@
-"""Model FLOPs, hardware peaks and utilisation (MFU)."""
+"""Model FLOPs, hardware peaks and utilisation (MFU); fine-tuning task metrics."""
 
 import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Dense bf16 peak FLOP/s per chip, from the vendors' data sheets.
 _PEAK_FLOPS = {
@@ -53,3 +54,66 @@ def peak_flops_per_device(dtype=jnp.float32) -> tuple[float, str]:
     if kind.startswith(name):
       return peak, f'{kind} data sheet'
   return _measure_matmul_peak(dtype), f'measured {jnp.dtype(dtype).name} matmul on {kind}'
+
+
+# Fine-tuning task metrics: functions of (predictions, labels) on the host, in
+# float64. Where a metric is undefined (a constant input), it is 0, as
+# scikit-learn reports for Matthews correlation.
+
+
+def accuracy(predictions, labels) -> float:
+  return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
+
+
+def f1_binary(predictions, labels) -> float:
+  """F1 of the positive class (label 1), as GLUE reports for MRPC and QQP."""
+  predictions, labels = np.asarray(predictions) == 1, np.asarray(labels) == 1
+  true_pos = np.sum(predictions & labels)
+  wrong = np.sum(predictions != labels)  # false positives + false negatives
+  return float(2 * true_pos / (2 * true_pos + wrong)) if true_pos + wrong else 0.0
+
+
+def matthews_corrcoef(predictions, labels) -> float:
+  """Matthews correlation (multi-class form, Gorodkin 2004); CoLA's metric."""
+  predictions, labels = np.asarray(predictions), np.asarray(labels)
+  classes, index = np.unique(np.concatenate([labels, predictions]), return_inverse=True)
+  confusion = np.zeros((len(classes), len(classes)), np.float64)
+  np.add.at(confusion, (index[:len(labels)], index[len(labels):]), 1)
+  true_counts, predicted_counts = confusion.sum(1), confusion.sum(0)
+  total, correct = confusion.sum(), np.trace(confusion)
+  numerator = correct * total - predicted_counts @ true_counts
+  denominator = np.sqrt((total**2 - predicted_counts @ predicted_counts) *
+                        (total**2 - true_counts @ true_counts))
+  return float(numerator / denominator) if denominator else 0.0
+
+
+def pearson(predictions, labels) -> float:
+  x = np.asarray(predictions, np.float64) - np.mean(predictions)
+  y = np.asarray(labels, np.float64) - np.mean(labels)
+  denominator = np.sqrt((x @ x) * (y @ y))
+  return float(x @ y / denominator) if denominator else 0.0
+
+
+def _ranks(values) -> np.ndarray:
+  """1-based ranks; tied values share the mean of their ranks."""
+  _, inverse, counts = np.unique(np.asarray(values), return_inverse=True, return_counts=True)
+  ends = np.cumsum(counts)
+  return ((ends - counts + 1 + ends) / 2)[inverse]
+
+
+def spearman(predictions, labels) -> float:
+  return pearson(_ranks(predictions), _ranks(labels))
+
+
+TASK_METRICS = {
+    'accuracy': accuracy,
+    'f1': f1_binary,
+    'mcc': matthews_corrcoef,
+    'pearson': pearson,
+    'spearman': spearman,
+}
+
+
+def task_metrics(names, predictions, labels) -> dict[str, float]:
+  """{name: value} for the metric `names` (keys of TASK_METRICS) of one task."""
+  return {name: TASK_METRICS[name](predictions, labels) for name in names}

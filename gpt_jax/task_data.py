@@ -1,0 +1,261 @@
+"""Fine-tuning data: the paper's tasks through TFDS, and batches for a fine-tuning loop.
+
+A `Task` says what a run needs to know about its data: the transformation
+(`kind`), the label names, the metrics, and random-access sources of examples
+(dicts as `gpt_jax.tasks` expects) for its train, validation and test splits.
+`load_tfds_task` builds one from the registry below; `task_files.load_local_task`
+from the user's JSONL / CSV files.
+
+TFDS datasets are read through array_record data sources, without TensorFlow.
+Prepare one once (it is never downloaded at run time):
+
+  tfds build glue/sst2 --data_dir=DATA_DIR --file_format=array_record
+
+Story Cloze cannot be downloaded by TFDS; prepare it from a manual download:
+  1. Request the data at https://www.cs.rochester.edu/nlp/rocstories/ (a Google
+     form); the links arrive by email.
+  2. Download the Story Cloze Test spring 2016 validation and test CSV files and
+     rename them, in one folder MANUAL_DIR, to exactly
+     cloze_test_val__spring2016.csv and cloze_test_test__spring2016.csv.
+  3. tfds build story_cloze/2016 --data_dir=DATA_DIR --manual_dir=MANUAL_DIR \
+       --file_format=array_record
+As in the paper, it trains on 90% of the labelled validation stories (the
+standard training set has no wrong endings), selects checkpoints on the other
+10%, and tests on the test stories.
+
+RACE's TFDS builder stores nested option lists, which TFDS can only *write*
+with TensorFlow installed: `pip install tensorflow` for `tfds build race/high`.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+import tensorflow_datasets.text  # noqa: F401  registers the legacy builders, among them 'glue'
+
+from gpt_jax import tasks
+from gpt_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """A fine-tuning task's data and how to score it."""
+
+  name: str
+  kind: str  # one of tasks.KINDS
+  labels: tuple[str, ...] | None  # class names (label i is labels[i]); None: regression or choices
+  metrics: tuple[str, ...]  # keys of metrics.TASK_METRICS; the first one selects checkpoints
+  train: Sequence[dict]
+  validation: Mapping[str, Sequence[dict]]  # scored every epoch; MNLI has matched + mismatched
+  test: Mapping[str, Sequence[dict]]  # labels may be -1 (unlabelled)
+  regression: bool = False
+  # GLUE test split -> the file name its predictions go to in a GLUE submission
+  submission_files: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+  @property
+  def num_outputs(self) -> int:
+    """Outputs of the linear head: one per class, or 1 for a score / a choice."""
+    return 1 if self.regression or self.labels is None else len(self.labels)
+
+
+# ---------------------------------------------------------------------------
+# The registry: each entry maps a TFDS dataset's features (as its builder in
+# tensorflow_datasets names them) onto a transformation's fields.
+
+
+def _text(value) -> str:
+  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+
+def _fields(record, fields: Mapping[str, str]) -> dict:
+  return {field: _text(record[feature]) for field, feature in fields.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsTask:
+  """How one TFDS dataset becomes a Task."""
+
+  tfds_name: str
+  kind: str
+  fields: Mapping[str, str]  # transformation field -> dataset feature
+  labels: tuple[str, ...] | None  # must equal the dataset's ClassLabel names, when it has one
+  metrics: tuple[str, ...]
+  train: str = 'train'
+  validation: tuple[str, ...] = ('validation',)
+  test: tuple[str, ...] = ('test',)
+  regression: bool = False
+  submission_files: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  # record -> its examples; None maps `fields` and 'label' one to one.
+  convert: Callable[[dict], list[dict]] | None = None
+
+  def examples(self, record) -> list[dict]:
+    if self.convert is not None:
+      return self.convert(record)
+    label = record['label']
+    label = float(label) if self.regression else int(label)
+    return [{**_fields(record, self.fields), 'label': label}]
+
+
+def _snli_examples(record) -> list[dict]:
+  # Pairs the annotators did not agree on have label -1; as is standard, drop them.
+  if record['label'] == -1:
+    return []
+  return [{**_fields(record, {'premise': 'premise', 'hypothesis': 'hypothesis'}),
+           'label': int(record['label'])}]
+
+
+def _race_examples(record) -> list[dict]:
+  """One example per question: context = article + question, four options, answer A-D."""
+  article = _text(record['article'])
+  return [{'context': f'{article} {_text(question)}',
+           'choices': [_text(option) for option in options],
+           'label': 'ABCD'.index(_text(answer)) if _text(answer) else -1}
+          for question, options, answer in zip(
+              record['questions'], record['options'], record['answers'])]
+
+
+def _story_cloze_examples(record) -> list[dict]:
+  label = int(record['label'])  # AnswerRightEnding: 1 or 2 (-1 when absent)
+  return [{'context': _text(record['context']),
+           'choices': [_text(ending) for ending in record['endings']],
+           'label': label - 1 if label > 0 else -1}]
+
+
+_GLUE_PAIR = {'text_a': 'sentence1', 'text_b': 'sentence2'}
+_NLI = ('entailment', 'neutral', 'contradiction')
+
+TFDS_TASKS = {
+    'cola': TfdsTask('glue/cola', 'classification', {'text': 'sentence'},
+                     ('unacceptable', 'acceptable'), ('mcc',),
+                     submission_files={'test': 'CoLA.tsv'}),
+    'sst2': TfdsTask('glue/sst2', 'classification', {'text': 'sentence'},
+                     ('negative', 'positive'), ('accuracy',),
+                     submission_files={'test': 'SST-2.tsv'}),
+    'mrpc': TfdsTask('glue/mrpc', 'similarity', _GLUE_PAIR, ('not_equivalent', 'equivalent'),
+                     ('f1', 'accuracy'), submission_files={'test': 'MRPC.tsv'}),
+    'qqp': TfdsTask('glue/qqp', 'similarity', {'text_a': 'question1', 'text_b': 'question2'},
+                    ('not_duplicate', 'duplicate'), ('f1', 'accuracy'),
+                    submission_files={'test': 'QQP.tsv'}),
+    'stsb': TfdsTask('glue/stsb', 'similarity', _GLUE_PAIR, None, ('pearson', 'spearman'),
+                     regression=True, submission_files={'test': 'STS-B.tsv'}),
+    'mnli': TfdsTask('glue/mnli', 'entailment', {'premise': 'premise', 'hypothesis': 'hypothesis'},
+                     _NLI, ('accuracy',),
+                     validation=('validation_matched', 'validation_mismatched'),
+                     test=('test_matched', 'test_mismatched'),
+                     submission_files={'test_matched': 'MNLI-m.tsv',
+                                       'test_mismatched': 'MNLI-mm.tsv'}),
+    'qnli': TfdsTask('glue/qnli', 'entailment', {'premise': 'question', 'hypothesis': 'sentence'},
+                     ('entailment', 'not_entailment'), ('accuracy',),
+                     submission_files={'test': 'QNLI.tsv'}),
+    'rte': TfdsTask('glue/rte', 'entailment', {'premise': 'sentence1', 'hypothesis': 'sentence2'},
+                    ('entailment', 'not_entailment'), ('accuracy',),
+                    submission_files={'test': 'RTE.tsv'}),
+    'snli': TfdsTask('snli', 'entailment', {'premise': 'premise', 'hypothesis': 'hypothesis'},
+                     _NLI, ('accuracy',), convert=_snli_examples),
+    'scitail': TfdsTask('sci_tail', 'entailment',
+                        {'premise': 'premise', 'hypothesis': 'hypothesis'},
+                        ('entails', 'neutral'), ('accuracy',)),
+    'race_middle': TfdsTask('race/middle', 'multiple_choice', {}, None, ('accuracy',),
+                            validation=('dev',), convert=_race_examples),
+    'race_high': TfdsTask('race/high', 'multiple_choice', {}, None, ('accuracy',),
+                          validation=('dev',), convert=_race_examples),
+    'story_cloze': TfdsTask('story_cloze/2016', 'multiple_choice', {}, None, ('accuracy',),
+                            train='validation[:90%]', validation=('validation[90%:]',),
+                            convert=_story_cloze_examples),
+}
+
+
+class TfdsExamples(Sequence):
+  """Random access to the examples of one TFDS split (a record may give 0 or many)."""
+
+  def __init__(self, records, spec: TfdsTask, where: str):
+    self._records, self._spec = records, spec
+    self._index = None  # (record, example) per example, when not one to one
+    if spec.convert is not None:
+      self._index = []
+      for start in range(0, len(records), 10_000):  # batched reads are several times faster
+        chunk = records.__getitems__(list(range(start, min(start + 10_000, len(records)))))
+        for offset, record in enumerate(chunk):
+          self._index += [(start + offset, k) for k in range(len(spec.examples(record)))]
+    if not len(self):
+      raise UserError(f'{where} holds no examples; prepare the dataset again '
+                      f'(tfds build {spec.tfds_name} --file_format=array_record)')
+
+  def __len__(self) -> int:
+    return len(self._records) if self._index is None else len(self._index)
+
+  def __getitem__(self, i: int) -> dict:
+    if not 0 <= i < len(self):
+      raise IndexError(i)
+    position, k = (i, 0) if self._index is None else self._index[i]
+    record = self._records[position]
+    # GLUE numbers its examples ('idx'; its test submissions need them); TFDS shuffled them.
+    return {**self._spec.examples(record)[k], 'index': int(record.get('idx', i))}
+
+
+def load_tfds_task(name: str, data_dir: str | None = None) -> Task:
+  """The registry's task `name` (a key of TFDS_TASKS), read from `data_dir`."""
+  if name not in TFDS_TASKS:
+    raise UserError(f'unknown task {name!r}; the registry has: {", ".join(TFDS_TASKS)} '
+                    '(or fine-tune on your own files, see gpt_jax.task_files)')
+  spec = TFDS_TASKS[name]
+  try:
+    builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+  except Exception as error:  # TFDS raises several types for a missing dataset
+    raise UserError(f'cannot open TFDS dataset {spec.tfds_name} in {data_dir}: {error}') from None
+  if not builder.is_prepared():
+    raise UserError(f'TFDS dataset {spec.tfds_name} is not prepared in {builder.data_dir}; run '
+                    f'`tfds build {spec.tfds_name} --data_dir={data_dir} '
+                    '--file_format=array_record` (see gpt_jax/task_data.py)')
+  if spec.labels is not None and tuple(builder.info.features['label'].names) != spec.labels:
+    raise UserError(f'{spec.tfds_name} labels are {builder.info.features["label"].names}, but '
+                    'the task registry '
+                    f'expects {list(spec.labels)}; the TFDS version differs from the one '
+                    'gpt_jax was written for')
+
+  def source(split):
+    try:
+      records = builder.as_data_source(split)
+    except Exception as error:
+      raise UserError(f'cannot read split {split!r} of {spec.tfds_name} in {builder.data_dir}: '
+                      f'{error}') from None
+    return TfdsExamples(records, spec, f'{spec.tfds_name} split {split!r}')
+
+  return Task(name=name, kind=spec.kind, labels=spec.labels, metrics=spec.metrics,
+              train=source(spec.train),
+              validation={split: source(split) for split in spec.validation},
+              test={split: source(split) for split in spec.test},
+              regression=spec.regression, submission_files=dict(spec.submission_files))
+
+
+# ---------------------------------------------------------------------------
+# Batches for the fine-tuning loop.
+
+
+def batches(examples: Sequence[dict], kind: str, tokenizer: tasks.Tokenizer, max_len: int,
+            batch_size: int, *, shuffle_seed: int | None = None, num_epochs: int = 1,
+            pad_last: bool = False) -> Iterator[dict[str, np.ndarray]]:
+  """Batches of encoded examples (see tasks.encode_example), each a dict of stacked arrays.
+
+  Training: pass `shuffle_seed` (a fresh order every epoch); an incomplete last
+  batch is dropped. Evaluation: `pad_last=True` keeps every example, filling
+  the last batch with copies whose `valid` is 0 so it has `batch_size` rows.
+  Sum `batch['truncated']` to report how many examples were cut.
+  """
+  dataset = grain.MapDataset.source(examples)
+  if shuffle_seed is not None:
+    dataset = dataset.shuffle(seed=shuffle_seed)
+  dataset = dataset.repeat(num_epochs).map(
+      functools.partial(tasks.encode_example, tasks.check_kind(kind), tokenizer=tokenizer,
+                        max_len=max_len))
+  for batch in dataset.batch(batch_size, drop_remainder=not pad_last):
+    rows = len(batch['valid'])
+    if rows < batch_size:
+      fill = np.arange(batch_size - rows) % rows
+      batch = {key: np.concatenate([value, value[fill]]) for key, value in batch.items()}
+      batch['valid'][rows:] = 0
+      batch['truncated'][rows:] = 0
+    yield batch

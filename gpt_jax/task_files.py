@@ -1,0 +1,159 @@
+"""Users' own fine-tuning tasks: one JSONL or CSV file per split.
+
+One example per JSON line, or per CSV row under a header row (.tsv: tab
+separated). The fields of each kind:
+
+  classification   {"text": "...", "label": "positive"}
+  entailment       {"premise": "...", "hypothesis": "...", "label": "entailment"}
+  similarity       {"text_a": "...", "text_b": "...", "label": "paraphrase"}
+                   (with regression=True the label is a number, e.g. 3.8)
+  multiple_choice  {"context": "...", "choices": ["...", "...", "..."], "label": 2}
+                   in CSV, columns choice_0, choice_1, ... instead of choices
+
+Class labels are compared as text (1 and "1" are the same label). The label list
+is `labels` when given, else the sorted distinct labels of the train file; it is
+then fixed, and a validation or test label outside it is an error. A
+multiple-choice label is the 0-based index of the right choice, and every
+example has the same number of choices. A test file may leave `label` out
+(predictions only); train and validation files may not.
+"""
+
+import csv
+import json
+import re
+from pathlib import Path
+
+from gpt_jax import metrics as metrics_lib
+from gpt_jax import tasks
+from gpt_jax.errors import UserError
+from gpt_jax.task_data import Task
+
+_CHOICE_COLUMN = re.compile(r'choice_(\d+)')
+
+
+def _read_rows(path) -> list[tuple[str, dict]]:
+  """(file:line, row) for every example of a .jsonl / .csv / .tsv file."""
+  path = Path(path)
+  if not path.is_file():
+    raise UserError(f'task file {path} not found')
+  suffix = path.suffix.lower()
+  rows = []
+  with path.open(encoding='utf-8', newline='') as f:
+    if suffix == '.jsonl':
+      for number, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError as error:
+          raise UserError(f'{path}:{number}: not valid JSON ({error.msg}); '
+                          'each line must hold one JSON object') from None
+        if not isinstance(row, dict):
+          raise UserError(f'{path}:{number}: expected a JSON object, got {type(row).__name__}')
+        rows.append((f'{path}:{number}', row))
+    elif suffix in ('.csv', '.tsv'):
+      reader = csv.DictReader(f, delimiter='\t' if suffix == '.tsv' else ',')
+      rows = [(f'{path}:{reader.line_num}', row) for row in reader]
+    else:
+      raise UserError(f'task file {path}: unknown format {suffix!r}; use .jsonl, .csv or .tsv')
+  if not rows:
+    raise UserError(f'task file {path} holds no examples')
+  return rows
+
+
+def _text(row, field, where, kind):
+  value = row.get(field)
+  if not isinstance(value, str):
+    raise UserError(f'{where}: field {field!r} is missing or not text; a {kind} example needs '
+                    f'{", ".join(tasks.FIELDS[kind])} and label (see gpt_jax/task_files.py)')
+  return value
+
+
+def _choices(row, where):
+  if 'choices' in row:
+    choices = row['choices']
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
+      raise UserError(f'{where}: field "choices" must be a non-empty list of strings')
+    return choices
+  columns = sorted((int(match.group(1)), key) for key in row
+                   if key and (match := _CHOICE_COLUMN.fullmatch(key)))
+  if not columns:
+    raise UserError(f'{where}: field "choices" (CSV: columns choice_0, choice_1, ...) is missing')
+  return [_text(row, key, where, 'multiple_choice') for _, key in columns]
+
+
+def _label(raw, where, kind, labels, regression, n_choices):
+  """The label as the model sees it: class index, score or choice index."""
+  if regression:
+    try:
+      return float(raw)
+    except (TypeError, ValueError):
+      raise UserError(f'{where}: label {raw!r} is not a number (regression task)') from None
+  if kind == 'multiple_choice':
+    try:
+      index = int(raw)
+    except (TypeError, ValueError):
+      index = -1
+    if not 0 <= index < n_choices or str(index) != str(raw).strip():
+      raise UserError(f'{where}: label {raw!r} must be the index of the right choice, '
+                      f'0 to {n_choices - 1}')
+    return index
+  if str(raw) not in labels:
+    raise UserError(f'{where}: unknown label value {str(raw)!r}; known labels: {list(labels)} '
+                    '(give the full list in the task config)')
+  return labels.index(str(raw))
+
+
+def _has_label(row) -> bool:
+  return row.get('label') not in (None, '')
+
+
+def load_local_task(kind: str, train: str, validation: str, test: str | None = None, *,
+                    labels: tuple[str, ...] | None = None, regression: bool = False,
+                    metrics: tuple[str, ...] | None = None, name: str = 'local') -> Task:
+  """A Task from the user's files; see the module docstring for their schema.
+
+  `metrics` defaults to ('pearson', 'spearman') for regression, else ('accuracy',).
+  """
+  tasks.check_kind(kind)
+  classes = not regression and kind != 'multiple_choice'
+  if regression and kind == 'multiple_choice':
+    raise UserError('a multiple-choice task cannot be a regression')
+  if labels is not None and not classes:
+    raise UserError('labels only apply to class labels; regression and multiple-choice '
+                    'tasks take numbers')
+  metrics = tuple(metrics or (('pearson', 'spearman') if regression else ('accuracy',)))
+  unknown = [m for m in metrics if m not in metrics_lib.TASK_METRICS]
+  if unknown:
+    raise UserError(f'unknown metric(s) {unknown}; known: {list(metrics_lib.TASK_METRICS)}')
+
+  files = {'train': train, 'validation': validation, 'test': test}
+  rows = {split: _read_rows(path) for split, path in files.items() if path}
+  if classes and labels is None:
+    labels = tuple(sorted({str(row['label']) for _, row in rows['train'] if _has_label(row)}))
+  labels = tuple(str(label) for label in labels) if classes else None
+
+  examples, first_choices = {}, None  # (where, how many) of the first multiple-choice example
+  for split, split_rows in rows.items():
+    examples[split] = []
+    for index, (where, row) in enumerate(split_rows):
+      example = {field: _choices(row, where) if field == 'choices'
+                 else _text(row, field, where, kind) for field in tasks.FIELDS[kind]}
+      if kind == 'multiple_choice':
+        first_choices = first_choices or (where, len(example['choices']))
+        if len(example['choices']) != first_choices[1]:
+          raise UserError(f'{where}: {len(example["choices"])} choices, but {first_choices[0]} '
+                          f'has {first_choices[1]}; every example needs the same number')
+      if _has_label(row):
+        example['label'] = _label(row['label'], where, kind, labels, regression,
+                                  len(example.get('choices', ())))
+      elif split == 'test':
+        example['label'] = -1.0 if regression else -1
+      else:
+        raise UserError(f'{where}: field "label" is missing ({split} examples need one)')
+      examples[split].append({**example, 'index': index})
+
+  return Task(name=name, kind=kind, labels=labels, metrics=metrics, train=examples['train'],
+              validation={'validation': examples['validation']},
+              test={'test': examples['test']} if 'test' in examples else {},
+              regression=regression)
