@@ -28,7 +28,6 @@ with TensorFlow installed: `pip install tensorflow` for `tfds build race/high`.
 """
 
 import dataclasses
-import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import grain
@@ -181,8 +180,8 @@ class TfdsExamples(Sequence):
         for offset, record in enumerate(chunk):
           self._index += [(start + offset, k) for k in range(len(spec.examples(record)))]
     if not len(self):
-      raise UserError(f'{where} holds no examples; prepare the dataset again '
-                      f'(tfds build {spec.tfds_name} --file_format=array_record)')
+      raise UserError(f'{where} holds no usable examples (unlabelled ones are dropped); '
+                      'check the prepared data or prepare it again with tfds build')
 
   def __len__(self) -> int:
     return len(self._records) if self._index is None else len(self._index)
@@ -211,10 +210,9 @@ def load_tfds_task(name: str, data_dir: str | None = None) -> Task:
                     f'`tfds build {spec.tfds_name} --data_dir={data_dir} '
                     '--file_format=array_record` (see gpt_jax/task_data.py)')
   if spec.labels is not None and tuple(builder.info.features['label'].names) != spec.labels:
-    raise UserError(f'{spec.tfds_name} labels are {builder.info.features["label"].names}, but '
-                    'the task registry '
-                    f'expects {list(spec.labels)}; the TFDS version differs from the one '
-                    'gpt_jax was written for')
+    raise UserError(f'{spec.tfds_name} labels are {builder.info.features["label"].names}, '
+                    f'but the task registry expects {list(spec.labels)}: the dataset was '
+                    'prepared by another TFDS version than the one gpt_jax pins')
 
   def source(split):
     try:
@@ -237,25 +235,34 @@ def load_tfds_task(name: str, data_dir: str | None = None) -> Task:
 
 def batches(examples: Sequence[dict], kind: str, tokenizer: tasks.Tokenizer, max_len: int,
             batch_size: int, *, shuffle_seed: int | None = None, num_epochs: int = 1,
-            pad_last: bool = False) -> Iterator[dict[str, np.ndarray]]:
-  """Batches of encoded examples (see tasks.encode_example), each a dict of stacked arrays.
+            pad_last: bool = False, shard: tuple[int, int] = (0, 1)
+            ) -> Iterator[dict[str, np.ndarray]]:
+  """This process's batches of encoded examples (tasks.encode_example), as dicts of arrays.
 
-  Training: pass `shuffle_seed` (a fresh order every epoch); an incomplete last
-  batch is dropped. Evaluation: `pad_last=True` keeps every example, filling
-  the last batch with copies whose `valid` is 0 so it has `batch_size` rows.
-  Sum `batch['truncated']` to report how many examples were cut.
+  Training: pass `shuffle_seed` (a fresh order every epoch); the rows that do
+  not fill a last global batch are dropped. Evaluation: `pad_last=True` keeps
+  every example and fills the last batch with copies whose `valid` is 0.
+  Multi-host: `shard=(jax.process_index(), jax.process_count())` and the
+  per-process `batch_size`; every process then yields the same number of
+  batches. Sum `batch['truncated']` to report how many examples were cut.
   """
+  kind = tasks.check_kind(kind)
+  index, count = shard
   dataset = grain.MapDataset.source(examples)
   if shuffle_seed is not None:
     dataset = dataset.shuffle(seed=shuffle_seed)
-  dataset = dataset.repeat(num_epochs).map(
-      functools.partial(tasks.encode_example, tasks.check_kind(kind), tokenizer=tokenizer,
-                        max_len=max_len))
-  for batch in dataset.batch(batch_size, drop_remainder=not pad_last):
-    rows = len(batch['valid'])
-    if rows < batch_size:
-      fill = np.arange(batch_size - rows) % rows
-      batch = {key: np.concatenate([value, value[fill]]) for key, value in batch.items()}
-      batch['valid'][rows:] = 0
-      batch['truncated'][rows:] = 0
-    yield batch
+  dataset = dataset.repeat(num_epochs)
+  global_batch = batch_size * count
+  num_batches = -(-len(dataset) // global_batch) if pad_last else len(dataset) // global_batch
+  if not num_batches:
+    raise UserError(f'{len(examples)} examples make no batch of {global_batch}; '
+                    'lower the batch size or add examples')
+  positions = range(index, num_batches * global_batch, count)  # this process's rows
+  for start in range(0, len(positions), batch_size):
+    encoded = []
+    for position in positions[start:start + batch_size]:
+      example = tasks.encode_example(kind, dataset[position % len(dataset)], tokenizer, max_len)
+      if position >= len(dataset):  # padding of the last batch
+        example.update(valid=np.int32(0), truncated=np.int32(0))
+      encoded.append(example)
+    yield {key: np.stack([example[key] for example in encoded]) for key in encoded[0]}

@@ -138,12 +138,25 @@ def test_mnli_end_to_end(data_dir):
   assert {tuple(t): int(l) for t, l in zip(batch['tokens'], batch['label'])} == expected
 
 
+def test_shards_split_the_rows_and_agree_on_the_number_of_batches():
+  examples = [{'text': str(10 + i), 'label': 0} for i in range(7)]
+  shards = [list(task_data.batches(examples, 'classification', TOKENIZER, MAX_LEN, batch_size=2,
+                                   pad_last=True, shard=(i, 2))) for i in range(2)]
+  assert len(shards[0]) == len(shards[1]) == 2  # 7 rows in global batches of 4
+  seen = [int(tokens[1]) for shard in shards for batch in shard
+          for tokens, valid in zip(batch['tokens'], batch['valid']) if valid]
+  assert sorted(seen) == list(range(10, 17))
+  with pytest.raises(UserError, match='7 examples make no batch of 8'):
+    next(task_data.batches(examples, 'classification', TOKENIZER, MAX_LEN, batch_size=4,
+                           shuffle_seed=0, shard=(0, 2)))
+
+
 def test_snli_drops_unlabelled_pairs_and_rejects_an_empty_split(data_dir):
   spec = task_data.TFDS_TASKS['snli']
   builder = tfds.builder('snli', data_dir=data_dir)
   train = task_data.TfdsExamples(builder.as_data_source('train'), spec, 'snli train')
   assert sorted(example['premise'] for example in train) == ['a b', 'f']
-  with pytest.raises(UserError, match='no examples'):
+  with pytest.raises(UserError, match="'validation' holds no usable examples"):
     task_data.load_tfds_task('snli', data_dir)  # its validation split is all '-'
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gpt_jax import tasks
+from gpt_jax.data.tokenizer import train_tokenizer
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPTForTask, ModelConfig
 
@@ -99,6 +100,18 @@ def test_truncation_keeps_special_tokens_and_is_counted():
       'classification', [{'text': long}, {'text': '11'}, {'text': long}], FakeTokenizer(), 6)
   assert truncated == 2 and batch['tokens'].shape == (3, 6)
   np.testing.assert_array_equal(batch['tokens'][:, -1], [EXTRACT, PAD, EXTRACT])
+
+
+def test_the_project_tokenizer_fits_the_protocol(tmp_path):
+  tokenizer = train_tokenizer([tasks.__doc__, tasks.encode_example.__doc__], tmp_path / 't.model',
+                              vocab_size=400, max_bytes=10**6)
+  out = tasks.encode_example('entailment', {'premise': 'the cat sat', 'hypothesis': 'a cat'},
+                             tokenizer, 24)
+  premise, hypothesis = tokenizer.encode('the cat sat'), tokenizer.encode('a cat')
+  expected = [tokenizer.start_id, *premise, tokenizer.delimiter_id, *hypothesis,
+              tokenizer.extract_id]
+  np.testing.assert_array_equal(out['tokens'], expected + [tokenizer.pad_id] * (24 - len(expected)))
+  assert out['extract_index'] == len(expected) - 1
 
 
 def test_bad_kind_and_tiny_max_len_are_user_errors():
