@@ -52,7 +52,22 @@ def get_config() -> ml_collections.ConfigDict:
   # Device mesh: sizes of ('data', 'fsdp', 'tensor'); one may be -1 (the rest).
   config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
 
+  # Pretraining data (gpt_jax/data): a corpus, a BPE tokenizer of model.vocab_size pieces
+  # trained on it (`gpt-jax tokenizer`), and its token store (`gpt-jax prepare`).
   config.data = ml_collections.ConfigDict(dict(
-      text_file='',  # plain UTF-8 text to pretrain on (placeholder reader)
+      # pg19 (books, the closest public stand-in for BooksCorpus; a TFDS dataset you prepare),
+      # stdlib_docs (the offline default), local_text, or any TFDS dataset name.
+      corpus='pg19',
+      text_glob='',  # local_text: *.txt (a document per file), *.jsonl (one per line, "text")
+      text_key='',  # TFDS feature holding the text ('': book_text for pg19, else text)
+      validation_split='',  # TFDS split to evaluate on ('': validation, else test, else held out)
+      validation_fraction=0.05,  # documents held out when the corpus has no validation split
+      data_dir='',  # TFDS data_dir, also holding tokenizers and stores ('': ~/tensorflow_datasets)
+      download=False,  # let TFDS download and prepare a catalogue corpus (needs internet)
+      tokenizer='',  # sentencepiece .model ('': named after corpus and vocab_size in data_dir)
+      tokenizer_max_bytes=100_000_000,  # text read to train the tokenizer
+      store='',  # token store directory ('': named after corpus and tokenizer in data_dir)
+      seed=0,  # order and boundaries of the training windows
+      num_threads=2,  # grain reader threads
   ))
   return config

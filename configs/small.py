@@ -9,4 +9,7 @@ def get_config():
   config.train.update(batch_size=16, seq_len=256, num_steps=2000, log_every=20, eval_every=200,
                       eval_batches=10)
   config.optim.update(warmup_steps=200)
+  # The offline default corpus and an 8,192-piece BPE trained on it.
+  config.model.vocab_size = 8192
+  config.data.corpus = 'stdlib_docs'
   return config

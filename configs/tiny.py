@@ -9,4 +9,7 @@ def get_config():
   config.train.update(batch_size=16, seq_len=128, num_steps=300, log_every=10, eval_every=100,
                       eval_batches=5)
   config.optim.update(warmup_steps=30)
+  # The offline default corpus and a 2,048-piece BPE trained on it.
+  config.model.vocab_size = 2048
+  config.data.corpus = 'stdlib_docs'
   return config

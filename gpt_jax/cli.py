@@ -34,50 +34,47 @@ def _add_workdir_flag(parser: argparse.ArgumentParser) -> None:
 
 def _pretrain(args, overrides) -> None:
   """Pretrains a GPT on next-token prediction."""
+  import jax
+
   from gpt_jax import config as config_lib
   from gpt_jax import train
+  from gpt_jax.data import workflow
   from gpt_jax.report import RunLog
 
   config = config_lib.load_config(args.config, overrides)
   workdir = Path(args.workdir)
-  train_batches, eval_batches, train_tokens = _placeholder_text_data(config)
+  data = workflow.pretrain_data(config)
   log = RunLog(workdir)  # only once the inputs are known to be good: no stray workdirs
-  result = train.run_pretraining(config, workdir, train_batches, eval_batches, train_tokens, log)
+  if jax.process_index() == 0:
+    data.tokenizer.copy_to(workdir)  # the run can always decode its own ids
+  result = train.run_pretraining(config, workdir, data.train_batches, data.eval_batches,
+                                 data.train_tokens, log)
   log.info(f'done: eval loss {result["eval"]["loss"]:.4f} | '
            f'perplexity {result["eval"]["perplexity"]:.2f}')
 
 
-def _placeholder_text_data(config):
-  """Byte-level windows of a local text file (stand-in until the data pipeline lands)."""
-  import jax
-  import numpy as np
+def _tokenizer(args, overrides) -> None:
+  """Trains the config's BPE tokenizer (model.vocab_size pieces) on its corpus (data.corpus)."""
+  from gpt_jax import config as config_lib
+  from gpt_jax.data import workflow
 
-  path = Path(config.data.text_file)
-  if not config.data.text_file or not path.is_file():
-    raise UserError(f'data.text_file={config.data.text_file!r} is not a file; '
-                    'pass --config.data.text_file=PATH to a UTF-8 text file')
-  tokens = np.frombuffer(path.read_bytes(), np.uint8).astype(np.int32)
-  split = int(len(tokens) * 0.9)
-  local_batch = config.train.batch_size // jax.process_count()
-  window = config.train.seq_len + 1
-  if split - window <= 0 or len(tokens) - split - window <= 0:
-    raise UserError(f'{path} is too small for windows of {window} bytes')
+  workflow.train_tokenizer(config_lib.load_config(args.config, overrides))
 
-  def batches(data, seed):
-    rng = np.random.default_rng(seed)
-    while True:
-      starts = rng.integers(0, len(data) - window, local_batch)
-      yield np.stack([data[s:s + window] for s in starts])
 
-  def eval_batches():
-    it = batches(tokens[split:], 1234)
-    return [next(it) for _ in range(config.train.eval_batches)]
+def _prepare(args, overrides) -> None:
+  """Tokenises the config's corpus once into a token store that pretraining reads."""
+  from gpt_jax import config as config_lib
+  from gpt_jax.data import workflow
 
-  return batches(tokens[:split], config.train.seed), eval_batches, split
+  workflow.prepare(config_lib.load_config(args.config, overrides))
 
 
 # mode name -> (function, help, flag adders)
 MODES = {
+    'tokenizer': (_tokenizer, 'train the BPE tokenizer of a config on its corpus',
+                  [_add_config_flags]),
+    'prepare': (_prepare, 'tokenise the corpus of a config into its token store',
+                [_add_config_flags]),
     'pretrain': (_pretrain, 'pretrain a GPT on a text corpus (next-token prediction)',
                  [_add_config_flags, _add_workdir_flag]),
 }

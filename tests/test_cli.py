@@ -25,11 +25,17 @@ def test_help_lists_every_mode(capsys):
 
 
 def test_pretrain_tiny_runs_end_to_end_with_falling_loss(capsys, tmp_path):
-  text = tmp_path / 'corpus.txt'
-  text.write_text('the quick brown fox jumps over the lazy dog. ' * 400)
+  corpus = tmp_path / 'corpus.jsonl'
+  corpus.write_text(''.join(json.dumps({'text': f'the quick brown fox {i} jumps over the lazy '
+                                                f'dog. ' * 20}) + '\n' for i in range(40)))
+  data = ['--config.data.corpus=local_text', f'--config.data.text_glob={corpus}',
+          f'--config.data.data_dir={tmp_path / "data"}', '--config.data.validation_fraction=0.3',
+          '--config.model.vocab_size=320']
+  for mode in ('tokenizer', 'prepare'):
+    code, _, err = _run(capsys, mode, '--config', 'tiny', *data)
+    assert code == 0, err
   code, out, err = _run(
-      capsys, 'pretrain', '--config', 'tiny', '--workdir', str(tmp_path / 'run'),
-      f'--config.data.text_file={text}', '--config.model.vocab_size=256',
+      capsys, 'pretrain', '--config', 'tiny', '--workdir', str(tmp_path / 'run'), *data,
       '--config.train.num_steps=40', '--config.train.log_every=10',
       '--config.mesh.fsdp=1', '--config.mesh.data=-1', '--config.train.batch_size=8',
       '--config.optim.learning_rate=1e-3')
@@ -48,8 +54,10 @@ def test_pretrain_tiny_runs_end_to_end_with_falling_loss(capsys, tmp_path):
      'config field model.n_layer expects a int'),
     (['pretrain', '--config', 'no_such_config.py', '--workdir', 'x'],
      'config file no_such_config.py not found'),
-    (['pretrain', '--config', 'tiny', '--workdir', 'x', '--config.data.text_file=/no/such'],
-     "data.text_file='/no/such' is not a file"),
+    (['pretrain', '--config', 'tiny', '--workdir', 'x', '--config.data.corpus=local_text',
+      '--config.data.text_glob=/no/such'], "data.text_glob='/no/such': no such file or directory"),
+    (['pretrain', '--config', 'tiny', '--workdir', 'x', '--config.data.data_dir=empty'],
+     'no tokenizer at empty/gpt_jax_tokenizers/'),
 ])
 def test_user_errors_are_one_line_and_exit_nonzero(capsys, tmp_path, monkeypatch, argv, message):
   monkeypatch.chdir(tmp_path)

@@ -2,7 +2,7 @@
 
     gpt-jax tokenizer --config configs/tiny.py   ->  train_tokenizer(config)
     gpt-jax prepare   --config configs/tiny.py   ->  prepare(config)
-    gpt-jax pretrain  --config configs/tiny.py   ->  pretrain_data(config, workdir)
+    gpt-jax pretrain  --config configs/tiny.py   ->  pretrain_data(config)
 
 Unless data.tokenizer / data.store name them, the tokenizer lives in
 `{data_dir}/gpt_jax_tokenizers/{corpus}-bpe{vocab}.model` and the store in
@@ -100,9 +100,9 @@ class PretrainData:
   train_tokens: int  # size of the train split, for train.num_epochs
 
 
-def pretrain_data(config, workdir: str | Path | None = None) -> PretrainData:
+def pretrain_data(config) -> PretrainData:
   """Batches of this process's share of train.batch_size windows of train.seq_len + 1 tokens
-  from the prepared store; copies the tokenizer into `workdir` so the run can decode its ids."""
+  from the prepared store (and the tokenizer, to copy into the run's workdir)."""
   corpus = corpora.open_corpus(config.data)
   tokenizer = _load_tokenizer(config, corpus)
   directory = store_path(config, corpus, tokenizer)
@@ -123,6 +123,4 @@ def pretrain_data(config, workdir: str | Path | None = None) -> PretrainData:
                                  num_threads=config.data.num_threads, **shard)
   evaluation = pipeline.eval_batches(store.tokens('validation'),
                                      num_batches=config.train.eval_batches, **shard)
-  if workdir is not None and jax.process_index() == 0:
-    tokenizer.copy_to(workdir)
   return PretrainData(tokenizer, store, train, lambda: evaluation, store.num_tokens('train'))
