@@ -82,10 +82,11 @@ def train_batches(tokens: np.ndarray, *, seq_len: int, batch_size: int, seed: in
 
 
 def eval_batches(tokens: np.ndarray, *, seq_len: int, batch_size: int, num_batches: int,
-                 process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+                 process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
   """The first `num_batches` (all if <= 0) batches of the split's windows, in order.
 
-  Returns a re-iterable dataset of int32 arrays (batch_size, seq_len + 1).
+  Returns a re-iterable dataset of int32 arrays (batch_size, seq_len + 1); each
+  pass reads from the start.
   """
   num_windows = max(len(tokens) - 1, 0) // seq_len
   usable = num_windows - num_windows % process_count
@@ -95,4 +96,6 @@ def eval_batches(tokens: np.ndarray, *, seq_len: int, batch_size: int, num_batch
   dataset = (grain.MapDataset.range(usable)[process_index::process_count]
              .map(lambda window: _window(tokens, window * seq_len, seq_len))
              .batch(batch_size, drop_remainder=True))
-  return dataset[:num_batches] if 0 < num_batches < available else dataset
+  if 0 < num_batches < available:
+    dataset = dataset[:num_batches]
+  return dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
