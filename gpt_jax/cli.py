@@ -69,6 +69,50 @@ def _prepare(args, overrides) -> None:
   workflow.prepare(config_lib.load_config(args.config, overrides))
 
 
+def _sample(args, overrides) -> None:
+  """Continues prompts with a trained GPT and prints prompt + continuation for each."""
+  from gpt_jax import sample
+  from gpt_jax.data.tokenizer import Tokenizer
+
+  if overrides:
+    raise UserError(f'sample takes no config overrides (got --config.{overrides[0]}); the '
+                    'model comes from --workdir')
+  prompts = list(args.prompt or [])
+  if args.prompts_file:
+    path = Path(args.prompts_file)
+    if not path.is_file():
+      raise UserError(f'--prompts_file {path} does not exist')
+    prompts += [line for line in path.read_text().splitlines() if line.strip()]
+  if not prompts:
+    raise UserError('give at least one --prompt TEXT or a --prompts_file with one prompt a line')
+  tokenizer = Tokenizer(args.tokenizer or Path(args.workdir) / 'tokenizer.model')
+  params, model_config = sample.load_decoder(args.workdir)
+  continuations = sample.generate_text(
+      params, model_config, tokenizer, prompts, args.max_new_tokens,
+      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+      stop_tokens=[tokenizer.eod_id], seed=args.seed)
+  for index, (prompt, continuation) in enumerate(zip(prompts, continuations)):
+    if index:
+      print('-' * 40)
+    print(prompt + continuation)
+
+
+def _add_sample_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--workdir', required=True, help='pretraining or fine-tuning workdir, or '
+                      'a Hugging Face openai-gpt directory (e.g. from `gpt-jax export`)')
+  parser.add_argument('--prompt', action='append', help='text to continue (repeatable)')
+  parser.add_argument('--prompts_file', help='UTF-8 file with one prompt a line')
+  parser.add_argument('--tokenizer', help='sentencepiece model; default WORKDIR/tokenizer.model')
+  parser.add_argument('--max_new_tokens', type=int, default=100,
+                      help='tokens to add to each prompt (fewer at end of document)')
+  parser.add_argument('--temperature', type=float, default=1.0, help='0 = greedy')
+  parser.add_argument('--top_k', type=int, default=0,
+                      help='sample among the k most likely tokens (0 = all)')
+  parser.add_argument('--top_p', type=float, default=1.0,
+                      help='nucleus sampling: the most likely tokens up to this mass (1 = all)')
+  parser.add_argument('--seed', type=int, default=0)
+
+
 # mode name -> (function, help, flag adders)
 MODES = {
     'tokenizer': (_tokenizer, 'train the BPE tokenizer of a config on its corpus',
@@ -77,6 +121,8 @@ MODES = {
                 [_add_config_flags]),
     'pretrain': (_pretrain, 'pretrain a GPT on a text corpus (next-token prediction)',
                  [_add_config_flags, _add_workdir_flag]),
+    'sample': (_sample, 'continue text prompts with a trained GPT (KV-cache decoding)',
+               [_add_sample_flags]),
 }
 
 

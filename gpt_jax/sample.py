@@ -15,24 +15,26 @@ masked out of attention, so a padded row decodes exactly as it would alone.
 
 `generate` is the tokenizer-agnostic core (ids in, ids out); `generate_text`
 wraps it for any tokenizer with `encode(str) -> list[int]` and
-`decode(list[int]) -> str`.
+`decode(list[int]) -> str`; `load_decoder` reads the weights to sample from.
 """
 
 import contextlib
 import dataclasses
 import functools
 from collections.abc import Sequence
+from pathlib import Path
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import sharding
+from gpt_jax import hf, sharding
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPT, ModelConfig
 
 _PAD_ID = 0  # fills padding and finished rows; never attended, never returned
+_WIDTH_MULTIPLE = 16  # prompt batches are padded to a multiple of this many tokens
 
 
 def generate(params, model_config: ModelConfig, prompts: Sequence[Sequence[int]],
@@ -64,7 +66,11 @@ def generate(params, model_config: ModelConfig, prompts: Sequence[Sequence[int]]
   _check_arguments(model_config, prompts, max_new_tokens, temperature, top_k, top_p,
                    stop_tokens)
   lengths = np.array([len(p) for p in prompts], np.int32)
-  padded = np.full((len(prompts), lengths.max()), _PAD_ID, np.int32)
+  # Extra left padding is free of effect, so round the width up: prompts of
+  # similar lengths then share one compiled program.
+  width = min(-(-lengths.max() // _WIDTH_MULTIPLE) * _WIDTH_MULTIPLE,
+              model_config.n_ctx - max_new_tokens)
+  padded = np.full((len(prompts), width), _PAD_ID, np.int32)
   for row, prompt in enumerate(prompts):
     padded[row, padded.shape[1] - len(prompt):] = prompt
   # Training may checkpoint activations (remat); decoding has no backward pass.
@@ -94,6 +100,41 @@ def generate_text(params, model_config: ModelConfig, tokenizer, prompts: Sequenc
   ids = [list(tokenizer.encode(prompt)) for prompt in prompts]
   return [tokenizer.decode(row)
           for row in generate(params, model_config, ids, max_new_tokens, **sampling)]
+
+
+def load_decoder(directory) -> tuple[dict, ModelConfig]:
+  """The GPT decoder's (params, model_config) from a workdir or a Hugging Face directory.
+
+  A pretraining or fine-tuning workdir gives its newest checkpoint (dropping a
+  task head); a Hugging Face openai-gpt directory gives its weights.
+  """
+  directory = Path(directory)
+  if not directory.is_dir():
+    raise UserError(f'{directory} is not a directory: pass a pretraining or fine-tuning '
+                    'workdir or a Hugging Face openai-gpt directory')
+  if (directory / hf.CONFIG_FILE).is_file():
+    return hf.load_hf_dir(directory)
+  from gpt_jax import checkpoint  # orbax: only needed for workdirs
+
+  params = checkpoint.load_params(directory)
+  params = params.get('transformer', params)  # fine-tuning: {'transformer', 'classifier'}
+  return params, _config_from_params(params)
+
+
+def _config_from_params(params) -> ModelConfig:
+  """The decoder's sizes, read off its parameter shapes.
+
+  Not from the stored config: a fine-tuning run takes its model shape from
+  the weights it started from and adds fine-tuning tokens to the vocabulary,
+  so its config's model section need not match.
+  """
+  vocab_size, n_embd = params['tokens_embed']['embedding'].shape
+  block = params['h_0']
+  return ModelConfig(
+      vocab_size=vocab_size, n_ctx=params['positions_embed']['embedding'].shape[0],
+      n_embd=n_embd, n_layer=sum(name.startswith('h_') for name in params),
+      n_head=block['attn']['c_attn']['kernel'].shape[2],
+      d_ff=block['mlp']['c_fc']['kernel'].shape[1])
 
 
 def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):

@@ -17,7 +17,8 @@ import scipy.stats
 import torch
 from test_model_reference import random_hf_model
 
-from gpt_jax import hf, sample, sharding
+from gpt_jax import cli, hf, sample, sharding
+from gpt_jax.data import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPT
 
@@ -210,3 +211,45 @@ def test_bad_arguments_raise_one_clear_error(model, prompts, kwargs, message):
   kwargs = {'max_new_tokens': 3, **kwargs}
   with pytest.raises(UserError, match=message):
     sample.generate(params, model_config, prompts, **kwargs)
+
+
+# ------------------------------------------------------------- the CLI
+
+
+@pytest.fixture(scope='module')
+def export_dir(tmp_path_factory):
+  """A Hugging Face directory as `gpt-jax export` writes it: random weights + a real tokenizer."""
+  root = tmp_path_factory.mktemp('sample_cli')
+  text = ' '.join(f'the {w} sat on the mat and the {w} ran' for w in ('cat', 'dog', 'fox') * 60)
+  tokenizer = tokenizer_lib.train_tokenizer([text], root / 'bpe.model', vocab_size=300,
+                                            max_bytes=10**6)
+  params, model_config = hf.params_from_hf(random_hf_model(
+      seed=1, std=0.15, **{**HF_CONFIG, 'vocab_size': tokenizer.vocab_size}))
+  hf.export_hf_dir(params, model_config, root / 'export', tokenizer.model_path)
+  return root / 'export', tokenizer, params, model_config
+
+
+def test_cli_sample_prints_each_prompt_with_its_continuation(export_dir, tmp_path, capsys):
+  directory, tokenizer, params, model_config = export_dir
+  prompts_file = tmp_path / 'prompts.txt'
+  prompts_file.write_text('the dog\n\nthe mat and\n')
+  assert cli.main(['sample', '--workdir', str(directory), '--prompt', 'the cat',
+                   '--prompts_file', str(prompts_file), '--max_new_tokens', '6',
+                   '--temperature', '0']) == 0
+  prompts = ['the cat', 'the dog', 'the mat and']
+  expected = sample.generate(params, model_config, [tokenizer.encode(p) for p in prompts], 6,
+                             temperature=0, stop_tokens=[tokenizer.eod_id])
+  blocks = capsys.readouterr().out.rstrip('\n').split('\n' + '-' * 40 + '\n')
+  assert blocks == [p + tokenizer.decode(ids) for p, ids in zip(prompts, expected)]
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--max_new_tokens', '30'], 'max_new_tokens=30'),
+    ([], 'at least one --prompt'),
+])
+def test_cli_sample_user_errors_are_one_line(export_dir, capsys, flags, message):
+  directory = export_dir[0]
+  prompt = ['--prompt', 'the cat'] if flags else []
+  assert cli.main(['sample', '--workdir', str(directory), *prompt, *flags]) == 1
+  err = capsys.readouterr().err
+  assert message in err and err.count('\n') == 1
