@@ -47,6 +47,18 @@ def get_config() -> ml_collections.ConfigDict:
       log_every=100,
       eval_every=2000,
       eval_batches=20,
+      max_nonfinite_in_a_row=10,  # non-finite loss/gradient steps are skipped; this many stop
+  ))
+
+  # Checkpoints in <workdir>/checkpoints: also saved after every evaluation, at the end and
+  # on SIGTERM; rerunning the same command on the workdir resumes from the newest.
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=1000,
+      keep=3,  # the newest checkpoints kept ...
+      keep_best=1,  # ... plus the best by best_metric (0: none)
+      best_metric='eval_loss',
+      best_mode='min',
+      async_save=True,  # write files in the background while training goes on
   ))
 
   # Device mesh: sizes of ('data', 'fsdp', 'tensor'); one may be -1 (the rest).

@@ -27,28 +27,42 @@ def _add_config_flags(parser: argparse.ArgumentParser, default: str | None = Non
                       + (f'; default {default}' if default else ''))
 
 
+def _add_resumable_config_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--config', help='config file (configs/tiny.py) or shipped config name '
+                      '(tiny, gpt1); omit it to resume with the config stored in --workdir')
+
+
 def _add_workdir_flag(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--workdir', required=True,
                       help='directory for checkpoints, logs and metrics of this run')
 
 
 def _pretrain(args, overrides) -> None:
-  """Pretrains a GPT on next-token prediction."""
+  """Pretrains a GPT on next-token prediction; rerun on the same --workdir to resume."""
   import jax
 
+  from gpt_jax import checkpoint
   from gpt_jax import config as config_lib
   from gpt_jax import train
   from gpt_jax.data import workflow
   from gpt_jax.report import RunLog
 
-  config = config_lib.load_config(args.config, overrides)
   workdir = Path(args.workdir)
+  if args.config is None:
+    config = checkpoint.load_config(workdir)
+    for override in overrides:
+      config_lib.apply_override(config, override)
+  else:
+    config = config_lib.load_config(args.config, overrides)
   data = workflow.pretrain_data(config)
+  checkpoint.check_workdir(workdir)
   log = RunLog(workdir)  # only once the inputs are known to be good: no stray workdirs
   if jax.process_index() == 0:
     data.tokenizer.copy_to(workdir)  # the run can always decode its own ids
   result = train.run_pretraining(config, workdir, data.train_batches, data.eval_batches,
                                  data.train_tokens, log)
+  if result['preempted']:
+    return
   log.info(f'done: eval loss {result["eval"]["loss"]:.4f} | '
            f'perplexity {result["eval"]["perplexity"]:.2f}')
 
@@ -120,7 +134,7 @@ MODES = {
     'prepare': (_prepare, 'tokenise the corpus of a config into its token store',
                 [_add_config_flags]),
     'pretrain': (_pretrain, 'pretrain a GPT on a text corpus (next-token prediction)',
-                 [_add_config_flags, _add_workdir_flag]),
+                 [_add_resumable_config_flags, _add_workdir_flag]),
     'sample': (_sample, 'continue text prompts with a trained GPT (KV-cache decoding)',
                [_add_sample_flags]),
 }

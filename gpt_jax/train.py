@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gpt_jax import checkpoint
 from gpt_jax import metrics as metrics_lib
 from gpt_jax import optim, sharding
 from gpt_jax.errors import UserError
@@ -27,7 +28,7 @@ from gpt_jax.report import RunLog
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array  # number of optimizer updates applied
+  step: jax.Array  # train steps taken (batches consumed), including skipped non-finite ones
   params: Any
   opt_state: Any
   rng: jax.Array  # base key; step k uses fold_in(rng, k) so a resumed run repeats its dropout
@@ -155,8 +156,15 @@ class Trainer:
         loss_and_grad, state.params, batch, self._grad_accum_steps)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
-               'learning_rate': self.schedule(state.step), **aux}
+    grad_norm = optax.tree.norm(grads)
+    # A non-finite loss or gradient would poison the parameters and Adam's moments for
+    # good: keep both unchanged and report the skip (the step still counts, so the
+    # data and the dropout key move on).
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                     (params, opt_state), (state.params, state.opt_state))
+    metrics = {'loss': loss, 'grad_norm': grad_norm, 'learning_rate': self.schedule(state.step),
+               'update_skipped': ~finite, **aux}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   def _eval_step(self, params, batch):
@@ -200,9 +208,13 @@ def run_pretraining(config, workdir, train_batches: Iterator[np.ndarray],
 
   `train_batches` yields this process's rows of each global batch, int32 arrays of
   shape (batch_size // process_count, seq_len + 1); `eval_batches()` returns a
-  fresh iterable of the same over the validation split.
+  fresh iterable of the same over the validation split. If `train_batches` has
+  get_state()/set_state() (grain iterators do), its position is checkpointed too.
+
+  The run continues from the newest readable checkpoint in `workdir`. It saves
+  every checkpoint.every_steps, after each evaluation, at the end, and at the
+  step boundary after a SIGTERM, after which it returns with 'preempted' True.
   """
-  log = log or RunLog(workdir)
   model_config = ModelConfig.from_config(config.model)
   seq_len = config.train.seq_len
   if seq_len > model_config.n_ctx:
@@ -210,14 +222,11 @@ def run_pretraining(config, workdir, train_batches: Iterator[np.ndarray],
   total_steps = resolve_num_steps(config.train, train_tokens)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(config.train.batch_size, mesh)
+  _, trainer = make_pretrainer(model_config, config.optim, mesh, seq_len, total_steps)
+  # Two checkpoints' worth: the one being written and the last complete one.
+  checkpoint.check_workdir(workdir, 2 * checkpoint.checkpoint_bytes(trainer.abstract_state))
+  log = log or RunLog(workdir)
 
-  model = GPT(model_config)
-  tx, schedule = optim.make_optimizer(config.optim, total_steps)
-  trainer = Trainer(
-      init_params=lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32))['params'],
-      loss_fn=lm_loss_fn(model), tx=tx, schedule=schedule, mesh=mesh,
-      grad_accum_steps=config.optim.grad_accum_steps)
-  state = trainer.init(jax.random.key(config.train.seed))
   num_params = sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))
   tokens_per_step = config.train.batch_size * seq_len
   flops_per_step = metrics_lib.train_flops_per_token(model_config, seq_len) * tokens_per_step
@@ -226,42 +235,93 @@ def run_pretraining(config, workdir, train_batches: Iterator[np.ndarray],
            f'of {config.train.batch_size} x {seq_len} tokens | peak {peak / 1e12:.2f} TFLOP/s '
            f'per device ({peak_source})')
 
-  window = {'start': time.perf_counter(), 'step': int(state.step)}
+  with (checkpoint.Checkpointer(workdir, config.checkpoint) as checkpoints,
+        checkpoint.PreemptionWatch() as preemption):
+    state = checkpoints.restore_latest(trainer, train_batches)
+    if state is None:
+      state = trainer.init(jax.random.key(config.train.seed))
+    else:
+      log.info(f'resumed from {checkpoints.directory / str(int(state.step))}')
+    first_step = int(state.step)
+    checkpoint.drop_metrics_after(workdir, first_step)  # those steps are about to be rerun
+    window = {'start': time.perf_counter(), 'step': first_step}
 
-  def record(step, metrics):
-    """Logs `step`'s metrics and the throughput since the last record; blocks until `step` is done."""
-    values = dict(jax.device_get(metrics))
-    now = time.perf_counter()
-    steps, seconds = step - window['step'], now - window['start']
-    values['tokens_per_s'] = tokens_per_step * steps / seconds
-    values['mfu'] = flops_per_step * steps / seconds / (peak * mesh.size)
-    log.scalars(step, values)
-    window.update(start=now, step=step)
-    return values
+    def record(step, metrics):
+      """Logs `step`'s metrics and the throughput since the last record; waits for `step`."""
+      values = dict(jax.device_get(metrics))
+      now = time.perf_counter()
+      steps, seconds = step - window['step'], now - window['start']
+      values['tokens_per_s'] = tokens_per_step * steps / seconds
+      values['mfu'] = flops_per_step * steps / seconds / (peak * mesh.size)
+      log.scalars(step, values)
+      window.update(start=now, step=step)
+      return values
 
-  last_train, last_eval, pending, compiled = {}, {}, None, False
-  for step in range(int(state.step), total_steps):
-    state, metrics = trainer.train_step(state, sharding.global_batch(next(train_batches), mesh))
-    done = step + 1
-    if not compiled:
-      jax.block_until_ready(metrics)  # keep compile time out of the throughput figures
-      log.info(f'compiled and ran the first step in {time.perf_counter() - window["start"]:.1f}s')
-      window.update(start=time.perf_counter(), step=done)
-      compiled = True
-    # Fetch the previous logged step only now, after dispatching this one, so the
-    # device never waits for the host.
-    if pending is not None:
-      last_train = record(*pending)
-      pending = None
-    if done % config.train.log_every == 0 or done == total_steps:
-      pending = (done, metrics)
-    if done % config.train.eval_every == 0 or done == total_steps:
+    nonfinite = {'in_a_row': 0, 'total': 0}
+
+    def count_nonfinite(step, skipped):
+      """Counts updates skipped for a non-finite loss or gradient; stops a diverged run."""
+      if not bool(skipped):
+        nonfinite['in_a_row'] = 0
+        return
+      nonfinite['in_a_row'] += 1
+      nonfinite['total'] += 1
+      log.info(f'step {step}: non-finite loss or gradients, update skipped '
+               f'({nonfinite["in_a_row"]} in a row, {nonfinite["total"]} in all)')
+      limit = config.train.max_nonfinite_in_a_row
+      if nonfinite['in_a_row'] >= limit:
+        raise UserError(
+            f'training diverged: {limit} steps in a row, up to step {step}, had a non-finite '
+            f'loss or gradients (train.max_nonfinite_in_a_row={limit}); no update was applied, '
+            f'so the last checkpoint (step {checkpoints.latest_step()}) is good: lower '
+            'optim.learning_rate or check the data, then rerun to resume from it')
+
+    last_train, last_eval, compiled, preempted = {}, {}, False, False
+    pending = unchecked = None  # (step, metrics) to log / (step, skipped flag) to count
+    if first_step == total_steps:
+      log.info(f'the workdir already holds the final step ({total_steps}); nothing to train')
+      last_eval = evaluate(trainer, state.params, eval_batches())
+    for step in range(first_step, total_steps):
+      state, metrics = trainer.train_step(state, sharding.global_batch(next(train_batches), mesh))
+      done = step + 1
+      skipped = metrics.pop('update_skipped')
+      if not compiled:
+        jax.block_until_ready(metrics)  # keep compile time out of the throughput figures
+        log.info(f'compiled and ran the first step in {time.perf_counter() - window["start"]:.1f}s')
+        window.update(start=time.perf_counter(), step=done)
+        compiled = True
+      # Fetch the previous step's results only now, after dispatching this one, so the
+      # device never waits for the host.
+      if unchecked is not None:
+        count_nonfinite(*unchecked)
+      unchecked = (done, skipped)
       if pending is not None:
         last_train = record(*pending)
         pending = None
-      last_eval = evaluate(trainer, state.params, eval_batches())
-      log.scalars(done, last_eval, split='eval')
-      window.update(start=time.perf_counter(), step=done)  # evaluation is not training time
-  if pending is not None:
-    last_train = record(*pending)
-  return {'train': last_train, 'eval': last_eval, 'state': state, 'trainer': trainer}
+      if done % config.train.log_every == 0 or done == total_steps:
+        pending = (done, metrics)
+      evaluated = done % config.train.eval_every == 0 or done == total_steps
+      if evaluated:
+        if pending is not None:
+          last_train = record(*pending)
+          pending = None
+        last_eval = evaluate(trainer, state.params, eval_batches())
+        log.scalars(done, last_eval, split='eval')
+        window.update(start=time.perf_counter(), step=done)  # evaluation is not training time
+      preempted = preemption.should_stop(done)
+      if evaluated or preempted or done % config.checkpoint.every_steps == 0:
+        if pending is not None:  # a resumed run starts logging after the checkpoint's step
+          last_train = record(*pending)
+          pending = None
+        checkpoints.save(done, state, config, train_batches, metrics={
+            f'eval_{name}': value for name, value in last_eval.items()} if evaluated else None)
+      if preempted:
+        log.info(f'SIGTERM: saved step {done} of {total_steps} to {checkpoints.directory}; '
+                 'rerun the same command to resume')
+        break
+    if unchecked is not None:
+      count_nonfinite(*unchecked)
+    if pending is not None:
+      last_train = record(*pending)
+  return {'train': last_train, 'eval': last_eval, 'state': state, 'trainer': trainer,
+          'preempted': preempted, 'skipped_steps': nonfinite['total']}

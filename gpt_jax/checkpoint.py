@@ -1,0 +1,401 @@
+"""Checkpoints on orbax's CheckpointManager: save, resume, reshard, and survive damage.
+
+A run's workdir holds `checkpoints/<step>/`, each with three items:
+  state   the TrainState (parameters, optimizer moments, step, dropout key)
+  data    every process's data-iterator state, so a resumed run reads the next batch
+  config  the run's config as JSON, so `--workdir` alone is enough to resume
+The tokenizer model is copied into the workdir beside them when the run starts.
+
+Saves are asynchronous: `save` returns once the arrays are copied off the
+device and the files are written while training goes on. Orbax writes each step
+into a temporary directory and renames it when complete, so a run killed
+mid-save leaves no half checkpoint behind; a checkpoint damaged afterwards is
+set aside with a warning and the previous one is used.
+"""
+
+import base64
+import dataclasses
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from gpt_jax.errors import UserError
+
+STATE, DATA, CONFIG = 'state', 'data', 'config'
+CHECKPOINTS = 'checkpoints'  # under the workdir
+SET_ASIDE = 'damaged_checkpoints'  # unreadable steps are moved here, under the workdir
+
+
+def _warn(message: str) -> None:
+  if jax.process_index() == 0:
+    print(f'gpt-jax: warning: {message}', file=sys.stderr, flush=True)
+
+
+# The data item. Orbax's JSON item is written by the primary process only, but each
+# process reads its own shard of the data, so each writes its own iterator state.
+
+class _DataStateHandler(ocp.CheckpointHandler):
+  """Stores this process's data-iterator state as `process_<i>-of-<n>.json`."""
+
+  def save(self, directory, args: 'DataStateSave'):
+    (Path(directory) / _data_file_name()).write_text(json.dumps(args.state))
+
+  def restore(self, directory, args: 'DataStateRestore | None' = None):
+    path = Path(directory) / _data_file_name()
+    return json.loads(path.read_text()) if path.exists() else None
+
+  def metadata(self, directory):
+    return None
+
+  def finalize(self, directory):
+    pass
+
+  def close(self):
+    pass
+
+
+@ocp.args.register_with_handler(_DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataStateSave(ocp.args.CheckpointArgs):
+  state: Any  # JSON-serialisable; captured when the save is requested
+
+
+@ocp.args.register_with_handler(_DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataStateRestore(ocp.args.CheckpointArgs):
+  pass
+
+
+def _data_file_name() -> str:
+  return f'process_{jax.process_index()}-of-{jax.process_count()}.json'
+
+
+def _iterator_state(iterator) -> dict | None:
+  """The iterator's `get_state()` (a JSON dict, or bytes as grain's DataLoader gives) as JSON."""
+  if not hasattr(iterator, 'get_state'):
+    return None
+  state = iterator.get_state()
+  if isinstance(state, bytes):
+    return {'bytes': base64.b64encode(state).decode('ascii')}
+  return {'json': state}
+
+
+def _set_iterator_state(iterator, stored: dict) -> None:
+  iterator.set_state(base64.b64decode(stored['bytes']) if 'bytes' in stored else stored['json'])
+
+
+def _item_handlers() -> dict:
+  return {STATE: ocp.StandardCheckpointHandler(), DATA: _DataStateHandler(),
+          CONFIG: ocp.JsonCheckpointHandler()}
+
+
+# Up-front checks.
+
+def check_workdir(workdir: str | Path, bytes_needed: int = 0) -> None:
+  """Fails in one line, before any training, if `workdir` cannot be written or is too full."""
+  workdir = Path(workdir)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test'):
+      pass
+  except OSError as error:
+    raise UserError(f'workdir {workdir} is not writable ({error.strerror or error}); fix its '
+                    'permissions or pass another --workdir') from None
+  free = shutil.disk_usage(workdir).free
+  if free < bytes_needed:
+    raise UserError(f'workdir {workdir} has {free / 2**20:,.1f} MiB free but checkpoints of this '
+                    f'model need {bytes_needed / 2**20:,.1f} MiB; free some space or pass '
+                    'another --workdir')
+
+
+def checkpoint_bytes(abstract_state) -> int:
+  """Bytes of one checkpoint: parameters and optimizer state (the rest is tiny)."""
+  return sum(x.size * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves((abstract_state.params, abstract_state.opt_state)))
+
+
+def check_compatible(stored_params, expected_params, where: str) -> None:
+  """Raises a UserError listing every parameter whose stored shape differs from the model's.
+
+  `stored_params` is the checkpoint's metadata tree, `expected_params` any tree of
+  arrays or ShapeDtypeStructs; both are compared by path before anything is read.
+  """
+  stored, expected = _shapes_by_name(stored_params), _shapes_by_name(expected_params)
+  problems = [f'{name} {stored[name]} in the checkpoint vs {shape} in the model'
+              for name, shape in expected.items() if name in stored and stored[name] != shape]
+  problems += [f'{name} missing from the checkpoint' for name in expected if name not in stored]
+  problems += [f'{name} not in the model' for name in stored if name not in expected]
+  if problems:
+    shown = problems[:20] + ([f'... and {len(problems) - 20} more'] if len(problems) > 20 else [])
+    raise UserError(f'checkpoint {where} was saved from a different model ({len(problems)} '
+                    f'mismatched parameters: {"; ".join(shown)}); use the config it was trained '
+                    'with (omit --config to reuse the stored one) or another --workdir')
+
+
+def _shapes_by_name(tree) -> dict[str, tuple]:
+  return {'/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _abstract_with_shardings(abstract, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
+class Checkpointer:
+  """Saves and restores one run's checkpoints under `workdir/checkpoints`.
+
+  Keeps the newest `checkpoint_config.keep` checkpoints plus the
+  `checkpoint_config.keep_best` best by `best_metric` (`best_mode` 'min' or
+  'max') among those saved with metrics. Use as a context manager: leaving it
+  waits for the saves still being written.
+  """
+
+  def __init__(self, workdir: str | Path, checkpoint_config):
+    self.workdir = Path(workdir).resolve()
+    self.directory = self.workdir / CHECKPOINTS
+    self._best_metric, self._keep_best = checkpoint_config.best_metric, checkpoint_config.keep_best
+    policies = [checkpoint_managers.LatestN(n=checkpoint_config.keep)]
+    if checkpoint_config.keep_best:
+      if checkpoint_config.best_mode not in ('min', 'max'):
+        raise UserError(f'checkpoint.best_mode={checkpoint_config.best_mode!r}: use min or max')
+      policies.append(checkpoint_managers.BestN(
+          get_metric_fn=lambda metrics: metrics[self._best_metric],
+          reverse=checkpoint_config.best_mode == 'min', n=checkpoint_config.keep_best,
+          keep_checkpoints_without_metrics=False))
+    self._manager = ocp.CheckpointManager(
+        self.directory, item_handlers=_item_handlers(),
+        options=ocp.CheckpointManagerOptions(
+            enable_async_checkpointing=checkpoint_config.async_save,
+            cleanup_tmp_directories=True,  # what a killed save left behind
+            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies)))
+
+  def __enter__(self) -> 'Checkpointer':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state, config: ml_collections.ConfigDict, data_iterator=None,
+           metrics: dict | None = None) -> None:
+    """Starts saving `state` as `step`; returns once the arrays are off the device.
+
+    `metrics` (e.g. {'eval_loss': ...}) rank this checkpoint for keep_best.
+    """
+    if metrics is not None and self._keep_best and self._best_metric not in metrics:
+      raise UserError(f'checkpoint.best_metric={self._best_metric!r} is not among the metrics '
+                      f'this run evaluates ({", ".join(metrics)})')
+    items = {STATE: ocp.args.StandardSave(state), CONFIG: ocp.args.JsonSave(config.to_dict())}
+    data_state = _iterator_state(data_iterator)
+    if data_state is not None:
+      items[DATA] = DataStateSave(data_state)
+    self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+  def restore_latest(self, trainer, data_iterator=None):
+    """The newest readable checkpoint's TrainState, laid out on `trainer`'s mesh, or None.
+
+    Restoring reshards: the arrays are read straight into `trainer.state_shardings`,
+    whatever mesh they were saved from. The data iterator is moved to where the
+    checkpoint left it. Unreadable checkpoints are set aside with a warning; one
+    saved from a different model shape is an error.
+    """
+    target = _abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      step_dir = self.directory / str(step)
+      try:
+        stored = self._manager.item_metadata(step)[STATE].tree
+      except Exception as error:  # noqa: BLE001 -- any unreadable metadata is damage
+        self._set_aside(step, error)
+        continue
+      check_compatible(stored['params'], trainer.abstract_state.params, str(step_dir))
+      has_data = (step_dir / DATA).is_dir()
+      items = {STATE: ocp.args.StandardRestore(target)}
+      if has_data:
+        items[DATA] = DataStateRestore()
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+      except Exception as error:  # noqa: BLE001 -- a truncated or missing file is damage
+        self._set_aside(step, error)
+        continue
+      self._restore_data_position(data_iterator, restored[DATA] if has_data else None, step)
+      return restored[STATE]
+    return None
+
+  def _restore_data_position(self, iterator, stored: dict | None, step: int) -> None:
+    if iterator is None:
+      return
+    if stored is not None and hasattr(iterator, 'set_state'):
+      _set_iterator_state(iterator, stored)
+    elif stored is not None:
+      _warn(f'the data iterator has no set_state(), so it starts from its beginning instead '
+            f'of where checkpoint {step} left it')
+    elif hasattr(iterator, 'set_state'):
+      _warn(f'checkpoint {step} holds no data position for {_data_file_name()} (saved by a '
+            'different number of processes, or from an iterator without get_state()); the '
+            'data iterator starts from its beginning')
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    """Moves an unreadable step out of the way so training can save that step again."""
+    step_dir = self.directory / str(step)
+    target = self.workdir / SET_ASIDE / str(step)
+    _warn(f'checkpoint {step_dir} is unreadable ({type(error).__name__}: '
+          f'{str(error).splitlines()[0] if str(error) else ""}); moved it to {target} and '
+          'trying the previous one')
+    if jax.process_index() == 0:
+      target.parent.mkdir(exist_ok=True)
+      shutil.rmtree(target, ignore_errors=True)
+      shutil.move(step_dir, target)
+    ocp.multihost.sync_global_processes(f'gpt_jax_set_aside_{step}')
+    self._manager.reload()
+
+  def wait(self) -> None:
+    """Blocks until every started save is on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+# Reading a workdir without training: the config to resume with, parameters to fine-tune
+# or sample from.
+
+def _read_only_manager(workdir: str | Path, state_handler=None) -> tuple[ocp.CheckpointManager,
+                                                                         Path]:
+  directory = Path(workdir).resolve() / CHECKPOINTS
+  if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
+    raise UserError(f'{workdir} holds no checkpoint (nothing in {directory}); give a config to '
+                    'start a new run there, or the workdir of a run that saved one')
+  handlers = _item_handlers()
+  if state_handler is not None:
+    handlers[STATE] = state_handler
+  # Never saved to; `read_only=True` would say so too, but warns on every open.
+  return ocp.CheckpointManager(directory, item_handlers=handlers,
+                               options=ocp.CheckpointManagerOptions(create=False)), directory
+
+
+def _first_readable(manager: ocp.CheckpointManager, directory: Path, read, step: int | None):
+  """`read(step)` for `step`, or for the newest step it succeeds on (warning about the rest)."""
+  steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
+  for candidate in steps:
+    try:
+      return read(candidate)
+    except UserError:
+      raise
+    except Exception as error:  # noqa: BLE001 -- damage: try the previous checkpoint
+      if step is not None:
+        raise UserError(f'checkpoint {directory / str(step)} is unreadable '
+                        f'({type(error).__name__}: {error})') from None
+      _warn(f'checkpoint {directory / str(candidate)} is unreadable ({type(error).__name__}); '
+            'trying the previous one')
+  raise UserError(f'no readable checkpoint in {directory}')
+
+
+def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
+  """The config stored with the newest readable checkpoint in `workdir`."""
+  manager, directory = _read_only_manager(workdir)
+  with manager:
+    stored = _first_readable(
+        manager, directory,
+        lambda step: manager.restore(step, args=ocp.args.Composite(
+            **{CONFIG: ocp.args.JsonRestore()}))[CONFIG], None)
+  return ml_collections.ConfigDict(stored)
+
+
+def load_params(workdir: str | Path, target=None, step: int | None = None):
+  """The parameters of a pretraining workdir's newest readable checkpoint (or of `step`).
+
+  `target` is a tree of jax.ShapeDtypeStruct with shardings (e.g. from a
+  Trainer's abstract_state.params and param_shardings): the arrays are checked
+  against it and read straight into that layout. Without it they come back as
+  host numpy arrays, for a caller that reshapes them first (e.g. adding
+  fine-tuning tokens). The optimizer state is never read.
+  """
+  manager, directory = _read_only_manager(workdir, state_handler=ocp.PyTreeCheckpointHandler())
+
+  def read(candidate):
+    stored = manager.item_metadata(candidate)[STATE].tree['params']
+    if target is not None:
+      check_compatible(stored, target, str(directory / str(candidate)))
+      item = target
+      restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    else:
+      item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored)
+      restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)
+    restored = manager.restore(candidate, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
+        item={'params': item}, restore_args={'params': restore_args}, partial_restore=True)}))
+    return restored[STATE]['params']
+
+  with manager:
+    return _first_readable(manager, directory, read, step)
+
+
+def drop_metrics_after(workdir: str | Path, step: int) -> None:
+  """Forgets metrics.jsonl records past `step`: a resumed run logs those steps again.
+
+  Truncates in place, so a RunLog already appending to the file carries on after
+  the kept records.
+  """
+  path = Path(workdir) / 'metrics.jsonl'
+  if jax.process_index() != 0 or not path.exists():
+    return
+  with path.open('r+', encoding='utf-8') as file:
+    kept = [line for line in file if _record_step(line) <= step]
+    file.seek(0)
+    file.writelines(kept)
+    file.truncate()
+
+
+def _record_step(line: str) -> float:
+  """A metrics.jsonl line's step; infinite for a line cut short by a killed run."""
+  try:
+    return json.loads(line)['step']
+  except (json.JSONDecodeError, KeyError):
+    return float('inf')
+
+
+class PreemptionWatch:
+  """Turns SIGTERM (what a TPU VM gets before preemption) into a stop at a step boundary.
+
+  One process: a Python handler notes the signal. Several: JAX's preemption
+  service (started by jax.distributed.initialize) catches it on whichever host
+  gets it and names a step every host reaches, so all of them save the same step.
+  `should_stop(step)` must be called at every step by every process.
+  """
+
+  def __init__(self):
+    self._requested = False
+    self._previous = None  # the handler to put back, once ours is installed
+
+  def __enter__(self) -> 'PreemptionWatch':
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._note) or signal.SIG_DFL
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+  def _note(self, signum, frame) -> None:
+    del signum, frame
+    self._requested = True
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return ocp.multihost.reached_preemption(step)
+    return self._requested
