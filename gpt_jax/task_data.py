@@ -229,6 +229,44 @@ def load_tfds_task(name: str, data_dir: str | None = None) -> Task:
               regression=spec.regression, submission_files=dict(spec.submission_files))
 
 
+# Registry keys by their TFDS names too: 'glue/sst2' is 'sst2', 'sci_tail' is 'scitail'.
+_REGISTRY_NAMES = {**{spec.tfds_name: name for name, spec in TFDS_TASKS.items()},
+                   **{name: name for name in TFDS_TASKS}}
+
+
+def load_task(task_config) -> Task:
+  """The task a config's `task` section names (fields: configs/finetune/base.py).
+
+  task.name is a registry task ('sst2' or 'glue/sst2', read from task.data_dir),
+  'local' (the user's files: task.kind, train, validation, test, labels,
+  regression; see gpt_jax/task_files.py), or an offline default task
+  (gpt_jax/default_tasks.py; optional task.seed and task.max_eval_examples).
+  """
+  # Imported here: both modules build on this one's Task.
+  from gpt_jax import default_tasks, task_files
+
+  name = task_config.name
+  if name == 'local':
+    missing = [field for field in ('kind', 'train', 'validation') if not task_config[field]]
+    if missing:
+      raise UserError(f'task.name=local needs task.{", task.".join(missing)}: the task kind and '
+                      'the files of each split (see configs/finetune/local.py)')
+    labels = tuple(label.strip() for label in task_config.labels.split(',')
+                   ) if task_config.labels else None
+    return task_files.load_local_task(
+        task_config.kind, task_config.train, task_config.validation, task_config.test or None,
+        labels=labels, regression=task_config.regression)
+  if name in default_tasks.DEFAULT_TASKS:
+    return default_tasks.load_default_task(
+        name, seed=task_config.get('seed', 0), max_train_examples=task_config.max_train_examples,
+        max_eval_examples=task_config.get('max_eval_examples', -1))
+  if name in _REGISTRY_NAMES:
+    return load_tfds_task(_REGISTRY_NAMES[name], task_config.data_dir or None)
+  raise UserError(f'unknown task.name {name!r}; use a registry task ({", ".join(TFDS_TASKS)}), '
+                  f'an offline default task ({", ".join(default_tasks.DEFAULT_TASKS)}) '
+                  'or local (your own files)')
+
+
 # ---------------------------------------------------------------------------
 # Batches for the fine-tuning loop.
 

@@ -30,23 +30,34 @@ def config(validation_fraction: float) -> text_corpus.TextCorpusConfig:
       description=f'docstrings of {stdlib_root()}')
 
 
-def module_docstrings(source: bytes) -> str:
-  """Module, class and function docstrings of one source file, in source order."""
+def stdlib_modules() -> Iterator[tuple[str, Path]]:
+  """(key, path) of every source file of the corpus, sorted; key: its path under stdlib_root()."""
+  root = stdlib_root()
+  for path in sorted(root.rglob('*.py')):
+    if not _SKIPPED_DIRS.intersection(path.relative_to(root).parts[:-1]):
+      yield path.relative_to(root).as_posix(), path
+
+
+def docstrings(source: bytes) -> list[str]:
+  """Module, class and function docstrings of one source file, each whole, in source order."""
   tree = ast.parse(source)
   nodes = [node for node in ast.walk(tree)
            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
   nodes.sort(key=lambda node: getattr(node, 'lineno', 0))
-  return '\n\n'.join(doc for doc in map(ast.get_docstring, nodes) if doc)
+  return [doc for doc in map(ast.get_docstring, nodes) if doc]
+
+
+def module_docstrings(source: bytes) -> str:
+  """Module, class and function docstrings of one source file, in source order."""
+  return '\n\n'.join(docstrings(source))
 
 
 class StdlibDocs(text_corpus.TextCorpus):
   """Docstrings of the Python standard library, one document per module."""
 
   def _documents(self, wanted) -> Iterator[tuple[str, str]]:
-    root = stdlib_root()
-    for path in sorted(root.rglob('*.py')):
-      key = path.relative_to(root).as_posix()
-      if _SKIPPED_DIRS.intersection(path.relative_to(root).parts[:-1]) or not wanted(key):
+    for key, path in stdlib_modules():
+      if not wanted(key):
         continue
       try:
         yield key, module_docstrings(path.read_bytes())

@@ -29,10 +29,15 @@ class TextCorpusConfig(tfds.core.BuilderConfig):
   validation_fraction: float = 0.05
 
 
-def is_validation(key: str, fraction: float) -> bool:
-  """Whether the document with this key is held out (a fixed hash, uniform in [0, 1))."""
+def key_hash(key: str) -> float:
+  """A fixed hash of a document's key, uniform in [0, 1): the same on every machine."""
   digest = hashlib.sha256(key.encode('utf-8')).digest()
-  return int.from_bytes(digest[:8], 'big') / 2**64 < fraction
+  return int.from_bytes(digest[:8], 'big') / 2**64
+
+
+def is_validation(key: str, fraction: float) -> bool:
+  """Whether the document with this key is held out."""
+  return key_hash(key) < fraction
 
 
 class TextCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):

@@ -1,0 +1,48 @@
+"""GPT-1's fine-tuning recipe (Radford et al. 2018, section 4.1), the base of every task config.
+
+The model's shape and tokenizer come from finetune.init (a pretraining workdir
+or a Hugging Face directory); the model section only sets numerics and dropout.
+"""
+
+import ml_collections
+
+import gpt1
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = gpt1.get_config()
+  config.optim.update(
+      learning_rate=6.25e-5,
+      schedule='linear',  # linear warmup over warmup_fraction of the steps, then linear decay to 0
+      warmup_fraction=0.002,  # 0.2% of training
+      weight_decay=0.01,
+  )
+  config.train.update(
+      batch_size=32,
+      num_epochs=3.0,
+      num_steps=-1,  # -1: num_epochs over the task's training split
+  )
+  config.task = ml_collections.ConfigDict(dict(
+      # A registry task ('sst2' or its TFDS name 'glue/sst2'), 'local' (your own files, see
+      # finetune/local.py), or an offline default task (stdlib_package, stdlib_continuation,
+      # stdlib_same_module, stdlib_next_sentence, which also take task.seed and
+      # task.max_eval_examples: see finetune/stdlib_*.py); see gpt_jax.task_data.load_task.
+      name='sst2',
+      data_dir='',  # TFDS data_dir of a registry task ('': ~/tensorflow_datasets)
+      kind='',  # local: classification, entailment, similarity or multiple_choice
+      train='',  # local: the split files (.jsonl, .csv or .tsv)
+      validation='',
+      test='',
+      labels='',  # local: the class labels, comma-separated ('': those of the train file)
+      regression=False,  # a score instead of classes (STS-B; local similarity tasks)
+      max_len=-1,  # tokens per sequence; -1: the model's n_ctx
+      max_train_examples=-1,  # -1: every training example; N: the first N (a smoke run)
+  ))
+  config.finetune = ml_collections.ConfigDict(dict(
+      init='',  # a pretraining workdir or a Hugging Face directory (--init)
+      random_init=False,  # True: init's shape and tokenizer, random weights (the paper's ablation)
+      lm_coef=0.5,  # weight of the auxiliary language-model loss; 0 leaves it out
+      clf_pdrop=0.1,  # dropout before the classifier
+      eval_batch_size=64,
+  ))
+  return config

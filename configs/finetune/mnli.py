@@ -1,0 +1,9 @@
+"""MNLI (GLUE): entailment, neutral or contradiction; validated on matched and mismatched."""
+
+import base
+
+
+def get_config():
+  config = base.get_config()
+  config.task.name = 'mnli'
+  return config

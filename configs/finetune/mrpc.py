@@ -1,0 +1,9 @@
+"""MRPC (GLUE): are two news sentences paraphrases? Scored by F1 and accuracy."""
+
+import base
+
+
+def get_config():
+  config = base.get_config()
+  config.task.name = 'mrpc'
+  return config

@@ -1,0 +1,9 @@
+"""QNLI (GLUE): does the sentence answer the question?"""
+
+import base
+
+
+def get_config():
+  config = base.get_config()
+  config.task.name = 'qnli'
+  return config

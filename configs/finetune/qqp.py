@@ -1,0 +1,9 @@
+"""QQP (GLUE): are two Quora questions duplicates? Scored by F1 and accuracy."""
+
+import base
+
+
+def get_config():
+  config = base.get_config()
+  config.task.name = 'qqp'
+  return config

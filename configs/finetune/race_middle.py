@@ -1,0 +1,9 @@
+"""RACE-m: reading comprehension, middle-school exams; four options per question."""
+
+import base
+
+
+def get_config():
+  config = base.get_config()
+  config.task.name = 'race_middle'
+  return config

@@ -1,0 +1,9 @@
+"""SNLI: entailment, neutral or contradiction of image-caption pairs."""
+
+import base
+
+
+def get_config():
+  config = base.get_config()
+  config.task.name = 'snli'
+  return config

@@ -1,0 +1,9 @@
+"""SST-2 (GLUE): the sentiment of a movie-review sentence."""
+
+import base
+
+
+def get_config():
+  config = base.get_config()
+  config.task.name = 'sst2'
+  return config
