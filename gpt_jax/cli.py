@@ -8,6 +8,7 @@ non-zero exit code.
 """
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
@@ -32,13 +33,31 @@ def _add_resumable_config_flags(parser: argparse.ArgumentParser) -> None:
                       '(tiny, gpt1); omit it to resume with the config stored in --workdir')
 
 
-def _add_workdir_flag(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument('--workdir', required=True,
+def _add_workdir_flag(parser: argparse.ArgumentParser, required: bool = True) -> None:
+  parser.add_argument('--workdir', required=required,
                       help='directory for checkpoints, logs and metrics of this run')
+
+
+def _add_profile_flag(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--profile', nargs='?', const='10:5', metavar='START:COUNT',
+                      help='write a JAX profiler trace of COUNT steps from step START to '
+                      'WORKDIR/profile (view in TensorBoard or Perfetto); default 10:5')
+
+
+def _add_dry_run_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--dry_run', action='store_true',
+                      help='train nothing: compile the sharded train step for --topology and '
+                      'report per-chip memory, FLOPs and whether it fits (needs libtpu, '
+                      'pip install "gpt_jax[tpu]"; no TPU)')
+  parser.add_argument('--topology', help='TPU slice for --dry_run, e.g. v5e:2x4 (v5e-8), '
+                      'v4:2x2x1 (v4-8), v5e:8x8 (v5e-64)')
 
 
 def _pretrain(args, overrides) -> None:
   """Pretrains a GPT on next-token prediction; rerun on the same --workdir to resume."""
+  if args.dry_run or args.topology:
+    _dry_run(args, overrides)
+    return
   import jax
 
   from gpt_jax import checkpoint
@@ -47,6 +66,8 @@ def _pretrain(args, overrides) -> None:
   from gpt_jax.data import workflow
   from gpt_jax.report import RunLog
 
+  if args.workdir is None:
+    raise UserError('pretrain needs --workdir (only --dry_run runs without one)')
   workdir = Path(args.workdir)
   if args.config is None:
     config = checkpoint.load_config(workdir)
@@ -59,12 +80,42 @@ def _pretrain(args, overrides) -> None:
   log = RunLog(workdir)  # only once the inputs are known to be good: no stray workdirs
   if jax.process_index() == 0:
     data.tokenizer.copy_to(workdir)  # the run can always decode its own ids
-  result = train.run_pretraining(config, workdir, data.train_batches, data.eval_batches,
-                                 data.train_tokens, log)
+  try:
+    result = train.run_pretraining(config, workdir, data.train_batches, data.eval_batches,
+                                   data.train_tokens, log, _profile_window(args.profile))
+  finally:
+    log.close()  # flushes TensorBoard and draws curves.png, also after an error
   if result['preempted']:
     return
   log.info(f'done: eval loss {result["eval"]["loss"]:.4f} | '
-           f'perplexity {result["eval"]["perplexity"]:.2f}')
+           f'perplexity {result["eval"]["perplexity"]:.2f} | unigram entropy of the corpus '
+           f'{data.store.unigram_entropy():.4f} nats | curves in {workdir / "curves.png"}')
+
+
+def _profile_window(text: str | None) -> tuple[int, int] | None:
+  if text is None:
+    return None
+  try:
+    start, count = (int(part) for part in text.split(':'))
+  except ValueError:
+    raise UserError(f'--profile {text!r}: expected START:COUNT, e.g. --profile 10:5') from None
+  return start, count
+
+
+def _dry_run(args, overrides) -> None:
+  """Compiles the pretraining step for a TPU slice this machine lacks; fails if it won't fit."""
+  from gpt_jax import config as config_lib
+  from gpt_jax import dryrun
+
+  if not (args.dry_run and args.topology and args.config):
+    raise UserError('a dry run needs --dry_run, --topology and --config, e.g. '
+                    'gpt-jax pretrain --config configs/gpt1_v5e_8.py --dry_run --topology v5e:2x4')
+  report = dryrun.dry_run(config_lib.load_config(args.config, overrides), args.topology)
+  print(report.table())
+  if not report.fits:
+    raise UserError(f'{args.config} does not fit on {args.topology}; shrink the per-chip share: '
+                    'model.remat=True, optim.grad_accum_steps > 1, or shard the state over '
+                    'more chips with mesh.fsdp')
 
 
 def _tokenizer(args, overrides) -> None:
@@ -81,6 +132,30 @@ def _prepare(args, overrides) -> None:
   from gpt_jax.data import workflow
 
   workflow.prepare(config_lib.load_config(args.config, overrides))
+
+
+def _finetune(args, overrides) -> None:
+  """Fine-tunes a pretrained GPT on a task (the paper's input transformations + linear head)."""
+  from gpt_jax import checkpoint
+  from gpt_jax import config as config_lib
+  from gpt_jax import finetune
+  from gpt_jax.report import RunLog
+
+  if args.init:
+    overrides = [f'finetune.init={args.init}', *overrides]
+  config = config_lib.load_config(args.config, overrides)
+  checkpoint.check_workdir(args.workdir)
+  log = RunLog(args.workdir)
+  try:
+    result = finetune.run_finetuning(config, args.workdir, log)
+  finally:
+    log.close()
+  log.info('best validation: ' + ', '.join(f'{k} {v:.4f}' for k, v in result['best'].items()))
+
+
+def _add_init_flag(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--init', help='pretraining workdir or Hugging Face directory to start '
+                      'from (sets config.finetune.init)')
 
 
 def _sample(args, overrides) -> None:
@@ -134,7 +209,11 @@ MODES = {
     'prepare': (_prepare, 'tokenise the corpus of a config into its token store',
                 [_add_config_flags]),
     'pretrain': (_pretrain, 'pretrain a GPT on a text corpus (next-token prediction)',
-                 [_add_resumable_config_flags, _add_workdir_flag]),
+                 [_add_resumable_config_flags,
+                  functools.partial(_add_workdir_flag, required=False), _add_dry_run_flags,
+                  _add_profile_flag]),
+    'finetune': (_finetune, 'fine-tune on a classification / entailment / similarity / '
+                 'multiple-choice task', [_add_config_flags, _add_workdir_flag, _add_init_flag]),
     'sample': (_sample, 'continue text prompts with a trained GPT (KV-cache decoding)',
                [_add_sample_flags]),
 }

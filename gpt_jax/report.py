@@ -170,3 +170,54 @@ class StepProfiler:
       jax.profiler.stop_trace()
       self._active = False
       log.info(f'profiler trace of steps {self._start}-{self._stop - 1} written to {self._dir}')
+
+
+class StepLogger:
+  """Logs a training loop's metrics every `every` steps, with tokens/s and MFU.
+
+  A step's metrics are fetched only after the next step has been dispatched, so
+  the device never waits for the host. Compile time (the first step) and
+  evaluation time are kept out of the throughput figures.
+  """
+
+  def __init__(self, log: RunLog, every: int, total_steps: int, tokens_per_step: int,
+               flops_per_step: float, peak_flops: float):
+    self._log, self._every, self._total = log, every, total_steps
+    self._tokens, self._flops, self._peak = tokens_per_step, flops_per_step, peak_flops
+    self._pending = None
+    self._compiled = False
+    self.last: dict = {}
+    self.restart_clock(0)
+
+  def restart_clock(self, step: int) -> None:
+    """Starts a new throughput window at `step` (e.g. after an evaluation)."""
+    self._window_start, self._window_step = time.perf_counter(), step
+
+  def after_step(self, done: int, metrics: dict) -> None:
+    """Call after dispatching the step that brought the count to `done`."""
+    if not self._compiled:
+      jax.block_until_ready(metrics)
+      self._log.info(f'compiled and ran the first step in '
+                     f'{time.perf_counter() - self._window_start:.1f}s')
+      self._compiled = True
+      self.restart_clock(done)
+    self.flush()
+    if done % self._every == 0 or done == self._total:
+      self._pending = (done, metrics)
+    self._log.advance(done)
+
+  def flush(self) -> dict:
+    """Logs the pending step now (blocking until it is done); returns the last logged values."""
+    if self._pending is not None:
+      step, metrics = self._pending
+      self._pending = None
+      values = dict(jax.device_get(metrics))
+      now = time.perf_counter()
+      steps, seconds = step - self._window_step, now - self._window_start
+      if steps > 0:
+        values['tokens_per_s'] = self._tokens * steps / seconds
+        values['mfu'] = self._flops * steps / seconds / self._peak
+      self._log.scalars(step, values)
+      self.restart_clock(step)
+      self.last = values
+    return self.last

@@ -23,7 +23,7 @@ from gpt_jax import metrics as metrics_lib
 from gpt_jax import optim, sharding
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPT, ModelConfig
-from gpt_jax.report import RunLog
+from gpt_jax.report import RunLog, StepLogger, StepProfiler
 
 
 @flax.struct.dataclass
@@ -75,7 +75,8 @@ class Trainer:
   """
 
   def __init__(self, init_params: Callable, loss_fn: Callable, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, mesh: jax.sharding.Mesh, grad_accum_steps: int = 1):
+               schedule: optax.Schedule, mesh: jax.sharding.Mesh, grad_accum_steps: int = 1,
+               max_replicated_fraction: float = sharding.MAX_REPLICATED_FRACTION):
     self.mesh, self.tx, self.schedule = mesh, tx, schedule
     self._init_params, self._loss_fn = init_params, loss_fn
     self._grad_accum_steps = grad_accum_steps
@@ -88,6 +89,8 @@ class Trainer:
     sharding.check_divisible(abstract_boxed, mesh)
     self.param_shardings = sharding.logical_to_mesh(nn.get_partition_spec(abstract_boxed), mesh)
     abstract_params = nn.unbox(abstract_boxed)
+    sharding.check_replication(abstract_params, self.param_shardings, mesh,
+                               max_replicated_fraction)
     abstract_opt_state = jax.eval_shape(tx.init, abstract_params)
     replicated = sharding.replicated(mesh)
     opt_shardings = optax.tree_map_params(
@@ -131,6 +134,15 @@ class Trainer:
     if self._wait_for_each_step:
       jax.block_until_ready(state)
     return state, metrics
+
+  def lower_train_step(self, batch: jax.ShapeDtypeStruct) -> jax.stages.Lowered:
+    """The train step lowered for abstract inputs, ready for ahead-of-time `.compile()`.
+
+    Needs no arrays, only shapes, so it works for a mesh of compile-only devices
+    (a TPU topology this machine does not have; see gpt_jax.dryrun).
+    """
+    with self.activation_sharding():
+      return self._jit_train_step.lower(self.abstract_state, batch)
 
   def eval_step(self, params, batch) -> dict:
     with self.activation_sharding():
@@ -203,7 +215,8 @@ def evaluate(trainer: Trainer, params, batches: Iterable[np.ndarray]) -> dict:
 
 def run_pretraining(config, workdir, train_batches: Iterator[np.ndarray],
                     eval_batches: Callable[[], Iterable[np.ndarray]],
-                    train_tokens: int | None = None, log: RunLog | None = None) -> dict:
+                    train_tokens: int | None = None, log: RunLog | None = None,
+                    profile_steps: tuple[int, int] | None = None) -> dict:
   """Pretrains GPT on next-token prediction; returns the final train and eval metrics.
 
   `train_batches` yields this process's rows of each global batch, int32 arrays of
@@ -244,18 +257,10 @@ def run_pretraining(config, workdir, train_batches: Iterator[np.ndarray],
       log.info(f'resumed from {checkpoints.directory / str(int(state.step))}')
     first_step = int(state.step)
     checkpoint.drop_metrics_after(workdir, first_step)  # those steps are about to be rerun
-    window = {'start': time.perf_counter(), 'step': first_step}
-
-    def record(step, metrics):
-      """Logs `step`'s metrics and the throughput since the last record; waits for `step`."""
-      values = dict(jax.device_get(metrics))
-      now = time.perf_counter()
-      steps, seconds = step - window['step'], now - window['start']
-      values['tokens_per_s'] = tokens_per_step * steps / seconds
-      values['mfu'] = flops_per_step * steps / seconds / (peak * mesh.size)
-      log.scalars(step, values)
-      window.update(start=now, step=step)
-      return values
+    steps = StepLogger(log, config.train.log_every, total_steps, tokens_per_step,
+                       flops_per_step, peak * mesh.size)
+    steps.restart_clock(first_step)
+    profiler = StepProfiler(workdir, *profile_steps) if profile_steps else None
 
     nonfinite = {'in_a_row': 0, 'total': 0}
 
@@ -276,52 +281,41 @@ def run_pretraining(config, workdir, train_batches: Iterator[np.ndarray],
             f'so the last checkpoint (step {checkpoints.latest_step()}) is good: lower '
             'optim.learning_rate or check the data, then rerun to resume from it')
 
-    last_train, last_eval, compiled, preempted = {}, {}, False, False
-    pending = unchecked = None  # (step, metrics) to log / (step, skipped flag) to count
+    last_eval, preempted = {}, False
+    unchecked = None  # (step, skipped flag) still to count, fetched one step late
     if first_step == total_steps:
       log.info(f'the workdir already holds the final step ({total_steps}); nothing to train')
       last_eval = evaluate(trainer, state.params, eval_batches())
+    log.start_progress(first_step, total_steps)
     for step in range(first_step, total_steps):
+      if profiler:
+        profiler.step(step, log)
       state, metrics = trainer.train_step(state, sharding.global_batch(next(train_batches), mesh))
       done = step + 1
       skipped = metrics.pop('update_skipped')
-      if not compiled:
-        jax.block_until_ready(metrics)  # keep compile time out of the throughput figures
-        log.info(f'compiled and ran the first step in {time.perf_counter() - window["start"]:.1f}s')
-        window.update(start=time.perf_counter(), step=done)
-        compiled = True
-      # Fetch the previous step's results only now, after dispatching this one, so the
-      # device never waits for the host.
+      steps.after_step(done, metrics)
       if unchecked is not None:
         count_nonfinite(*unchecked)
       unchecked = (done, skipped)
-      if pending is not None:
-        last_train = record(*pending)
-        pending = None
-      if done % config.train.log_every == 0 or done == total_steps:
-        pending = (done, metrics)
       evaluated = done % config.train.eval_every == 0 or done == total_steps
       if evaluated:
-        if pending is not None:
-          last_train = record(*pending)
-          pending = None
+        steps.flush()
         last_eval = evaluate(trainer, state.params, eval_batches())
         log.scalars(done, last_eval, split='eval')
-        window.update(start=time.perf_counter(), step=done)  # evaluation is not training time
+        steps.restart_clock(done)  # evaluation is not training time
       preempted = preemption.should_stop(done)
       if evaluated or preempted or done % config.checkpoint.every_steps == 0:
-        if pending is not None:  # a resumed run starts logging after the checkpoint's step
-          last_train = record(*pending)
-          pending = None
+        steps.flush()  # a resumed run starts logging after the checkpoint's step
         checkpoints.save(done, state, config, train_batches, metrics={
             f'eval_{name}': value for name, value in last_eval.items()} if evaluated else None)
       if preempted:
         log.info(f'SIGTERM: saved step {done} of {total_steps} to {checkpoints.directory}; '
                  'rerun the same command to resume')
         break
+    if profiler:
+      profiler.stop(log)
     if unchecked is not None:
       count_nonfinite(*unchecked)
-    if pending is not None:
-      last_train = record(*pending)
+    last_train = steps.flush()
   return {'train': last_train, 'eval': last_eval, 'state': state, 'trainer': trainer,
           'preempted': preempted, 'skipped_steps': nonfinite['total']}
