@@ -1,0 +1,106 @@
+"""Fine-tuning end to end: pretrain -> finetune with best checkpoint and GLUE-style predictions."""
+
+import inspect
+import json
+import textwrap
+
+import pytest
+
+from gpt_jax import cli, finetune, task_data
+from gpt_jax.report import read_metrics
+
+TEXTS = [inspect.getdoc(obj) for module in (json, textwrap) for obj in vars(module).values()
+         if inspect.getdoc(obj)]
+SMALL = ['--config.model.n_layer=1', '--config.model.n_embd=32', '--config.model.n_head=2',
+         '--config.model.d_ff=64', '--config.model.n_ctx=32', '--config.model.vocab_size=512',
+         '--config.mesh.fsdp=1', '--config.mesh.data=-1']
+
+
+@pytest.fixture(scope='module')
+def pretrained(tmp_path_factory):
+  root = tmp_path_factory.mktemp('pretrain')
+  corpus = root / 'corpus.jsonl'
+  corpus.write_text(''.join(json.dumps({'text': t}) + '\n' for t in TEXTS))
+  data = ['--config.data.corpus=local_text', f'--config.data.text_glob={corpus}',
+          '--config.data.validation_fraction=0.2', f'--config.data.data_dir={root / "data"}']
+  assert cli.main(['tokenizer', '--config', 'tiny', *data, *SMALL]) == 0
+  assert cli.main(['prepare', '--config', 'tiny', *data, *SMALL]) == 0
+  assert cli.main(['pretrain', '--config', 'tiny', '--workdir', str(root / 'run'), *data, *SMALL,
+                   '--config.train.seq_len=32', '--config.train.batch_size=8',
+                   '--config.train.num_steps=6', '--config.train.eval_every=6',
+                   '--config.train.eval_batches=1']) == 0
+  return root / 'run'
+
+
+def _task_files(tmp_path):
+  words = {'pos': 'returns a true value', 'neg': 'raises an error instead'}
+  for split, n in (('train', 48), ('validation', 16), ('test', 10)):
+    with open(tmp_path / f'{split}.jsonl', 'w') as f:
+      for i in range(n):
+        label = ('pos', 'neg')[i % 2]
+        row = {'text': f'the call number {i} {words[label]}'}
+        if split != 'test':
+          row['label'] = label
+        f.write(json.dumps(row) + '\n')
+  return ['--config.task.name=local', '--config.task.kind=classification',
+          f'--config.task.train={tmp_path / "train.jsonl"}',
+          f'--config.task.validation={tmp_path / "validation.jsonl"}',
+          f'--config.task.test={tmp_path / "test.jsonl"}', '--config.task.labels=neg,pos']
+
+
+@pytest.mark.parametrize('random_init', [False, True])
+def test_finetune_keeps_the_best_checkpoint_and_writes_predictions(pretrained, tmp_path, capsys,
+                                                                   random_init):
+  workdir = tmp_path / 'finetune'
+  code = cli.main(['finetune', '--config', 'configs/finetune/local.py', '--workdir', str(workdir),
+                   '--init', str(pretrained), *_task_files(tmp_path),
+                   '--config.train.batch_size=8', '--config.finetune.eval_batch_size=8',
+                   '--config.train.num_epochs=2.0', '--config.mesh.fsdp=1', '--config.mesh.data=-1',
+                   f'--config.finetune.random_init={random_init}'])
+  out = capsys.readouterr().out
+  assert code == 0
+  assert ('random initialisation' in out) == random_init
+  validation = [r for r in read_metrics(workdir / 'metrics.jsonl') if r['split'] == 'validation']
+  assert [r['step'] for r in validation] == [6, 12]  # 48 examples / 8 = 6 steps per epoch
+  train = [r for r in read_metrics(workdir / 'metrics.jsonl') if r['split'] == 'train']
+  assert {'task_loss', 'lm_loss', 'loss'} <= set(train[-1])
+  scores = [r['validation_accuracy'] for r in validation]
+  best_step = validation[max(i for i, s in enumerate(scores) if s == max(scores))]['step']
+  assert [p.name for p in (workdir / 'checkpoints').iterdir()] == [str(best_step)]
+  rows = (workdir / 'local_test.tsv').read_text().splitlines()
+  assert rows[0] == 'index\tprediction' and len(rows) == 11
+  assert [int(r.split('\t')[0]) for r in rows[1:]] == list(range(10))
+  assert {r.split('\t')[1] for r in rows[1:]} <= {'0', '1'}
+  assert (workdir / 'tokenizer.model').is_file() and (workdir / 'curves.png').is_file()
+
+
+def test_prediction_files_follow_glue_conventions(tmp_path):
+  examples = [{'index': 7}, {'index': 3}]
+
+  def task(name, labels, regression=False):
+    return task_data.Task(name=name, kind='entailment', labels=labels, metrics=('accuracy',),
+                          train=[], validation={}, test={}, regression=regression)
+
+  mnli = tmp_path / 'MNLI-m.tsv'
+  finetune.write_predictions(mnli, task('mnli', ('entailment', 'neutral', 'contradiction')),
+                             examples, [2, 0])
+  assert mnli.read_text() == 'index\tprediction\n7\tcontradiction\n3\tentailment\n'
+  sst2 = tmp_path / 'SST-2.tsv'
+  finetune.write_predictions(sst2, task('sst2', ('negative', 'positive')), examples, [1, 0])
+  assert sst2.read_text() == 'index\tprediction\n7\t1\n3\t0\n'
+  stsb = tmp_path / 'STS-B.tsv'
+  finetune.write_predictions(stsb, task('stsb', None, regression=True), examples, [4.25, 0.5])
+  assert stsb.read_text() == 'index\tprediction\n7\t4.250\n3\t0.500\n'
+
+
+@pytest.mark.parametrize('init, message', [
+    ('/no/such/dir', 'finetune.init=/no/such/dir is not a directory'),
+    ('EMPTY', 'has no tokenizer.model'),
+])
+def test_bad_init_is_one_line_error(tmp_path, capsys, init, message):
+  if init == 'EMPTY':
+    init = str(tmp_path)
+  code = cli.main(['finetune', '--config', 'finetune/stdlib_package', '--workdir',
+                   str(tmp_path / 'w'), '--init', init])
+  err = capsys.readouterr().err
+  assert code == 1 and message in err and err.count('\n') == 1
