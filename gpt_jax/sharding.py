@@ -122,3 +122,48 @@ def check_batch(global_batch_size: int, mesh: Mesh) -> int:
 def global_batch(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
   """Assembles the global batch array from this process's rows (multi-host safe)."""
   return jax.make_array_from_process_local_data(batch_sharding(mesh), local_batch)
+
+
+# With fsdp or tensor parallelism on, at most this fraction of the parameter bytes
+# may be held whole by every device. Biases, LayerNorms and (under tensor
+# parallelism) position embeddings are replicated by design; they are well under
+# this in any real model. A module whose weights lost their logical names is not.
+MAX_REPLICATED_FRACTION = 0.05
+
+
+def check_replication(abstract_params, param_shardings, mesh: Mesh,
+                      max_fraction: float = MAX_REPLICATED_FRACTION) -> None:
+  """Fails, naming the biggest offenders, when fsdp / tensor parallelism leaves too much replicated.
+
+  A parameter is replicated when its sharding splits it over no mesh axis of
+  size > 1; every device then holds (and updates) its own full copy.
+  """
+  if mesh.shape['fsdp'] == 1 and mesh.shape['tensor'] == 1:
+    return  # pure data parallelism replicates everything on purpose
+  sizes = {}
+  replicated_names = []
+  for (path, param), param_sharding in zip(
+      jax.tree_util.tree_flatten_with_path(abstract_params)[0], jax.tree.leaves(param_shardings)):
+    name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+    sizes[name] = math.prod(param.shape) * np.dtype(param.dtype).itemsize
+    if param_sharding.is_fully_replicated:
+      replicated_names.append(name)
+  replicated_bytes = sum(sizes[name] for name in replicated_names)
+  total_bytes = sum(sizes.values())
+  if replicated_bytes <= max_fraction * total_bytes:
+    return
+  biggest = sorted(replicated_names, key=sizes.get, reverse=True)[:5]
+  listing = ', '.join(f'{name} ({_readable_bytes(sizes[name])})' for name in biggest)
+  raise ShardingError(
+      f'{replicated_bytes / total_bytes:.0%} of the parameter bytes would be replicated on every '
+      f'device of mesh {dict(mesh.shape)} (at most {max_fraction:.0%} allowed with fsdp / tensor '
+      f'parallelism); biggest: {listing}. Give those parameters logical axis names that '
+      'LOGICAL_RULES maps onto the fsdp or tensor axis, use a data-parallel mesh '
+      '(mesh.fsdp=1, mesh.tensor=1), or, for a toy model, raise max_replicated_fraction')
+
+
+def _readable_bytes(count: int) -> str:
+  for unit, scale in (('GiB', 2**30), ('MiB', 2**20), ('KiB', 2**10)):
+    if count >= scale:
+      return f'{count / scale:.1f} {unit}'
+  return f'{count} B'

@@ -1,0 +1,194 @@
+"""Compile the real sharded train step for a TPU slice this machine does not have.
+
+libtpu describes any TPU topology (`v5e:2x4`, `v4:2x2x1`, ...) as compile-only
+devices. We lay the config's mesh over them, lower the Trainer's jitted train
+step for abstract inputs (shapes only, no arrays), compile it ahead of time and
+read XLA's per-chip memory and FLOP estimates, so a config can be checked
+before paying for a slice. Needs libtpu (`pip install "gpt_jax[tpu]"`), no TPU.
+
+    gpt-jax pretrain --config configs/gpt1_v5e_8.py --dry_run --topology v5e:2x4
+"""
+
+import dataclasses
+import functools
+import glob
+import importlib.util
+import math
+import os
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import topologies
+
+from gpt_jax import metrics, sharding, train
+from gpt_jax.errors import UserError
+from gpt_jax.model import ModelConfig
+
+GiB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class TpuGeneration:
+  hbm_bytes: int  # per JAX device, i.e. per chip for every generation listed
+  # libtpu's chip configuration: 'megacore' presents a chip's two TensorCores as
+  # one device, as a TPU VM of that generation does.
+  chip_config: str
+  example: str  # a topology name and the slice it is
+
+
+# HBM per chip from Google Cloud's TPU system architecture pages.
+GENERATIONS = {
+    'v4': TpuGeneration(32 * GiB, 'megacore', 'v4:2x2x1 (v4-8)'),
+    'v5e': TpuGeneration(16 * GiB, 'default', 'v5e:2x4 (v5e-8)'),
+    'v5p': TpuGeneration(95 * GiB, 'megacore', 'v5p:2x2x1 (v5p-8)'),
+    'v6e': TpuGeneration(32 * GiB, 'default', 'v6e:2x4 (v6e-8)'),
+}
+
+_TOPOLOGY = re.compile(r'(?P<generation>[a-z0-9]+):(?P<dims>\d+(x\d+){1,2})')
+
+
+def libtpu_installed() -> bool:
+  return importlib.util.find_spec('libtpu') is not None
+
+
+def _topology_help() -> str:
+  return ('known topologies are GENERATION:CHIPS_PER_AXIS for generation '
+          + ', '.join(GENERATIONS) + ', e.g. '
+          + ', '.join(g.example for g in GENERATIONS.values()) + ', v5e:8x8 (v5e-64)')
+
+
+def _tell_libtpu_it_is_alone() -> None:
+  """Spares libtpu its search for the TPU VM it runs on, and its one-process lock.
+
+  Without these it queries the cloud metadata server, logs errors about unknown
+  workers, and refuses to load in a second process at the same time (a lock
+  that guards TPU chips; compiling touches none). They describe this host, not
+  the compiled topology, and are left alone on a machine that has TPU chips.
+  """
+  if glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*'):
+    return
+  os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
+  os.environ.setdefault('TPU_ACCELERATOR_TYPE', 'v5litepod-1')
+  os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+
+
+def topology_devices(topology: str) -> tuple[list[jax.Device], TpuGeneration]:
+  """The compile-only devices of a named TPU topology, and its generation's facts."""
+  match = _TOPOLOGY.fullmatch(topology)
+  if not match or match['generation'] not in GENERATIONS:
+    raise UserError(f'unknown TPU topology {topology!r}; {_topology_help()}')
+  if not libtpu_installed():
+    raise UserError('the dry run compiles with libtpu, which is not installed; '
+                    'pip install "gpt_jax[tpu]" (it needs no TPU)')
+  generation = GENERATIONS[match['generation']]
+  _tell_libtpu_it_is_alone()
+  try:
+    description = topologies.get_topology_desc(
+        topology_name=topology, platform='tpu', chip_config_name=generation.chip_config)
+  except jax.errors.JaxRuntimeError as error:
+    reason = str(error).splitlines()[0]
+    raise UserError(f'libtpu rejected TPU topology {topology!r} ({reason}); '
+                    f'{_topology_help()}') from None
+  return list(description.devices), generation
+
+
+def _bytes_per_device(abstract_tree, shardings) -> int:
+  """Bytes of one device's shards of every array in `abstract_tree`."""
+  return sum(
+      math.prod(s.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+      for x, s in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings)))
+
+
+@dataclasses.dataclass(frozen=True)
+class DryRunReport:
+  """What one compiled train step needs of each chip. Bytes and FLOPs are per chip.
+
+  The figures from XLA are None when it refused to compile because the step
+  does not fit; `out_of_memory` then holds its reason.
+  """
+
+  topology: str
+  device_kind: str
+  num_chips: int
+  mesh_shape: dict
+  hbm_bytes: int
+  param_bytes: int  # this chip's shards of the parameters ...
+  opt_state_bytes: int  # ... and of the optimizer state (from the shardings)
+  batch_bytes: int
+  model_flops: float  # matmuls of the model (metrics.train_flops_per_token), no recompute
+  compile_seconds: float
+  temp_bytes: int | None = None  # activations and other temporaries (XLA)
+  code_bytes: int | None = None  # the compiled program
+  peak_bytes: int | None = None  # XLA's peak: state, batch, temporaries and code at once
+  xla_flops: float | None = None  # XLA's count, recomputation and elementwise work included
+  out_of_memory: str = ''
+
+  @property
+  def fits(self) -> bool:
+    return not self.out_of_memory and self.peak_bytes <= self.hbm_bytes
+
+  def table(self) -> str:
+    mesh = ' '.join(f'{axis}={size}' for axis, size in self.mesh_shape.items())
+    rows = [('parameters', self.param_bytes), ('optimizer state', self.opt_state_bytes),
+            ('batch', self.batch_bytes), ('activations + temporaries', self.temp_bytes),
+            ('generated code', self.code_bytes), ('peak (XLA)', self.peak_bytes),
+            ('HBM', self.hbm_bytes)]
+    lines = [f'{self.topology}: {self.num_chips} x {self.device_kind}, mesh {mesh}, '
+             f'compiled in {self.compile_seconds:.0f} s',
+             f'  {"per chip":<27}{"GiB":>8}']
+    lines += [f'  {name:<27}' + ('       -' if count is None else f'{count / GiB:>8.3f}')
+              for name, count in rows]
+    model = f'{self.model_flops:.3e} (model matmuls)'
+    if self.out_of_memory:
+      lines.append(f'  FLOPs per step per chip: {model}')
+      lines.append(f'  DOES NOT FIT: {self.out_of_memory}')
+    else:
+      lines.append(f'  FLOPs per step per chip: {self.xla_flops:.3e} (XLA), {model}')
+      verdict = 'fits' if self.fits else 'DOES NOT FIT'
+      lines.append(f'  {verdict}: peak {self.peak_bytes / GiB:.2f} GiB = '
+                   f'{self.peak_bytes / self.hbm_bytes:.0%} of {self.hbm_bytes / GiB:.0f} GiB HBM')
+    return '\n'.join(lines)
+
+
+def dry_run(config, topology: str) -> DryRunReport:
+  """Compiles `config`'s pretraining step for `topology` (e.g. 'v5e:2x4') and measures it."""
+  devices, generation = topology_devices(topology)
+  model_config = ModelConfig.from_config(config.model)
+  seq_len, batch_size = config.train.seq_len, config.train.batch_size
+  if seq_len > model_config.n_ctx:
+    raise UserError(f'train.seq_len={seq_len} exceeds model.n_ctx={model_config.n_ctx}')
+  mesh = sharding.make_mesh(config.mesh, devices)
+  sharding.check_batch(batch_size, mesh)
+  # The schedule's length changes no shape or cost of the compiled step.
+  _, trainer = train.make_pretrainer(model_config, config.optim, mesh, seq_len,
+                                     max(int(config.train.num_steps), 1))
+  batch = jax.ShapeDtypeStruct((batch_size, seq_len + 1), jnp.int32)
+  state, shardings = trainer.abstract_state, trainer.state_shardings
+  report = functools.partial(
+      DryRunReport, topology=topology, device_kind=devices[0].device_kind, num_chips=mesh.size,
+      mesh_shape=dict(mesh.shape), hbm_bytes=generation.hbm_bytes,
+      param_bytes=_bytes_per_device(state.params, shardings.params),
+      opt_state_bytes=_bytes_per_device(state.opt_state, shardings.opt_state),
+      batch_bytes=_bytes_per_device(batch, sharding.batch_sharding(mesh)),
+      model_flops=(metrics.train_flops_per_token(model_config, seq_len)
+                   * batch_size * seq_len / mesh.size))
+
+  start = time.perf_counter()
+  try:
+    compiled = trainer.lower_train_step(batch).compile()
+  except jax.errors.JaxRuntimeError as error:
+    # The TPU compiler refuses a program that cannot fit in HBM; that is our answer.
+    reason = str(error).splitlines()[0]
+    if 'RESOURCE_EXHAUSTED' not in reason:
+      raise
+    return report(compile_seconds=time.perf_counter() - start, out_of_memory=reason)
+  compile_seconds = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  return report(
+      compile_seconds=compile_seconds, temp_bytes=memory.temp_size_in_bytes,
+      code_bytes=memory.generated_code_size_in_bytes, peak_bytes=memory.peak_memory_in_bytes,
+      xla_flops=compiled.cost_analysis()['flops'])
