@@ -8,6 +8,7 @@ is kept and, at the end, predicts the test split(s) into GLUE-style files.
 """
 
 import dataclasses
+import json
 import math
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import checkpoint, hf, optim, sharding, task_data, tasks
+from gpt_jax import checkpoint, default_tasks, hf, optim, sharding, task_data, tasks
 from gpt_jax import metrics as metrics_lib
 from gpt_jax.data.tokenizer import Tokenizer
 from gpt_jax.errors import UserError
@@ -25,6 +26,7 @@ from gpt_jax.report import RunLog, StepLogger
 from gpt_jax.train import Trainer
 
 TOKENIZER_FILE = 'tokenizer.model'
+SUMMARY_FILE = 'summary.json'  # best validation metrics, baseline, where the weights came from
 # GLUE's server wants label names for these tasks and 0/1 for the other classification tasks.
 _NAMED_LABEL_TASKS = ('mnli', 'qnli', 'rte')
 
@@ -164,6 +166,9 @@ def run_finetuning(config, workdir: str | Path, log: RunLog | None = None) -> di
                                  'classifier': state.params['classifier']}, rng)
   log.info(f'fine-tuning {task.name} ({task.kind}, {len(train_examples):,} training examples, '
            f'{total_steps:,} steps of {config.train.batch_size}) from {init.source}')
+  baseline = None if task.regression else default_tasks.majority_baseline(task)
+  if baseline is not None:
+    log.info(f'majority-class baseline on {next(iter(task.validation))}: accuracy {baseline:.4f}')
 
   replicated = sharding.replicated(mesh)
   predict_logits = tasks.predict_fn(model)
@@ -230,5 +235,8 @@ def run_finetuning(config, workdir: str | Path, log: RunLog | None = None) -> di
       written.append(path)
   log.info(f'best {best_metric} {best["value"]:.4f} at step {best["step"]}; test predictions: '
            + (', '.join(str(p) for p in written) or 'none (the task has no test split)'))
-  return {'best': best['metrics'], 'best_step': best['step'], 'predictions': written,
-          'truncated': truncated, 'state': state}
+  summary = {'task': task.name, 'init': init.source, 'best_step': best['step'],
+             'best': best['metrics'], 'majority_baseline': baseline, 'truncated': truncated}
+  if jax.process_index() == 0:
+    (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + '\n')
+  return {**summary, 'predictions': written, 'state': state}
