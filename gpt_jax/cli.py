@@ -186,6 +186,26 @@ def _sample(args, overrides) -> None:
     print(prompt + continuation)
 
 
+def _export(args, overrides) -> None:
+  """Writes a workdir's newest decoder weights as a Hugging Face openai-gpt directory."""
+  from gpt_jax import hf, sample
+
+  if overrides:
+    raise UserError(f'export takes no config overrides (got --config.{overrides[0]})')
+  params, model_config = sample.load_decoder(args.workdir)
+  tokenizer = Path(args.workdir) / 'tokenizer.model'
+  out = hf.export_hf_dir(params, model_config, args.out,
+                         tokenizer if tokenizer.is_file() else None)
+  print(f'wrote {out}: load it with transformers.OpenAIGPTLMHeadModel.from_pretrained("{out}")')
+
+
+def _add_export_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--workdir', required=True,
+                      help='pretraining or fine-tuning workdir (its newest checkpoint)')
+  parser.add_argument('--out', required=True,
+                      help='Hugging Face directory to create (must not exist or be empty)')
+
+
 def _add_sample_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--workdir', required=True, help='pretraining or fine-tuning workdir, or '
                       'a Hugging Face openai-gpt directory (e.g. from `gpt-jax export`)')
@@ -216,6 +236,8 @@ MODES = {
                  'multiple-choice task', [_add_config_flags, _add_workdir_flag, _add_init_flag]),
     'sample': (_sample, 'continue text prompts with a trained GPT (KV-cache decoding)',
                [_add_sample_flags]),
+    'export': (_export, 'write a workdir as a Hugging Face openai-gpt directory (safetensors)',
+               [_add_export_flags]),
 }
 
 

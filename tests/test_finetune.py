@@ -104,3 +104,27 @@ def test_bad_init_is_one_line_error(tmp_path, capsys, init, message):
                    str(tmp_path / 'w'), '--init', init])
   err = capsys.readouterr().err
   assert code == 1 and message in err and err.count('\n') == 1
+
+
+def test_export_of_a_pretraining_workdir_loads_in_hugging_face(pretrained, tmp_path, capsys):
+  import numpy as np
+  import torch
+  import transformers
+
+  from gpt_jax import checkpoint
+  from gpt_jax.model import GPT, ModelConfig
+
+  out = tmp_path / 'hf'
+  assert cli.main(['export', '--workdir', str(pretrained), '--out', str(out)]) == 0
+  model, info = transformers.OpenAIGPTLMHeadModel.from_pretrained(out, output_loading_info=True)
+  assert not any(info.values())  # no missing, unexpected or mismatched weights
+  assert (out / 'tokenizer.model').is_file()
+  params = checkpoint.load_params(pretrained)
+  config = ModelConfig.from_config(checkpoint.load_config(pretrained).model)
+  tokens = np.arange(12)[None]
+  ours = np.asarray(GPT(config).apply({'params': params}, tokens))
+  theirs = model.eval()(torch.tensor(tokens)).logits.detach().numpy()
+  assert np.abs(ours - theirs).max() < 1e-5
+  # A second export never overwrites the first.
+  assert cli.main(['export', '--workdir', str(pretrained), '--out', str(out)]) == 1
+  assert 'already exists' in capsys.readouterr().err
