@@ -12,7 +12,7 @@ from gpt_jax.report import read_metrics
 TEXTS = [inspect.getdoc(obj) for module in (json, textwrap) for obj in vars(module).values()
          if inspect.getdoc(obj)]
 SMALL = ['--config.model.n_layer=1', '--config.model.n_embd=32', '--config.model.n_head=2',
-         '--config.model.d_ff=64', '--config.model.n_ctx=32', '--config.model.vocab_size=512',
+         '--config.model.d_ff=128', '--config.model.n_ctx=32', '--config.model.vocab_size=512',
          '--config.mesh.fsdp=1', '--config.mesh.data=-1']
 
 
