@@ -13,7 +13,7 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 spec="$repo"
-[ -n "$extras" ] && spec="$repo[$extras]"
+[ -n "$extras" ] && spec="${repo}[$extras]"
 echo "[setup] installing gpt_jax${extras:+[$extras]} (quick when already installed)"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$spec" 2>&1 \
