@@ -25,8 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.task = ml_collections.ConfigDict(dict(
       # A registry task ('sst2' or its TFDS name 'glue/sst2'), 'local' (your own files, see
       # finetune/local.py), or an offline default task (stdlib_package, stdlib_continuation,
-      # stdlib_same_module, stdlib_next_sentence, which also take task.seed and
-      # task.max_eval_examples: see finetune/stdlib_*.py); see gpt_jax.task_data.load_task.
+      # stdlib_same_module, stdlib_next_sentence); see gpt_jax.task_data.load_task.
       name='sst2',
       data_dir='',  # TFDS data_dir of a registry task ('': ~/tensorflow_datasets)
       kind='',  # local: classification, entailment, similarity or multiple_choice
@@ -37,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
       regression=False,  # a score instead of classes (STS-B; local similarity tasks)
       max_len=-1,  # tokens per sequence; -1: the model's n_ctx
       max_train_examples=-1,  # -1: every training example; N: the first N (a smoke run)
+      # Offline default tasks only:
+      seed=0,  # which examples, wrong texts and answer positions; not the split
+      max_eval_examples=-1,  # -1: all; N: the first N of validation and of test
   ))
   config.finetune = ml_collections.ConfigDict(dict(
       init='',  # a pretraining workdir or a Hugging Face directory (--init)
