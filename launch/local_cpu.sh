@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# README command one: the smoke run on this machine's CPU, offline (about 10 minutes on 2 cores).
+# README command one: the smoke run on this machine's CPU, offline (about 7 minutes on 2 cores).
 # Creates the virtualenv, then on the offline default corpus (the docstrings of Python's
 # standard library):
 #   1. trains a 2,048-piece BPE tokenizer,  2. tokenises the corpus into a token store,
