@@ -19,7 +19,6 @@ import json
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,11 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
 from gpt_jax.errors import UserError
+from gpt_jax.paths import is_local, workdir_path
 
 STATE, DATA, CONFIG = 'state', 'data', 'config'
 CHECKPOINTS = 'checkpoints'  # under the workdir
@@ -49,10 +50,10 @@ class _DataStateHandler(ocp.CheckpointHandler):
   """Stores this process's data-iterator state as `process_<i>-of-<n>.json`."""
 
   def save(self, directory, args: 'DataStateSave'):
-    (Path(directory) / _data_file_name()).write_text(json.dumps(args.state))
+    (epath.Path(directory) / _data_file_name()).write_text(json.dumps(args.state))
 
   def restore(self, directory, args: 'DataStateRestore | None' = None):
-    path = Path(directory) / _data_file_name()
+    path = epath.Path(directory) / _data_file_name()
     return json.loads(path.read_text()) if path.exists() else None
 
   def metadata(self, directory):
@@ -104,14 +105,17 @@ def _item_handlers() -> dict:
 
 def check_workdir(workdir: str | Path, bytes_needed: int = 0) -> None:
   """Fails in one line, before any training, if `workdir` cannot be written or is too full."""
-  workdir = Path(workdir)
+  workdir = workdir_path(workdir)
+  probe = workdir / f'.write_test.{jax.process_index()}'
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test'):
-      pass
+    probe.write_text('')
+    probe.unlink()
   except OSError as error:
     raise UserError(f'workdir {workdir} is not writable ({error.strerror or error}); fix its '
                     'permissions or pass another --workdir') from None
+  if not is_local(workdir):
+    return  # a bucket reports no free space (disk_usage reads a local filesystem only)
   free = shutil.disk_usage(workdir).free
   if free < bytes_needed:
     raise UserError(f'workdir {workdir} has {free / 2**20:,.1f} MiB free but checkpoints of this '
@@ -163,7 +167,7 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str | Path, checkpoint_config):
-    self.workdir = Path(workdir).resolve()
+    self.workdir = _absolute(workdir)
     self.directory = self.workdir / CHECKPOINTS
     self._best_metric, self._keep_best = checkpoint_config.best_metric, checkpoint_config.keep_best
     policies = [checkpoint_managers.LatestN(n=checkpoint_config.keep)]
@@ -257,8 +261,9 @@ class Checkpointer:
           'trying the previous one')
     if jax.process_index() == 0:
       target.parent.mkdir(exist_ok=True)
-      shutil.rmtree(target, ignore_errors=True)
-      shutil.move(step_dir, target)
+      if target.exists():
+        target.rmtree()
+      step_dir.rename(target)
     ocp.multihost.sync_global_processes(f'gpt_jax_set_aside_{step}')
     self._manager.reload()
 
@@ -274,9 +279,15 @@ class Checkpointer:
 # Reading a workdir without training: the config to resume with, parameters to fine-tune
 # or sample from.
 
+def _absolute(workdir: str | Path) -> epath.Path:
+  """orbax wants an absolute directory; a bucket URL already is one."""
+  workdir = workdir_path(workdir)
+  return workdir.resolve() if is_local(workdir) else workdir
+
+
 def _read_only_manager(workdir: str | Path, state_handler=None) -> tuple[ocp.CheckpointManager,
-                                                                         Path]:
-  directory = Path(workdir).resolve() / CHECKPOINTS
+                                                                         epath.Path]:
+  directory = _absolute(workdir) / CHECKPOINTS
   if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
     raise UserError(f'{workdir} holds no checkpoint (nothing in {directory}); give a config to '
                     'start a new run there, or the workdir of a run that saved one')
@@ -342,30 +353,6 @@ def load_params(workdir: str | Path, target=None, step: int | None = None):
 
   with manager:
     return _first_readable(manager, directory, read, step)
-
-
-def drop_metrics_after(workdir: str | Path, step: int) -> None:
-  """Forgets metrics.jsonl records past `step`: a resumed run logs those steps again.
-
-  Truncates in place, so a RunLog already appending to the file carries on after
-  the kept records.
-  """
-  path = Path(workdir) / 'metrics.jsonl'
-  if jax.process_index() != 0 or not path.exists():
-    return
-  with path.open('r+', encoding='utf-8') as file:
-    kept = [line for line in file if _record_step(line) <= step]
-    file.seek(0)
-    file.writelines(kept)
-    file.truncate()
-
-
-def _record_step(line: str) -> float:
-  """A metrics.jsonl line's step; infinite for a line cut short by a killed run."""
-  try:
-    return json.loads(line)['step']
-  except (json.JSONDecodeError, KeyError):
-    return float('inf')
 
 
 class PreemptionWatch:

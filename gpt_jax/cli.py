@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from gpt_jax.errors import UserError
+from gpt_jax.paths import workdir_path
 
 _EPILOG = """config overrides:
   --config.<field>=<value>   set any field of the config file, e.g. --config.model.n_layer=2
@@ -68,7 +69,7 @@ def _pretrain(args, overrides) -> None:
 
   if args.workdir is None:
     raise UserError('pretrain needs --workdir (only --dry_run runs without one)')
-  workdir = Path(args.workdir)
+  workdir = workdir_path(args.workdir)  # local, or gs:// for TPU pods
   if args.config is None:
     config = checkpoint.load_config(workdir)
     for override in overrides:
@@ -174,7 +175,7 @@ def _sample(args, overrides) -> None:
     prompts += [line for line in path.read_text().splitlines() if line.strip()]
   if not prompts:
     raise UserError('give at least one --prompt TEXT or a --prompts_file with one prompt a line')
-  tokenizer = Tokenizer(args.tokenizer or Path(args.workdir) / 'tokenizer.model')
+  tokenizer = Tokenizer(args.tokenizer or workdir_path(args.workdir) / 'tokenizer.model')
   params, model_config = sample.load_decoder(args.workdir)
   continuations = sample.generate_text(
       params, model_config, tokenizer, prompts, args.max_new_tokens,
@@ -193,7 +194,7 @@ def _export(args, overrides) -> None:
   if overrides:
     raise UserError(f'export takes no config overrides (got --config.{overrides[0]})')
   params, model_config = sample.load_decoder(args.workdir)
-  tokenizer = Path(args.workdir) / 'tokenizer.model'
+  tokenizer = workdir_path(args.workdir) / 'tokenizer.model'
   out = hf.export_hf_dir(params, model_config, args.out,
                          tokenizer if tokenizer.is_file() else None)
   print(f'wrote {out}: load it with transformers.OpenAIGPTLMHeadModel.from_pretrained("{out}")')

@@ -10,7 +10,6 @@ is kept and, at the end, predicts the test split(s) into GLUE-style files.
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 
 import jax
@@ -22,6 +21,7 @@ from gpt_jax import metrics as metrics_lib
 from gpt_jax.data.tokenizer import Tokenizer
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPTForTask, ModelConfig, add_special_token_rows
+from gpt_jax.paths import workdir_path
 from gpt_jax.report import RunLog, StepLogger
 from gpt_jax.train import Trainer
 
@@ -48,7 +48,7 @@ def load_init(config) -> Init:
     raise UserError('finetune.init is empty: give a pretraining workdir or a Hugging Face '
                     'directory (--init PATH); add --config.finetune.random_init=True to train '
                     'that model shape from random weights instead')
-  path = Path(init)
+  path = workdir_path(init)  # a pretraining workdir may be in a bucket
   if not path.is_dir():
     raise UserError(f'finetune.init={init} is not a directory (a pretraining workdir or a '
                     'Hugging Face openai-gpt directory)')
@@ -118,12 +118,12 @@ def write_predictions(path: Path, task: task_data.Task, examples, predictions) -
   rows = ['index\tprediction'] + [f'{examples[i]["index"]}\t{p}' for i, p in enumerate(shown)]
   temporary = path.with_suffix(path.suffix + '.tmp')
   temporary.write_text('\n'.join(rows) + '\n', encoding='utf-8')
-  os.replace(temporary, path)  # never a half-written submission
+  temporary.replace(path)  # never a half-written submission
 
 
 def run_finetuning(config, workdir: str | Path, log: RunLog | None = None) -> dict:
   """Fine-tunes on config.task; returns the best validation metrics and where things went."""
-  workdir = Path(workdir)
+  workdir = workdir_path(workdir)
   task = task_data.load_task(config.task)
   init = load_init(config)
   model_config, tokenizer = init.model_config, init.tokenizer

@@ -30,6 +30,7 @@ from flax.linen import meta
 
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPT, ModelConfig
+from gpt_jax.paths import workdir_path
 
 SAFETENSORS_FILE = 'model.safetensors'
 PYTORCH_FILE = 'pytorch_model.bin'
@@ -318,7 +319,7 @@ def export_hf_dir(params, model_config: ModelConfig, out_dir, tokenizer_model_pa
   if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
     raise UserError(f'export directory {out_dir} already exists and is not empty; '
                     'choose another path or remove it')
-  if tokenizer_model_path is not None and not Path(tokenizer_model_path).is_file():
+  if tokenizer_model_path is not None and not workdir_path(tokenizer_model_path).is_file():
     raise UserError(f'tokenizer model {tokenizer_model_path} does not exist')
   hf_config = config_to_hf(model_config)
   state = state_to_hf(params, model_config)
@@ -328,7 +329,7 @@ def export_hf_dir(params, model_config: ModelConfig, out_dir, tokenizer_model_pa
     save_file(state, staging / SAFETENSORS_FILE, metadata={'format': 'pt'})
     (staging / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + '\n')
     if tokenizer_model_path is not None:
-      shutil.copyfile(tokenizer_model_path, staging / TOKENIZER_FILE)
+      workdir_path(tokenizer_model_path).copy(staging / TOKENIZER_FILE)  # workdir: maybe gs://
     staging.chmod(0o755)  # mkdtemp makes it private to the user
     if out_dir.exists():
       out_dir.rmdir()  # empty, checked above

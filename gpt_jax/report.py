@@ -14,10 +14,14 @@ Only process 0 writes, so a multi-host run logs each step once.
 import json
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import jax
+from etils import epath
+
+from gpt_jax.paths import is_local, workdir_path
 
 METRICS_FILE = 'metrics.jsonl'
 CURVES_FILE = 'curves.png'
@@ -36,19 +40,30 @@ def _format(name: str, value) -> str:
 
 
 class RunLog:
-  """Console lines, progress bar, metrics.jsonl and TensorBoard events of one run."""
+  """Console lines, progress bar, metrics.jsonl and TensorBoard events of one run.
+
+  A bucket workdir (`gs://...`) cannot be appended to, so its metrics.jsonl,
+  TensorBoard events and curves are written in a local staging directory
+  (starting from the workdir's metrics.jsonl, if any) and uploaded by `close()`;
+  a run killed without closing loses the records since it started there.
+  """
 
   def __init__(self, workdir: str | Path | None, stream=None, progress: bool | None = None):
     self._enabled = jax.process_index() == 0
     self._stream = stream
-    self._workdir = Path(workdir) if workdir is not None else None
+    self._workdir = workdir_path(workdir) if workdir is not None else None
     self._progress = progress  # None: a bar only when the output is a terminal
     self._file = self._tensorboard = self._bar = None
     if self._workdir is not None and self._enabled:
       self._workdir.mkdir(parents=True, exist_ok=True)
-      self._file = open(self._workdir / METRICS_FILE, 'a', encoding='utf-8')
+      self._local = self._workdir
+      if not is_local(self._workdir):
+        self._local = epath.Path(tempfile.mkdtemp(prefix='gpt_jax_log.'))
+        if (self._workdir / METRICS_FILE).exists():
+          (self._workdir / METRICS_FILE).copy(self._local / METRICS_FILE)
+      self._file = open(self._local / METRICS_FILE, 'a', encoding='utf-8')
       from tensorboardX import SummaryWriter
-      self._tensorboard = SummaryWriter(str(self._workdir / 'tensorboard'))
+      self._tensorboard = SummaryWriter(str(self._local / 'tensorboard'))
     self._start = time.time()
 
   def info(self, message: str) -> None:
@@ -103,11 +118,47 @@ class RunLog:
     if self._file:
       self._file.close()
       self._file = None
-      plot_curves(self._workdir / METRICS_FILE, self._workdir / CURVES_FILE)
+      plot_curves(self._local / METRICS_FILE, self._local / CURVES_FILE)
+      if self._local != self._workdir:
+        _upload(self._local, self._workdir)
+
+  def drop_after(self, step: int) -> None:
+    """Forgets metrics.jsonl records past `step`: a resumed run logs those steps again.
+
+    Truncates in place; the append-mode file this log writes carries on after the
+    kept records.
+    """
+    if self._file is None:
+      return
+    self._file.flush()
+    with open(self._local / METRICS_FILE, 'r+', encoding='utf-8') as file:
+      kept = [line for line in file if _record_step(line) <= step]
+      file.seek(0)
+      file.writelines(kept)
+      file.truncate()
+
+
+def _record_step(line: str) -> float:
+  """A metrics.jsonl line's step; infinite for a line cut short by a killed run."""
+  try:
+    return json.loads(line)['step']
+  except (json.JSONDecodeError, KeyError):
+    return float('inf')
+
+
+def _upload(local: epath.Path, workdir: epath.Path) -> None:
+  """Copies the staged files into the bucket workdir (replacing its metrics.jsonl) and
+  removes the staging directory."""
+  for root, _, files in local.walk():
+    target_dir = workdir / root.relative_to(local)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for name in files:
+      (root / name).copy(target_dir / name, overwrite=True)
+  local.rmtree()
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-  with open(path, encoding='utf-8') as f:
+  with workdir_path(path).open(encoding='utf-8') as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
@@ -153,7 +204,7 @@ class StepProfiler:
   """Writes a JAX profiler trace (TensorBoard / Perfetto) for steps [start, start + count)."""
 
   def __init__(self, workdir: str | Path, start: int, count: int):
-    self._dir = str(Path(workdir) / 'profile')
+    self._dir = str(workdir_path(workdir) / 'profile')
     self._start, self._stop = start, start + count
     self._active = False
 

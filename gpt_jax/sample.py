@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import functools
 from collections.abc import Sequence
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -32,6 +31,7 @@ import numpy as np
 from gpt_jax import hf, sharding
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPT, ModelConfig
+from gpt_jax.paths import workdir_path
 
 _PAD_ID = 0  # fills padding and finished rows; never attended, never returned
 _WIDTH_MULTIPLE = 16  # prompt batches are padded to a multiple of this many tokens
@@ -108,7 +108,7 @@ def load_decoder(directory) -> tuple[dict, ModelConfig]:
   A pretraining or fine-tuning workdir gives its newest checkpoint (dropping a
   task head); a Hugging Face openai-gpt directory gives its weights.
   """
-  directory = Path(directory)
+  directory = workdir_path(directory)  # a workdir may be in a bucket
   if not directory.is_dir():
     raise UserError(f'{directory} is not a directory: pass a pretraining or fine-tuning '
                     'workdir or a Hugging Face openai-gpt directory')

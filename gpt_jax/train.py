@@ -256,7 +256,7 @@ def run_pretraining(config, workdir, train_batches: Iterator[np.ndarray],
     else:
       log.info(f'resumed from {checkpoints.directory / str(int(state.step))}')
     first_step = int(state.step)
-    checkpoint.drop_metrics_after(workdir, first_step)  # those steps are about to be rerun
+    log.drop_after(first_step)  # those steps are about to be rerun
     steps = StepLogger(log, config.train.log_every, total_steps, tokens_per_step,
                        flops_per_step, peak * mesh.size)
     steps.restart_clock(first_step)

@@ -20,14 +20,15 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
+from etils import epath
 
 from gpt_jax.errors import UserError
+from gpt_jax.paths import workdir_path
 
 PAD, UNK, EOD, START, DELIMITER, EXTRACT = '<pad>', '<unk>', '<|endoftext|>', '<s>', '<$>', '<e>'
 # Fixed ids: pad 0, unk 1, then the control pieces in this order (2..5).
@@ -41,11 +42,12 @@ class Tokenizer:
   """Encodes text to ids and back with a trained sentencepiece model file."""
 
   def __init__(self, model_path: str | Path):
-    self.model_path = Path(model_path)
+    self.model_path = workdir_path(model_path)  # may be in a bucket workdir
     if not self.model_path.is_file():
       raise UserError(f'tokenizer model {self.model_path} does not exist; train one with '
                       '`gpt-jax tokenizer --config ...` or set --config.data.tokenizer=PATH')
-    self._processor = spm.SentencePieceProcessor(model_file=str(self.model_path))
+    # Bytes, not a file name: sentencepiece reads local files only.
+    self._processor = spm.SentencePieceProcessor(model_proto=self.model_path.read_bytes())
     self.vocab_size = self._processor.get_piece_size()
     self.pad_id = self._control_id(PAD)
     self.eod_id, self.start_id, self.delimiter_id, self.extract_id = map(
@@ -82,19 +84,19 @@ class Tokenizer:
     """sha256 of the model file: token stores built with it record this."""
     return hashlib.sha256(self.model_path.read_bytes()).hexdigest()
 
-  def copy_to(self, directory: str | Path) -> Path:
+  def copy_to(self, directory: str | Path) -> epath.Path:
     """Copies the model and its id record into `directory` (a workdir) as tokenizer.*."""
-    directory = Path(directory)
+    directory = workdir_path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / 'tokenizer.model'
-    shutil.copyfile(self.model_path, target)
-    shutil.copyfile(record_path(self.model_path), record_path(target))
+    self.model_path.copy(target, overwrite=True)
+    record_path(self.model_path).copy(record_path(target), overwrite=True)
     return target
 
 
-def record_path(model_path: str | Path) -> Path:
+def record_path(model_path: str | Path) -> epath.Path:
   """The JSON beside a .model file that records its special ids and provenance."""
-  return Path(model_path).with_suffix('.json')
+  return workdir_path(model_path).with_suffix('.json')
 
 
 def read_record(model_path: str | Path) -> dict | None:
