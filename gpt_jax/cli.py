@@ -54,11 +54,18 @@ def _add_dry_run_flags(parser: argparse.ArgumentParser) -> None:
                       'v4:2x2x1 (v4-8), v5e:8x8 (v5e-64)')
 
 
+def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+  from gpt_jax import distributed
+  distributed.add_flags(parser)
+
+
 def _pretrain(args, overrides) -> None:
   """Pretrains a GPT on next-token prediction; rerun on the same --workdir to resume."""
   if args.dry_run or args.topology:
     _dry_run(args, overrides)
     return
+  from gpt_jax import distributed
+  distributed.initialize_from_args(args)  # before anything asks JAX for its devices
   import jax
 
   from gpt_jax import checkpoint
@@ -139,9 +146,10 @@ def _finetune(args, overrides) -> None:
   """Fine-tunes a pretrained GPT on a task (the paper's input transformations + linear head)."""
   from gpt_jax import checkpoint
   from gpt_jax import config as config_lib
-  from gpt_jax import finetune
+  from gpt_jax import distributed, finetune
   from gpt_jax.report import RunLog
 
+  distributed.initialize_from_args(args)  # before anything asks JAX for its devices
   if args.init:
     overrides = [f'finetune.init={args.init}', *overrides]
   config = config_lib.load_config(args.config, overrides)
@@ -232,9 +240,10 @@ MODES = {
     'pretrain': (_pretrain, 'pretrain a GPT on a text corpus (next-token prediction)',
                  [_add_resumable_config_flags,
                   functools.partial(_add_workdir_flag, required=False), _add_dry_run_flags,
-                  _add_profile_flag]),
+                  _add_profile_flag, _add_distributed_flags]),
     'finetune': (_finetune, 'fine-tune on a classification / entailment / similarity / '
-                 'multiple-choice task', [_add_config_flags, _add_workdir_flag, _add_init_flag]),
+                 'multiple-choice task', [_add_config_flags, _add_workdir_flag, _add_init_flag,
+                                            _add_distributed_flags]),
     'sample': (_sample, 'continue text prompts with a trained GPT (KV-cache decoding)',
                [_add_sample_flags]),
     'export': (_export, 'write a workdir as a Hugging Face openai-gpt directory (safetensors)',

@@ -1,0 +1,79 @@
+"""Multi-process start-up: one JAX process per host (TPU VM worker, GPU node), or several per host.
+
+    gpt-jax pretrain ...                                   # a TPU VM or pod slice: automatic
+    gpt-jax pretrain ... --coordinator_address 10.0.0.1:1234 --num_processes 2 --process_id 0
+
+`initialize` must run before anything asks JAX for its devices (that fixes the
+device set, after which `jax.distributed.initialize` refuses to run). Once it
+has run, `jax.devices()` lists the devices of every process, meshes span hosts,
+and each process feeds its own rows of every global batch
+(`sharding.global_batch`).
+"""
+
+import argparse
+import os
+
+from gpt_jax.errors import UserError
+
+# Set on TPU VMs in a multi-host slice (GKE, multislice or queued resources);
+# a plain TPU VM is recognised by its TPU chips instead.
+_TPU_CLUSTER_ENV_VARS = ('TPU_WORKER_HOSTNAMES', 'TPU_PROCESS_ADDRESSES',
+                         'MEGASCALE_COORDINATOR_ADDRESS', 'CLOUD_TPU_TASK_ID')
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+  group = parser.add_argument_group(
+      'multi-process runs', 'Automatic on TPU VMs and pod slices (one process per worker). On '
+      'CPU or GPU clusters start one process per host, each with the same --coordinator_address '
+      'and --num_processes and its own --process_id.')
+  group.add_argument('--coordinator_address', metavar='HOST:PORT',
+                     help="process 0's host and a free port, reachable from every process")
+  group.add_argument('--num_processes', type=int, metavar='N', help='processes in the run')
+  group.add_argument('--process_id', type=int, metavar='I', help='this process, 0 .. N-1')
+
+
+def initialize_from_args(args: argparse.Namespace) -> None:
+  initialize(args.coordinator_address, args.num_processes, args.process_id)
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+  """Joins this process to a multi-process run when flags or the environment say it is one.
+
+  With all three arguments the run is explicit (CPU or GPU clusters, or
+  several processes on one machine). Without any, it starts up only on a TPU VM,
+  where JAX finds the other workers itself; otherwise this is a one-process run
+  and nothing happens.
+  """
+  given = {'--coordinator_address': coordinator_address, '--num_processes': num_processes,
+           '--process_id': process_id}
+  if all(value is None for value in given.values()):
+    if _on_tpu_vm():
+      import jax
+      jax.distributed.initialize()
+    return
+  missing = [flag for flag, value in given.items() if value is None]
+  if missing:
+    raise UserError(f'a multi-process run needs --coordinator_address, --num_processes and '
+                    f'--process_id together; missing {", ".join(missing)}')
+  if num_processes < 1 or not 0 <= process_id < num_processes:
+    raise UserError(f'--process_id {process_id} must be in 0 .. --num_processes - 1 '
+                    f'(--num_processes {num_processes})')
+  if ':' not in coordinator_address:
+    raise UserError(f'--coordinator_address {coordinator_address!r}: expected HOST:PORT, '
+                    'e.g. 10.0.0.1:1234')
+  import jax
+  # CPU devices of different processes talk over gloo (TCP); without it XLA's CPU
+  # client has no cross-process collectives. GPU and TPU ignore this setting.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def _on_tpu_vm() -> bool:
+  """True on a Cloud TPU VM: a TPU cluster variable is set, or JAX found TPU chips and libtpu."""
+  if any(name in os.environ for name in _TPU_CLUSTER_ENV_VARS):
+    return True
+  # Set by `import jax` from the TPU chips on the PCI bus (and libtpu being installed);
+  # reading it touches no devices.
+  from jax._src import cloud_tpu_init
+  return bool(getattr(cloud_tpu_init, 'running_in_cloud_tpu_vm', False))
