@@ -7,7 +7,6 @@ optimizer moments are updated in place.
 
 import contextlib
 import math
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
