@@ -11,16 +11,12 @@ and each process feeds its own rows of every global batch
 """
 
 import argparse
-import os
+import glob
 
 from gpt_jax.errors import UserError
 
 # Set on TPU VMs in a multi-host slice (GKE, multislice or queued resources);
 # a plain TPU VM is recognised by its TPU chips instead.
-_TPU_CLUSTER_ENV_VARS = ('TPU_WORKER_HOSTNAMES', 'TPU_PROCESS_ADDRESSES',
-                         'MEGASCALE_COORDINATOR_ADDRESS', 'CLOUD_TPU_TASK_ID')
-
-
 def add_flags(parser: argparse.ArgumentParser) -> None:
   group = parser.add_argument_group(
       'multi-process runs', 'Automatic on TPU VMs and pod slices (one process per worker). On '
@@ -70,8 +66,12 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
 
 def _on_tpu_vm() -> bool:
-  """True on a Cloud TPU VM: a TPU cluster variable is set, or JAX found TPU chips and libtpu."""
-  if any(name in os.environ for name in _TPU_CLUSTER_ENV_VARS):
+  """True on a Cloud TPU VM: TPU chips are attached (or JAX's own start-up found them).
+
+  Environment variables alone are not evidence: the TPU dry run sets
+  TPU_WORKER_HOSTNAMES and friends on machines without a TPU.
+  """
+  if glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*'):
     return True
   # Set by `import jax` from the TPU chips on the PCI bus (and libtpu being installed);
   # reading it touches no devices.
