@@ -28,3 +28,19 @@ def max_relative_difference(tree_a, tree_b) -> float:
   diffs = jax.tree.map(
       lambda a, b: float(jnp.linalg.norm(a - b) / (jnp.linalg.norm(b) + 1e-30)), tree_a, tree_b)
   return max(jax.tree.leaves(diffs))
+
+
+def prepared_local_corpus(tmp_path) -> list[str]:
+  """Config flags for a small local_text corpus whose tokenizer and token store are built."""
+  import json
+
+  from gpt_jax import cli
+  corpus = tmp_path / 'corpus.jsonl'
+  corpus.write_text(''.join(json.dumps({'text': f'the quick brown fox {i} jumps over the lazy '
+                                                f'dog. ' * 20}) + '\n' for i in range(40)))
+  flags = ['--config.data.corpus=local_text', f'--config.data.text_glob={corpus}',
+           f'--config.data.data_dir={tmp_path / "data"}', '--config.data.validation_fraction=0.3',
+           '--config.model.vocab_size=320']
+  for mode in ('tokenizer', 'prepare'):
+    assert cli.main([mode, '--config', 'tiny', *flags]) == 0, f'gpt-jax {mode} failed'
+  return flags

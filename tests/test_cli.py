@@ -6,6 +6,7 @@ import re
 import pytest
 
 from gpt_jax import cli
+from helpers import prepared_local_corpus
 
 
 def _run(capsys, *argv):
@@ -25,15 +26,7 @@ def test_help_lists_every_mode(capsys):
 
 
 def test_pretrain_tiny_runs_end_to_end_with_falling_loss(capsys, tmp_path):
-  corpus = tmp_path / 'corpus.jsonl'
-  corpus.write_text(''.join(json.dumps({'text': f'the quick brown fox {i} jumps over the lazy '
-                                                f'dog. ' * 20}) + '\n' for i in range(40)))
-  data = ['--config.data.corpus=local_text', f'--config.data.text_glob={corpus}',
-          f'--config.data.data_dir={tmp_path / "data"}', '--config.data.validation_fraction=0.3',
-          '--config.model.vocab_size=320']
-  for mode in ('tokenizer', 'prepare'):
-    code, _, err = _run(capsys, mode, '--config', 'tiny', *data)
-    assert code == 0, err
+  data = prepared_local_corpus(tmp_path)
   code, out, err = _run(
       capsys, 'pretrain', '--config', 'tiny', '--workdir', str(tmp_path / 'run'), *data,
       '--config.train.num_steps=40', '--config.train.log_every=10',

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import multiprocess_worker
-from gpt_jax import cli, distributed
+from helpers import prepared_local_corpus
+from gpt_jax import distributed
 from gpt_jax.errors import UserError
 
 TIMEOUT_S = 120  # a hung collective fails the test instead of blocking the suite
@@ -78,14 +79,7 @@ def test_two_processes_train_like_one_process_with_eight_devices(tmp_path):
 
 
 def test_cli_pretrain_as_two_processes_writes_one_set_of_outputs(tmp_path, capsys):
-  corpus = tmp_path / 'corpus.jsonl'
-  corpus.write_text(''.join(json.dumps({'text': f'the quick brown fox {i} jumps over the lazy '
-                                                f'dog. ' * 20}) + '\n' for i in range(40)))
-  data = ['--config.data.corpus=local_text', f'--config.data.text_glob={corpus}',
-          f'--config.data.data_dir={tmp_path / "data"}', '--config.data.validation_fraction=0.3',
-          '--config.model.vocab_size=320']
-  for mode in ('tokenizer', 'prepare'):
-    assert cli.main([mode, '--config', 'tiny', *data]) == 0, capsys.readouterr().err
+  data = prepared_local_corpus(tmp_path)
   workdir = tmp_path / 'run'
   address = f'127.0.0.1:{_free_port()}'
   outputs = _wait_for_success(_start_processes(
