@@ -72,7 +72,7 @@ def jax_worker(spec, conn):
   state, step_metrics = trainer.train_step(state, batch)
   jax.block_until_ready(step_metrics)
   conn.send({'compile_s': time.perf_counter() - start,
-             'matmul_peak': metrics._measure_matmul_peak(jnp.float32),
+             'matmul_peak': metrics.measure_matmul_peak(jnp.float32),
              'device': jax.devices()[0].device_kind})
   while (message := conn.recv()) != 'stop':
     start = time.perf_counter()

@@ -34,7 +34,7 @@ def train_flops_per_token(model_config, seq_len: int) -> float:
   return 3.0 * (2.0 * matmul_params + attention)
 
 
-def _measure_matmul_peak(dtype=jnp.float32, size: int = 2048, repeats: int = 5) -> float:
+def measure_matmul_peak(dtype=jnp.float32, size: int = 2048, repeats: int = 5) -> float:
   """Best FLOP/s of a square matmul on the default device (the CPU's practical peak)."""
   a = jnp.ones((size, size), dtype)
   matmul = jax.jit(lambda x, y: x @ y)
@@ -53,7 +53,7 @@ def peak_flops_per_device(dtype=jnp.float32) -> tuple[float, str]:
   for name, peak in _PEAK_FLOPS.items():
     if kind.startswith(name):
       return peak, f'{kind} data sheet'
-  return _measure_matmul_peak(dtype), f'measured {jnp.dtype(dtype).name} matmul on {kind}'
+  return measure_matmul_peak(dtype), f'measured {jnp.dtype(dtype).name} matmul on {kind}'
 
 
 # Fine-tuning task metrics: functions of (predictions, labels) on the host, in
