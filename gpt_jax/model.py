@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gpt_jax.dropout import Dropout
 from gpt_jax.errors import UserError
 from gpt_jax.tasks import KINDS as TASK_KINDS
 
@@ -156,12 +157,12 @@ class CausalSelfAttention(nn.Module):
     scores = jnp.einsum('bqhd,bkhd->bhqk', query, key) / math.sqrt(head_dim)
     scores = jnp.where(causal, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
-    probs = nn.Dropout(cfg.attn_pdrop)(probs, deterministic=deterministic)
+    probs = Dropout(cfg.attn_pdrop)(probs, deterministic=deterministic)
     out = jnp.einsum('bhqk,bkhd->bqhd', probs, value)
 
     out = Linear((heads, head_dim), (d,), ('heads', 'head_dim', 'embed'),
                  cfg.dtype, cfg.param_dtype, name='c_proj')(out)
-    return nn.Dropout(cfg.resid_pdrop)(out, deterministic=deterministic)
+    return Dropout(cfg.resid_pdrop)(out, deterministic=deterministic)
 
 
 class MLP(nn.Module):
@@ -179,7 +180,7 @@ class MLP(nn.Module):
     h = nn.gelu(h, approximate=True)
     h = Linear((cfg.d_ff,), (cfg.n_embd,), ('mlp', 'embed'),
                cfg.dtype, cfg.param_dtype, name='c_proj')(h)
-    return nn.Dropout(cfg.resid_pdrop)(h, deterministic=deterministic)
+    return Dropout(cfg.resid_pdrop)(h, deterministic=deterministic)
 
 
 class Block(nn.Module):
@@ -213,7 +214,7 @@ class GPT(nn.Module):
     self.positions_embed = nn.Embed(
         cfg.n_ctx, cfg.n_embd, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
         embedding_init=_partitioned(_weight_init, ('position', 'embed')))
-    self.drop = nn.Dropout(cfg.embd_pdrop)
+    self.drop = Dropout(cfg.embd_pdrop)
     # static_argnums counts `self`: argument 2 is `deterministic`.
     block = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
     self.h = [block(cfg, name=f'h_{i}') for i in range(cfg.n_layer)]
@@ -283,7 +284,7 @@ class GPTForTask(nn.Module):
                       f'num_outputs={self.num_outputs}')
     cfg = self.config
     self.transformer = GPT(cfg)
-    self.clf_drop = nn.Dropout(self.clf_pdrop)
+    self.clf_drop = Dropout(self.clf_pdrop)
     self.classifier = Linear((cfg.n_embd,), (self.num_outputs,), ('embed', 'classes'),
                              cfg.dtype, cfg.param_dtype)
 
