@@ -165,15 +165,19 @@ class Trainer:
 
     (loss, aux), grads = optim.accumulate_gradients(
         loss_and_grad, state.params, batch, self._grad_accum_steps)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
+
+    def apply_update(params, opt_state):
+      updates, opt_state = self.tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+
     # A non-finite loss or gradient would poison the parameters and Adam's moments for
     # good: keep both unchanged and report the skip (the step still counts, so the
-    # data and the dropout key move on).
+    # data and the dropout key move on). A cond rather than a select: no pass over
+    # every parameter and moment to pick old or new (1.6% of a small-config step).
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                                     (params, opt_state), (state.params, state.opt_state))
+    params, opt_state = jax.lax.cond(finite, apply_update, lambda *state: state,
+                                     state.params, state.opt_state)
     metrics = {'loss': loss, 'grad_norm': grad_norm, 'learning_rate': self.schedule(state.step),
                'update_skipped': ~finite, **aux}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
