@@ -162,6 +162,36 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+# Fields of a record that place it rather than measure the model.
+_POSITION_FIELDS = ('split', 'step', 'time', 'epoch')
+
+
+def curve_series(records: list[dict]) -> dict[str, dict[str, tuple[list, list]]]:
+  """The lines of curves.png: {panel title: {line label: (steps, values)}}.
+
+  Panels: 'loss' (every split that logged one), 'learning rate', and, when any
+  evaluation logged more than a loss, 'validation metrics'.
+  """
+  def series(split, name):
+    points = [(r['step'], r[name]) for r in records
+              if r['split'] == split and isinstance(r.get(name), (int, float))]
+    return tuple(map(list, zip(*points)))
+
+  splits = sorted({r['split'] for r in records})
+  panels = {'loss': {f'{split} loss': series(split, 'loss') for split in splits},
+            'learning rate': {'train learning rate': series('train', 'learning_rate')}}
+  eval_metrics = sorted({k for r in records if r['split'] != 'train' for k in r
+                         if k not in _POSITION_FIELDS + ('loss', 'perplexity')
+                         and isinstance(r[k], (int, float))})
+  panels['validation metrics'] = {(name if name.startswith(split) else f'{split} {name}'):
+                                  series(split, name)
+                                  for name in eval_metrics for split in splits
+                                  if split != 'train'}
+  return {title: {label: line for label, line in lines.items() if line}
+          for title, lines in panels.items()
+          if any(lines.values())}
+
+
 def plot_curves(metrics_path: str | Path, png_path: str | Path) -> Path | None:
   """Draws loss, learning rate and validation metrics from metrics.jsonl; None if empty."""
   records = read_metrics(metrics_path)
@@ -171,29 +201,13 @@ def plot_curves(metrics_path: str | Path, png_path: str | Path) -> Path | None:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  def series(split, name):
-    points = [(r['step'], r[name]) for r in records
-              if r['split'] == split and isinstance(r.get(name), (int, float))]
-    return zip(*points) if points else ((), ())
-
-  eval_metrics = sorted({k for r in records if r['split'] != 'train' for k in r
-                         if k not in ('split', 'step', 'time', 'loss', 'perplexity')
-                         and isinstance(r[k], (int, float))})
-  panels = 2 + bool(eval_metrics)
-  fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6))
-  for split in sorted({r['split'] for r in records}):
-    axes[0].plot(*series(split, 'loss'), label=f'{split} loss',
-                 marker='o' if split != 'train' else None)
-  axes[0].set(xlabel='step', ylabel='loss', title='loss')
-  axes[0].legend()
-  axes[1].plot(*series('train', 'learning_rate'))
-  axes[1].set(xlabel='step', ylabel='learning rate', title='learning rate')
-  if eval_metrics:
-    for name in eval_metrics:
-      for split in sorted({r['split'] for r in records if r['split'] != 'train'}):
-        axes[2].plot(*series(split, name), marker='o', label=f'{split} {name}')
-    axes[2].set(xlabel='step', title='validation metrics')
-    axes[2].legend()
+  panels = curve_series(records)
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+  for axis, (title, lines) in zip(axes[0], panels.items()):
+    for label, (steps, values) in lines.items():  # evaluations are sparse: mark each one
+      axis.plot(steps, values, label=label, marker=None if label.startswith('train') else 'o')
+    axis.set(xlabel='step', title=title)
+    axis.legend()
   fig.tight_layout()
   fig.savefig(png_path, dpi=100)
   plt.close(fig)

@@ -25,7 +25,7 @@ task=stdlib_package
 # Deviation from the paper's fine-tuning recipe (lr 6.25e-5, 3 epochs), as for pretraining
 # in configs/tiny.py: a 2-layer model needs a larger step to move in a 2-minute run.
 finetune=(--config "configs/finetune/$task.py" --config.optim.learning_rate=5e-4
-          --config.train.num_epochs=4.0 --config.task.max_len=128)
+          --config.train.num_epochs=4.0 --config.task.max_len=128 --config.train.log_every=10)
 
 echo "[1/7] training the tokenizer of configs/tiny.py on its corpus"
 gpt-jax tokenizer --config configs/tiny.py "${data[@]}"

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 from tensorboardX.proto import event_pb2
 
-from gpt_jax.report import RunLog, StepProfiler, read_metrics
+from gpt_jax.report import RunLog, StepProfiler, curve_series, read_metrics
 
 
 def _read_events(directory):
@@ -49,6 +49,17 @@ def test_scalars_reach_jsonl_tensorboard_console_and_png(tmp_path, capsys):
   image = np.asarray(Image.open(tmp_path / 'curves.png').convert('L'))
   assert image.shape[0] > 200 and image.shape[1] > 600  # loss, lr and eval-metric panels
   assert image.std() > 10  # something is drawn
+
+
+def test_curves_plot_metrics_not_positions_and_only_logged_losses():
+  records = [{'split': 'train', 'step': s, 'time': 1.0, 'loss': 3.0, 'learning_rate': 1e-4}
+             for s in (10, 20)]
+  records += [{'split': 'validation', 'step': s, 'time': 2.0, 'epoch': e,
+               'validation_accuracy': 0.5 + e / 10} for s, e in ((15, 1.0), (30, 2.0))]
+  assert curve_series(records) == {
+      'loss': {'train loss': ([10, 20], [3.0, 3.0])},
+      'learning rate': {'train learning rate': ([10, 20], [1e-4, 1e-4])},
+      'validation metrics': {'validation_accuracy': ([15, 30], [0.6, 0.7])}}
 
 
 def test_progress_bar_shows_loss_throughput_and_eta(tmp_path):
