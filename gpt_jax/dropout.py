@@ -52,9 +52,11 @@ def random_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   if math.prod(shape) >= 2**32 or str(jax.random.key_impl(key)) != 'threefry2x32':
     return jax.random.bits(key, shape)
   key0, key1 = jax.random.key_data(key)
+  # One iota per axis rather than a reshaped flat iota: each shards along its own axis.
   index = jnp.zeros(shape, jnp.uint32)
-  for axis, stride in enumerate(np.cumprod((shape + (1,))[:0:-1])[::-1]):
-    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * np.uint32(stride)
+  for axis in range(len(shape)):
+    stride = np.uint32(math.prod(shape[axis + 1:]))
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * stride
   bits0, bits1 = threefry2x32(key0, key1, jnp.zeros(shape, jnp.uint32), index)
   return bits0 ^ bits1
 

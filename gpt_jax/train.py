@@ -176,7 +176,7 @@ class Trainer:
     # data and the dropout key move on). A cond rather than a select: no pass over
     # every parameter and moment to pick old or new (1.6% of a small-config step).
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    params, opt_state = jax.lax.cond(finite, apply_update, lambda *state: state,
+    params, opt_state = jax.lax.cond(finite, apply_update, lambda *unchanged: unchanged,
                                      state.params, state.opt_state)
     metrics = {'loss': loss, 'grad_norm': grad_norm, 'learning_rate': self.schedule(state.step),
                'update_skipped': ~finite, **aux}
