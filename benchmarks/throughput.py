@@ -55,7 +55,7 @@ def jax_worker(spec, conn):
   import ml_collections
   import numpy as np
 
-  from gpt_jax import metrics, sharding, train
+  from gpt_jax import sharding, train
   from gpt_jax.model import ModelConfig
 
   model_config = ModelConfig.from_config({**spec['model'], 'dtype': spec['dtype']})
@@ -72,7 +72,7 @@ def jax_worker(spec, conn):
   state, step_metrics = trainer.train_step(state, batch)
   jax.block_until_ready(step_metrics)
   conn.send({'compile_s': time.perf_counter() - start,
-             'matmul_peak': metrics.measure_matmul_peak(jnp.float32),
+             'matmul_peak': flops.measure_matmul_peak(jnp.float32),
              'device': jax.devices()[0].device_kind})
   while (message := conn.recv()) != 'stop':
     start = time.perf_counter()
@@ -148,7 +148,7 @@ def _start(target, spec):
 
 
 def benchmark(config_name: str, args) -> dict:
-  from gpt_jax import metrics
+  from gpt_jax import flops
   from gpt_jax.model import ModelConfig
 
   batch, seq_len = SHAPES.get(config_name, (args.batch or 8, args.seq_len or 128))
@@ -170,7 +170,7 @@ def benchmark(config_name: str, args) -> dict:
       conn.send(args.steps)
       timings[name].append(conn.recv() / args.steps)
   tokens = batch * seq_len
-  flops = metrics.train_flops_per_token(ModelConfig.from_config(model), seq_len) * tokens
+  flops = flops.train_flops_per_token(ModelConfig.from_config(model), seq_len) * tokens
   peak = max(info['matmul_peak'] for _, _, info in workers.values())
   results = {}
   for name, (process, conn, info) in workers.items():

@@ -12,7 +12,7 @@ Check it before paying for the slice (per-chip memory, FLOPs, fit):
     gpt-jax pretrain --config configs/gpt1_v4_8.py --dry_run --topology v4:2x2x1
 """
 
-import gpt1
+from gpt_jax.configs import gpt1
 
 
 def get_config():

@@ -6,7 +6,7 @@ each of the 8 chips holds the whole model and takes 8 of the 64 sequences.
     gpt-jax pretrain --config configs/gpt1_v5e_8.py --dry_run --topology v5e:2x4
 """
 
-import gpt1_v4_8
+from gpt_jax.configs import gpt1_v4_8
 
 
 def get_config():

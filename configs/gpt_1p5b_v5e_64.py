@@ -18,7 +18,7 @@ configs/gpt1.py, and why:
     gpt-jax pretrain --config configs/gpt_1p5b_v5e_64.py --dry_run --topology v5e:8x8
 """
 
-import gpt1
+from gpt_jax.configs import gpt1
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """The paper's recipe on a 6-layer, 384-wide model: minutes per thousand steps on a CPU."""
 
-import gpt1
+from gpt_jax.configs import gpt1
 
 
 def get_config():

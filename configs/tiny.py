@@ -1,6 +1,6 @@
 """The paper's recipe on a 2-layer, 128-wide model for smoke runs and tests on a laptop CPU."""
 
-import gpt1
+from gpt_jax.configs import gpt1
 
 
 def get_config():

@@ -16,9 +16,7 @@ set aside with a warning and the previous one is used.
 import base64
 import dataclasses
 import json
-import shutil
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -30,17 +28,10 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
-from gpt_jax.errors import UserError
-from gpt_jax.paths import is_local, workdir_path
+from gpt_jax import sharding, workdir as workdir_lib
+from gpt_jax.errors import UserError, warn
 
 STATE, DATA, CONFIG = 'state', 'data', 'config'
-CHECKPOINTS = 'checkpoints'  # under the workdir
-SET_ASIDE = 'damaged_checkpoints'  # unreadable steps are moved here, under the workdir
-
-
-def _warn(message: str) -> None:
-  if jax.process_index() == 0:
-    print(f'gpt-jax: warning: {message}', file=sys.stderr, flush=True)
 
 
 # The data item. Orbax's JSON item is written by the primary process only, but each
@@ -103,30 +94,9 @@ def _item_handlers() -> dict:
 
 # Up-front checks.
 
-def check_workdir(workdir: str | Path, bytes_needed: int = 0) -> None:
-  """Fails in one line, before any training, if `workdir` cannot be written or is too full."""
-  workdir = workdir_path(workdir)
-  probe = workdir / f'.write_test.{jax.process_index()}'
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    probe.write_text('')
-    probe.unlink()
-  except OSError as error:
-    raise UserError(f'workdir {workdir} is not writable ({error.strerror or error}); fix its '
-                    'permissions or pass another --workdir') from None
-  if not is_local(workdir):
-    return  # a bucket reports no free space (disk_usage reads a local filesystem only)
-  free = shutil.disk_usage(workdir).free
-  if free < bytes_needed:
-    raise UserError(f'workdir {workdir} has {free / 2**20:,.1f} MiB free but checkpoints of this '
-                    f'model need {bytes_needed / 2**20:,.1f} MiB; free some space or pass '
-                    'another --workdir')
-
-
 def checkpoint_bytes(abstract_state) -> int:
   """Bytes of one checkpoint: parameters and optimizer state (the rest is tiny)."""
-  return sum(x.size * np.dtype(x.dtype).itemsize
-             for x in jax.tree.leaves((abstract_state.params, abstract_state.opt_state)))
+  return sharding.tree_bytes((abstract_state.params, abstract_state.opt_state))
 
 
 def check_compatible(stored_params, expected_params, where: str) -> None:
@@ -148,13 +118,7 @@ def check_compatible(stored_params, expected_params, where: str) -> None:
 
 
 def _shapes_by_name(tree) -> dict[str, tuple]:
-  return {'/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _abstract_with_shardings(abstract, shardings):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings)
+  return {name: tuple(leaf.shape) for name, leaf in sharding.named_leaves(tree).items()}
 
 
 class Checkpointer:
@@ -168,22 +132,27 @@ class Checkpointer:
 
   def __init__(self, workdir: str | Path, checkpoint_config):
     self.workdir = _absolute(workdir)
-    self.directory = self.workdir / CHECKPOINTS
+    self.directory = self.workdir / workdir_lib.CHECKPOINTS_DIR
     self._best_metric, self._keep_best = checkpoint_config.best_metric, checkpoint_config.keep_best
+    self._best_mode = checkpoint_config.best_mode
     policies = [checkpoint_managers.LatestN(n=checkpoint_config.keep)]
+    best_fn = None
     if checkpoint_config.keep_best:
       if checkpoint_config.best_mode not in ('min', 'max'):
         raise UserError(f'checkpoint.best_mode={checkpoint_config.best_mode!r}: use min or max')
+      best_fn = lambda metrics: metrics[self._best_metric]  # noqa: E731
       policies.append(checkpoint_managers.BestN(
-          get_metric_fn=lambda metrics: metrics[self._best_metric],
-          reverse=checkpoint_config.best_mode == 'min', n=checkpoint_config.keep_best,
-          keep_checkpoints_without_metrics=False))
+          get_metric_fn=best_fn, reverse=checkpoint_config.best_mode == 'min',
+          n=checkpoint_config.keep_best, keep_checkpoints_without_metrics=False))
     self._manager = ocp.CheckpointManager(
         self.directory, item_handlers=_item_handlers(),
         options=ocp.CheckpointManagerOptions(
             enable_async_checkpointing=checkpoint_config.async_save,
             cleanup_tmp_directories=True,  # what a killed save left behind
-            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies)))
+            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+            # Only so that orbax writes each step's metrics: a resumed run must still know
+            # which checkpoint is best. What is kept is the preservation policy's call.
+            best_fn=best_fn, best_mode=checkpoint_config.best_mode))
 
   def __enter__(self) -> 'Checkpointer':
     return self
@@ -193,6 +162,18 @@ class Checkpointer:
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
+
+  def best(self) -> tuple[int | None, dict]:
+    """(step, metrics) of the best kept checkpoint by best_metric; a tie goes to the later step."""
+    self._manager.wait_until_finished()
+    sign = -1 if self._best_mode == 'min' else 1
+    scored = [(sign * metrics[self._best_metric], step, metrics)
+              for step in self._manager.all_steps()
+              if (metrics := self._manager.metrics(step)) and self._best_metric in metrics]
+    if not scored:
+      return None, {}
+    _, step, metrics = max(scored, key=lambda item: item[:2])
+    return step, dict(metrics)
 
   def save(self, step: int, state, config: ml_collections.ConfigDict, data_iterator=None,
            metrics: dict | None = None) -> None:
@@ -217,7 +198,7 @@ class Checkpointer:
     checkpoint left it. Unreadable checkpoints are set aside with a warning; one
     saved from a different model shape is an error.
     """
-    target = _abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
+    target = sharding.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
     for step in sorted(self._manager.all_steps(), reverse=True):
       step_dir = self.directory / str(step)
       try:
@@ -245,18 +226,18 @@ class Checkpointer:
     if stored is not None and hasattr(iterator, 'set_state'):
       _set_iterator_state(iterator, stored)
     elif stored is not None:
-      _warn(f'the data iterator has no set_state(), so it starts from its beginning instead '
+      warn(f'the data iterator has no set_state(), so it starts from its beginning instead '
             f'of where checkpoint {step} left it')
     elif hasattr(iterator, 'set_state'):
-      _warn(f'checkpoint {step} holds no data position for {_data_file_name()} (saved by a '
+      warn(f'checkpoint {step} holds no data position for {_data_file_name()} (saved by a '
             'different number of processes, or from an iterator without get_state()); the '
             'data iterator starts from its beginning')
 
   def _set_aside(self, step: int, error: Exception) -> None:
     """Moves an unreadable step out of the way so training can save that step again."""
     step_dir = self.directory / str(step)
-    target = self.workdir / SET_ASIDE / str(step)
-    _warn(f'checkpoint {step_dir} is unreadable ({type(error).__name__}: '
+    target = self.workdir / workdir_lib.DAMAGED_CHECKPOINTS_DIR / str(step)
+    warn(f'checkpoint {step_dir} is unreadable ({type(error).__name__}: '
           f'{str(error).splitlines()[0] if str(error) else ""}); moved it to {target} and '
           'trying the previous one')
     if jax.process_index() == 0:
@@ -281,13 +262,13 @@ class Checkpointer:
 
 def _absolute(workdir: str | Path) -> epath.Path:
   """orbax wants an absolute directory; a bucket URL already is one."""
-  workdir = workdir_path(workdir)
-  return workdir.resolve() if is_local(workdir) else workdir
+  workdir = workdir_lib.path(workdir)
+  return workdir.resolve() if workdir_lib.is_local(workdir) else workdir
 
 
 def _read_only_manager(workdir: str | Path, state_handler=None) -> tuple[ocp.CheckpointManager,
                                                                          epath.Path]:
-  directory = _absolute(workdir) / CHECKPOINTS
+  directory = _absolute(workdir) / workdir_lib.CHECKPOINTS_DIR
   if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
     raise UserError(f'{workdir} holds no checkpoint (nothing in {directory}); give a config to '
                     'start a new run there, or the workdir of a run that saved one')
@@ -311,7 +292,7 @@ def _first_readable(manager: ocp.CheckpointManager, directory: Path, read, step:
       if step is not None:
         raise UserError(f'checkpoint {directory / str(step)} is unreadable '
                         f'({type(error).__name__}: {error})') from None
-      _warn(f'checkpoint {directory / str(candidate)} is unreadable ({type(error).__name__}); '
+      warn(f'checkpoint {directory / str(candidate)} is unreadable ({type(error).__name__}); '
             'trying the previous one')
   raise UserError(f'no readable checkpoint in {directory}')
 

@@ -9,29 +9,62 @@ non-zero exit code.
 
 import argparse
 import functools
+import importlib.metadata
 import os
 import sys
-from pathlib import Path
 
+from gpt_jax import workdir as workdir_lib
 from gpt_jax.errors import UserError
-from gpt_jax.paths import workdir_path
 
-_EPILOG = """config overrides:
+_EPILOG = """config overrides (modes that take a config):
   --config.<field>=<value>   set any field of the config file, e.g. --config.model.n_layer=2
                              --config.train.num_steps=100 --config.mesh.fsdp=-1
+  --print_config             print the resolved config (after overrides) and exit
 
-Run `gpt-jax <mode> --help` for the flags of one mode."""
+Run `gpt-jax <mode> --help` for the flags of one mode and the config sections it reads."""
+
+# The config sections each mode reads (the fields are documented in configs/gpt1.py and
+# configs/finetune/base.py).
+_SECTIONS = {
+    'tokenizer': 'model.vocab_size, data',
+    'prepare': 'model.vocab_size, data',
+    'pretrain': 'model, train, optim, data, mesh, checkpoint',
+    'finetune': 'model (numerics and dropout; the shape comes from --init), train, optim, task, '
+                'finetune, mesh, checkpoint',
+}
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, default: str | None = None) -> None:
-  parser.add_argument('--config', default=default, required=default is None,
-                      help='config file (configs/tiny.py) or shipped config name (tiny, gpt1)'
-                      + (f'; default {default}' if default else ''))
+def _mode_epilog(mode: str) -> str:
+  return (f'config sections read: {_SECTIONS[mode]}\n\n'
+          f'{_EPILOG}')
+
+
+def _add_print_config_flag(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--print_config', action='store_true',
+                      help='print the resolved config (after overrides) and exit')
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--config', required=True,
+                      help='shipped config name (tiny, gpt1, finetune/sst2) or a config file')
+  _add_print_config_flag(parser)
 
 
 def _add_resumable_config_flags(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument('--config', help='config file (configs/tiny.py) or shipped config name '
-                      '(tiny, gpt1); omit it to resume with the config stored in --workdir')
+  parser.add_argument('--config', help='shipped config name (tiny, gpt1) or a config file; omit '
+                      'it to resume with the config stored in --workdir')
+  _add_print_config_flag(parser)
+
+
+def _resolved_config(args, overrides):
+  """The mode's config after overrides; with --print_config, printed, and then None."""
+  from gpt_jax import config as config_lib
+
+  config = config_lib.load_config(args.config, overrides)
+  if args.print_config:
+    print(config)
+    return None
+  return config
 
 
 def _add_workdir_flag(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -64,33 +97,26 @@ def _pretrain(args, overrides) -> None:
   if args.dry_run or args.topology:
     _dry_run(args, overrides)
     return
+  config = _pretrain_config(args, overrides)
+  if config is None:
+    return
   from gpt_jax import distributed
   distributed.initialize_from_args(args)  # before anything asks JAX for its devices
   import jax
 
-  from gpt_jax import checkpoint
-  from gpt_jax import config as config_lib
-  from gpt_jax import train
+  from gpt_jax import pretrain
   from gpt_jax.data import workflow
   from gpt_jax.report import RunLog
 
-  if args.workdir is None:
-    raise UserError('pretrain needs --workdir (only --dry_run runs without one)')
-  workdir = workdir_path(args.workdir)  # local, or gs:// for TPU pods
-  if args.config is None:
-    config = checkpoint.load_config(workdir)
-    for override in overrides:
-      config_lib.apply_override(config, override)
-  else:
-    config = config_lib.load_config(args.config, overrides)
+  workdir = workdir_lib.path(args.workdir)  # local, or gs:// for TPU pods
   data = workflow.pretrain_data(config)
-  checkpoint.check_workdir(workdir)
+  workdir_lib.check_workdir(workdir, process_index=jax.process_index())
   log = RunLog(workdir)  # only once the inputs are known to be good: no stray workdirs
   if jax.process_index() == 0:
     data.tokenizer.copy_to(workdir)  # the run can always decode its own ids
   try:
-    result = train.run_pretraining(config, workdir, data.train_batches, data.eval_batches,
-                                   data.train_tokens, log, _profile_window(args.profile))
+    result = pretrain.run_pretraining(config, workdir, data.train_batches, data.eval_batches,
+                                      data.train_tokens, log, _profile_window(args.profile))
   finally:
     log.close()  # flushes TensorBoard and draws curves.png, also after an error
   if result['preempted']:
@@ -98,6 +124,24 @@ def _pretrain(args, overrides) -> None:
   log.info(f'done: eval loss {result["eval"]["loss"]:.4f} | '
            f'perplexity {result["eval"]["perplexity"]:.2f} | unigram entropy of the corpus '
            f'{data.store.unigram_entropy():.4f} nats | curves in {workdir / "curves.png"}')
+
+
+def _pretrain_config(args, overrides):
+  """--config with overrides, or (without --config) the config stored in --workdir."""
+  from gpt_jax import checkpoint
+  from gpt_jax import config as config_lib
+
+  if args.config is not None:
+    return _resolved_config(args, overrides)
+  if args.workdir is None:
+    raise UserError('pretrain needs --config, or --workdir of a run to resume')
+  config = checkpoint.load_config(args.workdir)
+  for override in overrides:
+    config_lib.apply_override(config, override)
+  if args.print_config:
+    print(config)
+    return None
+  return config
 
 
 def _profile_window(text: str | None) -> tuple[int, int] | None:
@@ -128,38 +172,44 @@ def _dry_run(args, overrides) -> None:
 
 def _tokenizer(args, overrides) -> None:
   """Trains the config's BPE tokenizer (model.vocab_size pieces) on its corpus (data.corpus)."""
-  from gpt_jax import config as config_lib
-  from gpt_jax.data import workflow
-
-  workflow.train_tokenizer(config_lib.load_config(args.config, overrides))
+  config = _resolved_config(args, overrides)
+  if config is not None:
+    from gpt_jax.data import workflow
+    workflow.train_tokenizer(config)
 
 
 def _prepare(args, overrides) -> None:
   """Tokenises the config's corpus once into a token store that pretraining reads."""
-  from gpt_jax import config as config_lib
-  from gpt_jax.data import workflow
-
-  workflow.prepare(config_lib.load_config(args.config, overrides))
+  config = _resolved_config(args, overrides)
+  if config is not None:
+    from gpt_jax.data import workflow
+    workflow.prepare(config)
 
 
 def _finetune(args, overrides) -> None:
   """Fine-tunes a pretrained GPT on a task (the paper's input transformations + linear head)."""
-  from gpt_jax import checkpoint
-  from gpt_jax import config as config_lib
-  from gpt_jax import distributed, finetune
-  from gpt_jax.report import RunLog
-
-  distributed.initialize_from_args(args)  # before anything asks JAX for its devices
   if args.init:
     overrides = [f'finetune.init={args.init}', *overrides]
-  config = config_lib.load_config(args.config, overrides)
-  checkpoint.check_workdir(args.workdir)
+  config = _resolved_config(args, overrides)
+  if config is None:
+    return
+  from gpt_jax import distributed
+  distributed.initialize_from_args(args)  # before anything asks JAX for its devices
+  import jax
+
+  from gpt_jax import finetune
+  from gpt_jax.report import RunLog
+
+  if args.workdir is None:
+    raise UserError('finetune needs --workdir (only --print_config runs without one)')
+  workdir_lib.check_workdir(args.workdir, process_index=jax.process_index())
   log = RunLog(args.workdir)
   try:
     result = finetune.run_finetuning(config, args.workdir, log)
   finally:
     log.close()
-  log.info('best validation: ' + ', '.join(f'{k} {v:.4f}' for k, v in result['best'].items()))
+  if not result.get('preempted'):
+    log.info('best validation: ' + ', '.join(f'{k} {v:.4f}' for k, v in result['best'].items()))
 
 
 def _add_init_flag(parser: argparse.ArgumentParser) -> None:
@@ -171,22 +221,22 @@ def _sample(args, overrides) -> None:
   """Continues prompts with a trained GPT and prints prompt + continuation for each."""
   from gpt_jax import sample
   from gpt_jax.data.tokenizer import Tokenizer
+  from gpt_jax.weights import load_weights
 
-  if overrides:
-    raise UserError(f'sample takes no config overrides (got --config.{overrides[0]}); the '
-                    'model comes from --workdir')
+  _no_overrides('sample', overrides)
   prompts = list(args.prompt or [])
   if args.prompts_file:
-    path = Path(args.prompts_file)
+    path = workdir_lib.path(args.prompts_file)
     if not path.is_file():
       raise UserError(f'--prompts_file {path} does not exist')
     prompts += [line for line in path.read_text().splitlines() if line.strip()]
   if not prompts:
     raise UserError('give at least one --prompt TEXT or a --prompts_file with one prompt a line')
-  tokenizer = Tokenizer(args.tokenizer or workdir_path(args.workdir) / 'tokenizer.model')
-  params, model_config = sample.load_decoder(args.workdir)
+  weights = load_weights(args.workdir, tokenizer_required=args.tokenizer is None,
+                         flag='--workdir')
+  tokenizer = Tokenizer(args.tokenizer) if args.tokenizer else weights.tokenizer
   continuations = sample.generate_text(
-      params, model_config, tokenizer, prompts, args.max_new_tokens,
+      weights.params, weights.model_config, tokenizer, prompts, args.max_new_tokens,
       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
       stop_tokens=[tokenizer.eod_id], seed=args.seed)
   for index, (prompt, continuation) in enumerate(zip(prompts, continuations)):
@@ -197,15 +247,20 @@ def _sample(args, overrides) -> None:
 
 def _export(args, overrides) -> None:
   """Writes a workdir's newest decoder weights as a Hugging Face openai-gpt directory."""
-  from gpt_jax import hf, sample
+  from gpt_jax import hf
+  from gpt_jax.weights import load_weights
 
-  if overrides:
-    raise UserError(f'export takes no config overrides (got --config.{overrides[0]})')
-  params, model_config = sample.load_decoder(args.workdir)
-  tokenizer = workdir_path(args.workdir) / 'tokenizer.model'
-  out = hf.export_hf_dir(params, model_config, args.out,
-                         tokenizer if tokenizer.is_file() else None)
+  _no_overrides('export', overrides)
+  weights = load_weights(args.workdir, tokenizer_required=False, flag='--workdir')
+  tokenizer = weights.tokenizer.model_path if weights.tokenizer else None
+  out = hf.export_hf_dir(weights.params, weights.model_config, args.out, tokenizer)
   print(f'wrote {out}: load it with transformers.OpenAIGPTLMHeadModel.from_pretrained("{out}")')
+
+
+def _no_overrides(mode: str, overrides: list[str]) -> None:
+  if overrides:
+    raise UserError(f'{mode} takes no config overrides (got --config.{overrides[0]}); the model '
+                    'and its settings come from --workdir')
 
 
 def _add_export_flags(parser: argparse.ArgumentParser) -> None:
@@ -242,8 +297,9 @@ MODES = {
                   functools.partial(_add_workdir_flag, required=False), _add_dry_run_flags,
                   _add_profile_flag, _add_distributed_flags]),
     'finetune': (_finetune, 'fine-tune on a classification / entailment / similarity / '
-                 'multiple-choice task', [_add_config_flags, _add_workdir_flag, _add_init_flag,
-                                            _add_distributed_flags]),
+                 'multiple-choice task',
+                 [_add_config_flags, functools.partial(_add_workdir_flag, required=False),
+                  _add_init_flag, _add_distributed_flags]),
     'sample': (_sample, 'continue text prompts with a trained GPT (KV-cache decoding)',
                [_add_sample_flags]),
     'export': (_export, 'write a workdir as a Hugging Face openai-gpt directory (safetensors)',
@@ -258,9 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
       epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--traceback', action='store_true',
                       help='show the full traceback of an error instead of one line')
+  parser.add_argument('--version', action='version',
+                      version=f'gpt-jax {importlib.metadata.version("gpt_jax")}')
   modes = parser.add_subparsers(dest='mode', metavar='MODE', required=True)
   for name, (function, help_text, flag_adders) in MODES.items():
-    sub = modes.add_parser(name, help=help_text, description=function.__doc__, epilog=_EPILOG,
+    sub = modes.add_parser(name, help=help_text, description=function.__doc__,
+                           epilog=_mode_epilog(name) if name in _SECTIONS else None,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     sub.add_argument('--traceback', action='store_true', help=argparse.SUPPRESS)
     for add in flag_adders:

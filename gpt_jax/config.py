@@ -1,45 +1,71 @@
-"""Loading `configs/*.py` files and applying `--config.a.b=value` overrides."""
+"""Loading configs and applying `--config.a.b=value` overrides.
+
+The shipped configs (the repository's configs/ directory) are installed as the
+package `gpt_jax.configs`, so `--config tiny` or `--config finetune/sst2` finds
+them from a wheel too, and config files import each other by their full name
+(`from gpt_jax.configs import gpt1`). A user's own config file is loaded from
+its path and may import the shipped ones the same way.
+"""
 
 import ast
 import difflib
+import importlib
+import importlib.resources
 import importlib.util
-import sys
-from pathlib import Path
+import pathlib
 
 import ml_collections
 
 from gpt_jax.errors import UserError
 
-# Where `--config tiny` finds the shipped configs (a source checkout / editable install).
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / 'configs'
+_PACKAGE = 'gpt_jax.configs'
 
 
-def resolve_config_path(name_or_path: str) -> Path:
-  """A config file path, or the name of a shipped config (`tiny`, `finetune/sst2`)."""
-  path = Path(name_or_path)
+def shipped_configs() -> list[str]:
+  """Names of the shipped configs: 'tiny', 'gpt1', 'finetune/sst2', ..."""
+  root = importlib.resources.files(_PACKAGE)
+  names = []
+  for entry in sorted(pathlib.Path(str(root)).rglob('*.py')):
+    relative = entry.relative_to(str(root)).with_suffix('')
+    if relative.name != '__init__':
+      names.append(relative.as_posix())
+  return names
+
+
+def _shipped_module(name_or_path: str) -> str | None:
+  """'gpt_jax.configs.finetune.sst2' for 'finetune/sst2', 'finetune/sst2.py' or the shipped
+  file's own path; None for anything else."""
+  path = pathlib.Path(name_or_path)
+  root = pathlib.Path(str(importlib.resources.files(_PACKAGE))).resolve()
   if path.is_file():
-    return path
-  shipped = CONFIGS_DIR / (name_or_path if name_or_path.endswith('.py') else name_or_path + '.py')
-  if shipped.is_file():
-    return shipped
-  raise UserError(f'config file {name_or_path} not found; pass a path such as configs/tiny.py '
-                  f'or a shipped name ({", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.py")))})')
+    if root not in path.resolve().parents:
+      return None  # the user's own file
+    name = path.resolve().relative_to(root).with_suffix('').as_posix()
+  else:
+    name = name_or_path.removesuffix('.py')
+  return f'{_PACKAGE}.{name.replace("/", ".")}' if name in shipped_configs() else None
+
+
+def _load_module(name_or_path: str):
+  module_name = _shipped_module(name_or_path)
+  if module_name is not None:
+    return importlib.import_module(module_name)
+  path = pathlib.Path(name_or_path)
+  if not path.is_file():
+    raise UserError(f'config file {name_or_path} not found; pass a file path or a shipped name '
+                    f'({", ".join(shipped_configs())})')
+  # A private module name: the user's file never shadows, or is shadowed by, another module.
+  spec = importlib.util.spec_from_file_location(f'_gpt_jax_user_config_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def load_config(name_or_path: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
-  """Runs the file's `get_config()` and applies `path=value` overrides in order."""
-  path = resolve_config_path(name_or_path)
-  # Config files import their siblings (`import gpt1`) and the shipped base configs.
-  search = [str(path.resolve().parent), str(CONFIGS_DIR)]
-  sys.path[:0] = search
-  try:
-    spec = importlib.util.spec_from_file_location(f'_gpt_jax_config_{path.stem}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-  finally:
-    del sys.path[:len(search)]
+  """Runs the config's `get_config()` and applies `path=value` overrides in order."""
+  module = _load_module(name_or_path)
   if not hasattr(module, 'get_config'):
-    raise UserError(f'config file {path} has no get_config() function')
+    raise UserError(f'config {name_or_path} has no get_config() function')
   config = module.get_config()
   for override in overrides:
     apply_override(config, override)

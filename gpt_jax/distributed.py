@@ -1,6 +1,6 @@
 """Multi-process start-up: one JAX process per host (TPU VM worker, GPU node), or several per host.
 
-    gpt-jax pretrain ...                                   # a TPU VM or pod slice: automatic
+    gpt-jax pretrain ...                          # TPU VM / pod slice, SLURM, Open MPI: automatic
     gpt-jax pretrain ... --coordinator_address 10.0.0.1:1234 --num_processes 2 --process_id 0
 
 `initialize` must run before anything asks JAX for its devices (that fixes the
@@ -11,12 +11,12 @@ and each process feeds its own rows of every global batch
 """
 
 import argparse
-import glob
+import os
 
+from gpt_jax import sharding
 from gpt_jax.errors import UserError
 
-# Set on TPU VMs in a multi-host slice (GKE, multislice or queued resources);
-# a plain TPU VM is recognised by its TPU chips instead.
+
 def add_flags(parser: argparse.ArgumentParser) -> None:
   group = parser.add_argument_group(
       'multi-process runs', 'Automatic on TPU VMs and pod slices (one process per worker). On '
@@ -37,14 +37,15 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   """Joins this process to a multi-process run when flags or the environment say it is one.
 
   With all three arguments the run is explicit (CPU or GPU clusters, or
-  several processes on one machine). Without any, it starts up only on a TPU VM,
-  where JAX finds the other workers itself; otherwise this is a one-process run
-  and nothing happens.
+  several processes on one machine); they override what the environment says.
+  Without any, it starts up only on a TPU VM or under SLURM or Open MPI, where
+  `jax.distributed.initialize()` finds the other processes itself; otherwise
+  this is a one-process run and nothing happens.
   """
   given = {'--coordinator_address': coordinator_address, '--num_processes': num_processes,
            '--process_id': process_id}
   if all(value is None for value in given.values()):
-    if _on_tpu_vm():
+    if _in_a_cluster():
       import jax
       jax.distributed.initialize()
     return
@@ -65,15 +66,14 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   jax.distributed.initialize(coordinator_address, num_processes, process_id)
 
 
-def _on_tpu_vm() -> bool:
-  """True on a Cloud TPU VM: TPU chips are attached (or JAX's own start-up found them).
+def _in_a_cluster() -> bool:
+  """Whether this process was started as one of several by a TPU VM, SLURM or Open MPI.
 
-  Environment variables alone are not evidence: the TPU dry run sets
-  TPU_WORKER_HOSTNAMES and friends on machines without a TPU.
+  These are the environments `jax.distributed.initialize()` configures itself
+  in; anywhere else a run without the explicit flags is a one-process run.
   """
-  if glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*'):
+  if sharding.has_tpu_chips():
     return True
-  # Set by `import jax` from the TPU chips on the PCI bus (and libtpu being installed);
-  # reading it touches no devices.
-  from jax._src import cloud_tpu_init
-  return bool(getattr(cloud_tpu_init, 'running_in_cloud_tpu_vm', False))
+  if int(os.environ.get('SLURM_NTASKS', '1')) > 1 and 'SLURM_STEP_NODELIST' in os.environ:
+    return True
+  return int(os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1

@@ -11,7 +11,6 @@ before paying for a slice. Needs libtpu (`pip install "gpt_jax[tpu]"`), no TPU.
 
 import dataclasses
 import functools
-import glob
 import importlib.util
 import math
 import os
@@ -23,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import topologies
 
-from gpt_jax import metrics, sharding, train
+from gpt_jax import flops, sharding, train
 from gpt_jax.errors import UserError
 from gpt_jax.model import ModelConfig
 
@@ -68,7 +67,7 @@ def _tell_libtpu_it_is_alone() -> None:
   that guards TPU chips; compiling touches none). They describe this host, not
   the compiled topology, and are left alone on a machine that has TPU chips.
   """
-  if glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*'):
+  if sharding.has_tpu_chips():
     return
   os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
   os.environ.setdefault('TPU_ACCELERATOR_TYPE', 'v5litepod-1')
@@ -96,13 +95,6 @@ def topology_devices(topology: str) -> tuple[list[jax.Device], TpuGeneration]:
   return list(description.devices), generation
 
 
-def _bytes_per_device(abstract_tree, shardings) -> int:
-  """Bytes of one device's shards of every array in `abstract_tree`."""
-  return sum(
-      math.prod(s.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
-      for x, s in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings)))
-
-
 @dataclasses.dataclass(frozen=True)
 class DryRunReport:
   """What one compiled train step needs of each chip. Bytes and FLOPs are per chip.
@@ -119,7 +111,7 @@ class DryRunReport:
   param_bytes: int  # this chip's shards of the parameters ...
   opt_state_bytes: int  # ... and of the optimizer state (from the shardings)
   batch_bytes: int
-  model_flops: float  # matmuls of the model (metrics.train_flops_per_token), no recompute
+  model_flops: float  # matmuls of the model (flops.train_flops_per_token), no recompute
   compile_seconds: float
   temp_bytes: int | None = None  # activations and other temporaries (XLA)
   code_bytes: int | None = None  # the compiled program
@@ -171,10 +163,10 @@ def dry_run(config, topology: str) -> DryRunReport:
   report = functools.partial(
       DryRunReport, topology=topology, device_kind=devices[0].device_kind, num_chips=mesh.size,
       mesh_shape=dict(mesh.shape), hbm_bytes=generation.hbm_bytes,
-      param_bytes=_bytes_per_device(state.params, shardings.params),
-      opt_state_bytes=_bytes_per_device(state.opt_state, shardings.opt_state),
-      batch_bytes=_bytes_per_device(batch, sharding.batch_sharding(mesh)),
-      model_flops=(metrics.train_flops_per_token(model_config, seq_len)
+      param_bytes=sharding.tree_bytes(state.params, shardings.params),
+      opt_state_bytes=sharding.tree_bytes(state.opt_state, shardings.opt_state),
+      batch_bytes=sharding.tree_bytes(batch, sharding.batch_sharding(mesh)),
+      model_flops=(flops.train_flops_per_token(model_config, seq_len)
                    * batch_size * seq_len / mesh.size))
 
   start = time.perf_counter()

@@ -15,7 +15,6 @@ reader all walk it. Every importer returns `(params, ModelConfig)` with params
 as host numpy float32 arrays (the trainer shards them onto devices).
 """
 
-import dataclasses
 import json
 import os
 import re
@@ -30,12 +29,11 @@ from flax.linen import meta
 
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPT, ModelConfig
-from gpt_jax.paths import workdir_path
+from gpt_jax import workdir as workdir_lib
 
 SAFETENSORS_FILE = 'model.safetensors'
 PYTORCH_FILE = 'pytorch_model.bin'
 CONFIG_FILE = 'config.json'
-TOKENIZER_FILE = 'tokenizer.model'  # our sentencepiece model, copied beside exported weights
 
 _HF_MODEL_TYPE = 'openai-gpt'
 _HF_PREFIX = 'transformer.'
@@ -158,7 +156,7 @@ def config_to_hf(model_config: ModelConfig) -> dict:
 # ---------------------------------------------------------------- import
 
 
-def params_from_hf(source, hf_config=None, *, n_special: int = 0, seed: int = 0):
+def params_from_hf(source, hf_config=None):
   """Converts Hugging Face openai-gpt weights into our parameter tree.
 
   Args:
@@ -166,12 +164,9 @@ def params_from_hf(source, hf_config=None, *, n_special: int = 0, seed: int = 0)
       (torch tensors or numpy arrays; keys with or without `transformer.`).
     hf_config: its OpenAIGPTConfig or config.json dict; taken from the model
       when `source` is one.
-    n_special: rows to append to the token embedding for new special tokens
-      (fine-tuning's start, delimiter, extract), drawn from N(0, 0.02).
-    seed: seed of those rows.
 
   Returns:
-    (params, model_config), vocab_size including the special rows.
+    (params, model_config).
   """
   if hasattr(source, 'state_dict'):
     hf_config = source.config if hf_config is None else hf_config
@@ -179,8 +174,7 @@ def params_from_hf(source, hf_config=None, *, n_special: int = 0, seed: int = 0)
   if hf_config is None:
     raise UserError('params_from_hf needs the Hugging Face config to go with a state dict')
   model_config = config_from_hf(hf_config)
-  params = _params_from_state({k: _to_numpy(v) for k, v in source.items()}, model_config)
-  return _with_special_rows(params, model_config, n_special, seed)
+  return _params_from_state({k: _to_numpy(v) for k, v in source.items()}, model_config), model_config
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -216,20 +210,7 @@ def _params_from_state(state: dict[str, np.ndarray], model_config: ModelConfig) 
   return params
 
 
-def _with_special_rows(params: dict, model_config: ModelConfig, n_special: int, seed: int):
-  """Appends n_special N(0, 0.02) token rows after the vocabulary, as GPT-1's fine-tuning did."""
-  if n_special < 0:
-    raise UserError(f'n_special={n_special} must be >= 0')
-  if n_special:
-    rows = np.random.default_rng(seed).normal(0, 0.02, (n_special, model_config.n_embd))
-    embedding = params['tokens_embed']['embedding']
-    params['tokens_embed']['embedding'] = np.concatenate([embedding, rows.astype(np.float32)])
-    model_config = dataclasses.replace(model_config,
-                                       vocab_size=model_config.vocab_size + n_special)
-  return params, model_config
-
-
-def load_hf_dir(path, *, n_special: int = 0, seed: int = 0):
+def load_hf_dir(path):
   """Reads a local Hugging Face openai-gpt directory; returns (params, model_config).
 
   Weights come from model.safetensors, else from pytorch_model.bin, which is
@@ -252,7 +233,7 @@ def load_hf_dir(path, *, n_special: int = 0, seed: int = 0):
   else:
     raise UserError(f'{path} has neither {SAFETENSORS_FILE} nor {PYTORCH_FILE}')
   try:
-    return params_from_hf(state, hf_config, n_special=n_special, seed=seed)
+    return params_from_hf(state, hf_config)
   except UserError as error:
     raise UserError(f'{path}: {error}') from None
 
@@ -319,7 +300,7 @@ def export_hf_dir(params, model_config: ModelConfig, out_dir, tokenizer_model_pa
   if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
     raise UserError(f'export directory {out_dir} already exists and is not empty; '
                     'choose another path or remove it')
-  if tokenizer_model_path is not None and not workdir_path(tokenizer_model_path).is_file():
+  if tokenizer_model_path is not None and not workdir_lib.path(tokenizer_model_path).is_file():
     raise UserError(f'tokenizer model {tokenizer_model_path} does not exist')
   hf_config = config_to_hf(model_config)
   state = state_to_hf(params, model_config)
@@ -329,7 +310,7 @@ def export_hf_dir(params, model_config: ModelConfig, out_dir, tokenizer_model_pa
     save_file(state, staging / SAFETENSORS_FILE, metadata={'format': 'pt'})
     (staging / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + '\n')
     if tokenizer_model_path is not None:
-      workdir_path(tokenizer_model_path).copy(staging / TOKENIZER_FILE)  # workdir: maybe gs://
+      workdir_lib.path(tokenizer_model_path).copy(staging / workdir_lib.TOKENIZER_FILE)  # workdir: maybe gs://
     staging.chmod(0o755)  # mkdtemp makes it private to the user
     if out_dir.exists():
       out_dir.rmdir()  # empty, checked above
@@ -343,8 +324,7 @@ def export_hf_dir(params, model_config: ModelConfig, out_dir, tokenizer_model_pa
 # ---------------------------------------------------------------- original release
 
 
-def load_openai_release(path, *, n_ctx: int = 512, n_special: int = 0, n_head: int = 12,
-                        seed: int = 0):
+def load_openai_release(path, *, n_ctx: int | None = None, n_head: int = 12):
   """Reads OpenAI's original GPT-1 release (finetune-transformer-lm/model/).
 
   The ten `params_{i}.npy` files concatenate into one vector that
@@ -352,15 +332,14 @@ def load_openai_release(path, *, n_ctx: int = 512, n_special: int = 0, n_head: i
   embeddings [40478, 768], then per block c_attn w [1, 768, 2304] and b,
   c_proj w [1, 768, 768] and b, ln_1 g and b, c_fc w [1, 768, 3072] and b,
   c_proj w [1, 3072, 768] and b, ln_2 g and b. The original code then built
-  one matrix [tokens; n_special new rows; positions[:n_ctx]]; we keep the
-  tokens (+ special rows) and positions as our two embeddings.
+  one matrix [tokens; special-token rows; positions[:n_ctx]]; we keep the
+  tokens and positions as our two embeddings (gpt_jax.weights adds the
+  special-token rows).
 
   Args:
     path: directory holding params_shapes.json and params_0.npy ... params_9.npy.
-    n_ctx: positions to keep (the release has 512).
-    n_special: new N(0, 0.02) token rows appended after the vocabulary.
+    n_ctx: positions to keep (None: all the release's, 512).
     n_head: attention heads (not recorded in the files; 12 for GPT-1).
-    seed: seed of the special rows.
 
   Returns:
     (params, model_config).
@@ -378,6 +357,7 @@ def load_openai_release(path, *, n_ctx: int = 512, n_special: int = 0, n_head: i
     raise UserError(f'{files[0]} lists {len(shapes)} arrays; an OpenAI GPT release has 2 '
                     f'embeddings + {len(_BLOCK)} per block')
   (n_positions, n_embd), (vocab_size, _) = shapes[0], shapes[1]
+  n_ctx = n_positions if n_ctx is None else n_ctx
   if not 0 < n_ctx <= n_positions:
     raise UserError(f'n_ctx={n_ctx} must be between 1 and the release\'s {n_positions} positions')
 
@@ -398,7 +378,6 @@ def load_openai_release(path, *, n_ctx: int = 512, n_special: int = 0, n_head: i
     state[hf_name] = array.astype(np.float32)
   state['positions_embed.weight'] = state['positions_embed.weight'][:n_ctx]
   try:
-    params = _params_from_state(state, model_config)
+    return _params_from_state(state, model_config), model_config
   except UserError as error:
     raise UserError(f'{path}: {error}') from None
-  return _with_special_rows(params, model_config, n_special, seed)

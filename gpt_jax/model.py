@@ -15,7 +15,6 @@ import jax.numpy as jnp
 
 from gpt_jax.dropout import Dropout
 from gpt_jax.errors import UserError
-from gpt_jax.tasks import KINDS as TASK_KINDS
 
 # GPT-1 initialises every weight from N(0, 0.02) and every bias to zero.
 _weight_init = nn.initializers.normal(stddev=0.02)
@@ -256,31 +255,37 @@ class GPT(nn.Module):
     return self.logits(x[:, -1])
 
 
+# How GPTForTask reads the sequences of one example (gpt_jax.tasks maps task kinds onto these):
+#   single    tokens (batch, len): one sequence -> (batch, num_outputs)
+#   pair_sum  tokens (batch, 2, len): two sequences whose <e> states are added, then one linear
+#             layer -> (batch, num_outputs); the paper's similarity tasks (both orders)
+#   choices   tokens (batch, n, len): one scalar per sequence -> (batch, n); multiple choice
+HEAD_LAYOUTS = ('single', 'pair_sum', 'choices')
+
+
 class GPTForTask(nn.Module):
   """The decoder with a linear head on each sequence's final hidden state at `<e>`.
 
-  tokens / extract_index are laid out by `gpt_jax.tasks` for `kind`:
-    classification, entailment: (batch, len) -> logits (batch, num_outputs)
-    similarity: (batch, 2, len), the two orders; their `<e>` states are added,
-      then one linear layer -> (batch, num_outputs) (num_outputs=1 for a score)
-    multiple_choice: (batch, n_choices, len), one scalar per choice -> (batch, n_choices)
-  Also returns the LM logits (*tokens.shape, vocab) for the auxiliary loss, or
-  None when `with_lm_logits` is False.
+  `layout` is one of HEAD_LAYOUTS; extract_index holds the `<e>` position of
+  each sequence (tokens.shape[:-1]). Also returns the LM logits
+  (*tokens.shape, vocab) for the auxiliary loss, or None when `with_lm_logits`
+  is False.
 
   Parameters: {'transformer': the GPT decoder's, named exactly as in
   pretraining, 'classifier': {'kernel' (embed, classes), 'bias' (classes,)}}.
   """
 
   config: ModelConfig
-  kind: str
-  num_outputs: int = 1  # classes; 1 for regression and for multiple choice
+  layout: str
+  num_outputs: int = 1  # classes; 1 for regression and for choices
   clf_pdrop: float = 0.1  # dropout on the <e> state before the linear layer
 
   def setup(self):
-    if self.kind not in TASK_KINDS:
-      raise UserError(f'unknown task kind {self.kind!r}; expected one of: {", ".join(TASK_KINDS)}')
-    if self.kind == 'multiple_choice' and self.num_outputs != 1:
-      raise UserError(f'multiple choice scores each choice with one output; got '
+    if self.layout not in HEAD_LAYOUTS:
+      raise UserError(f'unknown head layout {self.layout!r}; expected one of: '
+                      f'{", ".join(HEAD_LAYOUTS)}')
+    if self.layout == 'choices' and self.num_outputs != 1:
+      raise UserError(f'a choices head scores each choice with one output; got '
                       f'num_outputs={self.num_outputs}')
     cfg = self.config
     self.transformer = GPT(cfg)
@@ -290,10 +295,10 @@ class GPTForTask(nn.Module):
 
   def __call__(self, tokens, extract_index, deterministic: bool = True,
                with_lm_logits: bool = True):
-    sequence_axes = 0 if self.kind in ('classification', 'entailment') else 1
+    sequence_axes = 0 if self.layout == 'single' else 1
     if tokens.ndim != 2 + sequence_axes or extract_index.shape != tokens.shape[:-1]:
-      raise UserError(f'{self.kind} expects tokens of rank {2 + sequence_axes} and one '
-                      f'extract_index per sequence; got tokens {tokens.shape}, '
+      raise UserError(f'a {self.layout} head expects tokens of rank {2 + sequence_axes} and '
+                      f'one extract_index per sequence; got tokens {tokens.shape}, '
                       f'extract_index {extract_index.shape}')
     length = tokens.shape[-1]
     hidden = self.transformer.hidden_states(tokens.reshape(-1, length), deterministic)
@@ -302,11 +307,11 @@ class GPTForTask(nn.Module):
     at_extract = jnp.arange(length) == extract_index.reshape(-1, 1)
     state = jnp.where(at_extract[..., None], hidden, 0).sum(axis=1)
     state = state.reshape(*tokens.shape[:-1], hidden.shape[-1])
-    if self.kind == 'similarity':
+    if self.layout == 'pair_sum':
       state = state.sum(axis=1)  # <s> A $ B <e> + <s> B $ A <e>: symmetric in A and B
     logits = self.classifier(self.clf_drop(state, deterministic=deterministic))
     logits = logits.astype(jnp.float32)
-    if self.kind == 'multiple_choice':
+    if self.layout == 'choices':
       logits = logits[..., 0]  # one score per choice; the softmax runs over choices
     lm_logits = None
     if with_lm_logits:
@@ -314,12 +319,12 @@ class GPTForTask(nn.Module):
     return logits, lm_logits
 
 
-def add_special_token_rows(params, n_new: int, rng: jax.Array):
+def add_token_rows(params, n_new: int, rng: jax.Array):
   """GPT parameters with `n_new` N(0, 0.02) rows appended to the token embedding.
 
-  For fine-tuning from a checkpoint (or Hugging Face weights) whose vocabulary
-  lacks the three fine-tuning tokens <s>, $ and <e>: their ids are the next ones.
-  Takes and returns the decoder's unboxed parameter tree (tokens_embed at its top).
+  For weights whose vocabulary lacks the three fine-tuning tokens <s>, $ and
+  <e>: their ids are the next ones, as in the paper. Takes and returns the
+  decoder's unboxed parameter tree (tokens_embed at its top).
   """
   embedding = params['tokens_embed']['embedding']
   rows = _weight_init(rng, (n_new, embedding.shape[1]), embedding.dtype)

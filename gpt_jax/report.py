@@ -21,10 +21,8 @@ from pathlib import Path
 import jax
 from etils import epath
 
-from gpt_jax.paths import is_local, workdir_path
-
-METRICS_FILE = 'metrics.jsonl'
-CURVES_FILE = 'curves.png'
+from gpt_jax import workdir as workdir_lib
+from gpt_jax.workdir import CURVES_FILE, METRICS_FILE
 
 
 def _format(name: str, value) -> str:
@@ -51,19 +49,19 @@ class RunLog:
   def __init__(self, workdir: str | Path | None, stream=None, progress: bool | None = None):
     self._enabled = jax.process_index() == 0
     self._stream = stream
-    self._workdir = workdir_path(workdir) if workdir is not None else None
+    self._workdir = workdir_lib.path(workdir) if workdir is not None else None
     self._progress = progress  # None: a bar only when the output is a terminal
     self._file = self._tensorboard = self._bar = None
     if self._workdir is not None and self._enabled:
       self._workdir.mkdir(parents=True, exist_ok=True)
       self._local = self._workdir
-      if not is_local(self._workdir):
+      if not workdir_lib.is_local(self._workdir):
         self._local = epath.Path(tempfile.mkdtemp(prefix='gpt_jax_log.'))
         if (self._workdir / METRICS_FILE).exists():
           (self._workdir / METRICS_FILE).copy(self._local / METRICS_FILE)
       self._file = open(self._local / METRICS_FILE, 'a', encoding='utf-8')
       from tensorboardX import SummaryWriter
-      self._tensorboard = SummaryWriter(str(self._local / 'tensorboard'))
+      self._tensorboard = SummaryWriter(str(self._local / workdir_lib.TENSORBOARD_DIR))
     self._start = time.time()
 
   def info(self, message: str) -> None:
@@ -158,7 +156,7 @@ def _upload(local: epath.Path, workdir: epath.Path) -> None:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-  with workdir_path(path).open(encoding='utf-8') as f:
+  with workdir_lib.path(path).open(encoding='utf-8') as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
@@ -218,7 +216,7 @@ class StepProfiler:
   """Writes a JAX profiler trace (TensorBoard / Perfetto) for steps [start, start + count)."""
 
   def __init__(self, workdir: str | Path, start: int, count: int):
-    self._dir = str(workdir_path(workdir) / 'profile')
+    self._dir = str(workdir_lib.path(workdir) / workdir_lib.PROFILE_DIR)
     self._start, self._stop = start, start + count
     self._active = False
 

@@ -15,23 +15,20 @@ masked out of attention, so a padded row decodes exactly as it would alone.
 
 `generate` is the tokenizer-agnostic core (ids in, ids out); `generate_text`
 wraps it for any tokenizer with `encode(str) -> list[int]` and
-`decode(list[int]) -> str`; `load_decoder` reads the weights to sample from.
+`decode(list[int]) -> str`; `gpt_jax.weights.load_weights` reads the weights to sample from.
 """
 
-import contextlib
 import dataclasses
 import functools
 from collections.abc import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import hf, sharding
+from gpt_jax import sharding
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPT, ModelConfig
-from gpt_jax.paths import workdir_path
 
 _PAD_ID = 0  # fills padding and finished rows; never attended, never returned
 _WIDTH_MULTIPLE = 16  # prompt batches are padded to a multiple of this many tokens
@@ -75,7 +72,7 @@ def generate(params, model_config: ModelConfig, prompts: Sequence[Sequence[int]]
     padded[row, padded.shape[1] - len(prompt):] = prompt
   # Training may checkpoint activations (remat); decoding has no backward pass.
   model_config = dataclasses.replace(model_config, remat=False)
-  with _on_mesh(mesh):
+  with sharding.use_mesh(mesh):
     tokens, logits = _decode(
         params, padded, lengths, jax.random.key(seed), model_config=model_config,
         max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k),
@@ -100,41 +97,6 @@ def generate_text(params, model_config: ModelConfig, tokenizer, prompts: Sequenc
   ids = [list(tokenizer.encode(prompt)) for prompt in prompts]
   return [tokenizer.decode(row)
           for row in generate(params, model_config, ids, max_new_tokens, **sampling)]
-
-
-def load_decoder(directory) -> tuple[dict, ModelConfig]:
-  """The GPT decoder's (params, model_config) from a workdir or a Hugging Face directory.
-
-  A pretraining or fine-tuning workdir gives its newest checkpoint (dropping a
-  task head); a Hugging Face openai-gpt directory gives its weights.
-  """
-  directory = workdir_path(directory)  # a workdir may be in a bucket
-  if not directory.is_dir():
-    raise UserError(f'{directory} is not a directory: pass a pretraining or fine-tuning '
-                    'workdir or a Hugging Face openai-gpt directory')
-  if (directory / hf.CONFIG_FILE).is_file():
-    return hf.load_hf_dir(directory)
-  from gpt_jax import checkpoint  # orbax: only needed for workdirs
-
-  params = checkpoint.load_params(directory)
-  params = params.get('transformer', params)  # fine-tuning: {'transformer', 'classifier'}
-  return params, _config_from_params(params)
-
-
-def _config_from_params(params) -> ModelConfig:
-  """The decoder's sizes, read off its parameter shapes.
-
-  Not from the stored config: a fine-tuning run takes its model shape from
-  the weights it started from and adds fine-tuning tokens to the vocabulary,
-  so its config's model section need not match.
-  """
-  vocab_size, n_embd = params['tokens_embed']['embedding'].shape
-  block = params['h_0']
-  return ModelConfig(
-      vocab_size=vocab_size, n_ctx=params['positions_embed']['embedding'].shape[0],
-      n_embd=n_embd, n_layer=sum(name.startswith('h_') for name in params),
-      n_head=block['attn']['c_attn']['kernel'].shape[2],
-      d_ff=block['mlp']['c_fc']['kernel'].shape[1])
 
 
 def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
@@ -222,15 +184,6 @@ def _decode(params, prompts, lengths, rng, *, model_config, max_new_tokens, temp
 def _length_before_stop(row: np.ndarray, stop_tokens: Sequence[int]) -> int:
   stops = np.flatnonzero(np.isin(row, stop_tokens))
   return int(stops[0]) if stops.size else len(row)
-
-
-@contextlib.contextmanager
-def _on_mesh(mesh: jax.sharding.Mesh | None):
-  if mesh is None:
-    yield
-    return
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    yield
 
 
 def _check_arguments(model_config, prompts, max_new_tokens, temperature, top_k, top_p,

@@ -5,6 +5,8 @@ names (see model.py), `LOGICAL_RULES` maps them to the mesh axes
 ('data', 'fsdp', 'tensor'), and XLA inserts the collectives.
 """
 
+import contextlib
+import glob
 import math
 from collections.abc import Mapping, Sequence
 
@@ -140,14 +142,9 @@ def check_replication(abstract_params, param_shardings, mesh: Mesh,
   """
   if mesh.shape['fsdp'] == 1 and mesh.shape['tensor'] == 1:
     return  # pure data parallelism replicates everything on purpose
-  sizes = {}
-  replicated_names = []
-  for (path, param), param_sharding in zip(
-      jax.tree_util.tree_flatten_with_path(abstract_params)[0], jax.tree.leaves(param_shardings)):
-    name = '/'.join(str(getattr(k, 'key', k)) for k in path)
-    sizes[name] = math.prod(param.shape) * np.dtype(param.dtype).itemsize
-    if param_sharding.is_fully_replicated:
-      replicated_names.append(name)
+  sizes = {name: tree_bytes(param) for name, param in named_leaves(abstract_params).items()}
+  replicated_names = [name for name, param_sharding in named_leaves(param_shardings).items()
+                      if param_sharding.is_fully_replicated]
   replicated_bytes = sum(sizes[name] for name in replicated_names)
   total_bytes = sum(sizes.values())
   if replicated_bytes <= max_fraction * total_bytes:
@@ -167,3 +164,48 @@ def _readable_bytes(count: int) -> str:
     if count >= scale:
       return f'{count / scale:.1f} {unit}'
   return f'{count} B'
+
+
+# Helpers every module that places arrays on a mesh shares.
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh | None):
+  """Context in which the model's logical activation constraints resolve on `mesh`.
+
+  None leaves placement to JAX (one device, no constraints).
+  """
+  if mesh is None:
+    yield
+    return
+  with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+    yield
+
+
+def abstract_with_shardings(abstract, shardings):
+  """jax.ShapeDtypeStructs that carry their target shardings (to restore or compile into)."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
+def named_leaves(tree) -> dict:
+  """{'tokens_embed/embedding': leaf, ...}: a tree's leaves by their slash-joined path."""
+  return {'/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def tree_bytes(abstract_tree, shardings=None) -> int:
+  """Bytes of every array in `abstract_tree`, or of one device's shards of them."""
+  leaves = jax.tree.leaves(abstract_tree)
+  shapes = ([x.shape for x in leaves] if shardings is None else
+            [s.shard_shape(x.shape) for x, s in zip(leaves, jax.tree.leaves(shardings))])
+  return sum(math.prod(shape) * np.dtype(x.dtype).itemsize for x, shape in zip(leaves, shapes))
+
+
+def has_tpu_chips() -> bool:
+  """Whether TPU chips are attached to this host (a Cloud TPU VM), without starting a backend.
+
+  Environment variables alone are not evidence: the TPU dry run sets
+  TPU_WORKER_HOSTNAMES and friends on machines without a TPU.
+  """
+  return bool(glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*'))

@@ -1,28 +1,22 @@
-"""Train state, jitted train/eval steps, and the pretraining loop.
+"""Train state, the Trainer (jitted sharded train/eval steps) and the pretraining objective.
 
 Steps are pure functions of (state, batch), compiled once with explicit
 input/output shardings; the state argument is donated so parameters and
 optimizer moments are updated in place.
 """
 
-import contextlib
-import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from gpt_jax import checkpoint
-from gpt_jax import metrics as metrics_lib
 from gpt_jax import optim, sharding
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPT, ModelConfig
-from gpt_jax.report import RunLog, StepLogger, StepProfiler
 
 
 @flax.struct.dataclass
@@ -110,11 +104,9 @@ class Trainer:
     self._jit_eval_step = jax.jit(self._eval_step, in_shardings=(self.param_shardings, batch),
                                   out_shardings=replicated)
 
-  @contextlib.contextmanager
   def activation_sharding(self):
     """Context in which the model's logical activation constraints resolve on our mesh."""
-    with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-      yield
+    return sharding.use_mesh(self.mesh)
 
   def init(self, rng: jax.Array) -> TrainState:
     """A fresh state whose parameters are created already sharded (never whole on one device)."""
@@ -174,7 +166,7 @@ class Trainer:
     # A non-finite loss or gradient would poison the parameters and Adam's moments for
     # good: keep both unchanged and report the skip (the step still counts, so the
     # data and the dropout key move on). A cond rather than a select: no pass over
-    # every parameter and moment to pick old or new (1.6% of a small-config step).
+    # every parameter and moment to pick old or new.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     params, opt_state = jax.lax.cond(finite, apply_update, lambda *unchanged: unchanged,
                                      state.params, state.opt_state)
@@ -185,140 +177,3 @@ class Trainer:
   def _eval_step(self, params, batch):
     loss, aux = self._loss_fn(params, batch, None, True)
     return {'loss': loss, **aux}
-
-
-def resolve_num_steps(train_config, train_tokens: int | None) -> int:
-  """train.num_steps, or train.num_epochs over a corpus of `train_tokens` when it is -1."""
-  if train_config.num_steps > 0:
-    return int(train_config.num_steps)
-  if train_config.num_steps != -1:
-    raise UserError(f'train.num_steps={train_config.num_steps}: use a positive number of '
-                    'updates, or -1 to derive it from train.num_epochs')
-  if not train_tokens:
-    raise UserError('train.num_steps=-1 needs the corpus size to derive steps from '
-                    'train.num_epochs; set train.num_steps explicitly')
-  tokens_per_step = train_config.batch_size * train_config.seq_len
-  return max(1, int(train_config.num_epochs * train_tokens // tokens_per_step))
-
-
-def evaluate(trainer: Trainer, params, batches: Iterable[np.ndarray]) -> dict:
-  """Mean loss and perplexity over an iterable of per-process eval batches."""
-  totals, count = None, 0
-  for batch in batches:
-    metrics = trainer.eval_step(params, sharding.global_batch(batch, trainer.mesh))
-    totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
-    count += 1
-  if not count:
-    raise UserError('the validation split produced no batches; it must hold at least one '
-                    'window of train.seq_len + 1 tokens per batch row')
-  means = {k: float(v) / count for k, v in jax.device_get(totals).items()}
-  means['perplexity'] = math.exp(min(means['loss'], 50.0))
-  return means
-
-
-def run_pretraining(config, workdir, train_batches: Iterator[np.ndarray],
-                    eval_batches: Callable[[], Iterable[np.ndarray]],
-                    train_tokens: int | None = None, log: RunLog | None = None,
-                    profile_steps: tuple[int, int] | None = None) -> dict:
-  """Pretrains GPT on next-token prediction; returns the final train and eval metrics.
-
-  `train_batches` yields this process's rows of each global batch, int32 arrays of
-  shape (batch_size // process_count, seq_len + 1); `eval_batches()` returns a
-  fresh iterable of the same over the validation split. If `train_batches` has
-  get_state()/set_state() (grain iterators do), its position is checkpointed too.
-
-  The run continues from the newest readable checkpoint in `workdir`. It saves
-  every checkpoint.every_steps, after each evaluation, at the end, and at the
-  step boundary after a SIGTERM, after which it returns with 'preempted' True.
-  """
-  model_config = ModelConfig.from_config(config.model)
-  seq_len = config.train.seq_len
-  if seq_len > model_config.n_ctx:
-    raise UserError(f'train.seq_len={seq_len} exceeds model.n_ctx={model_config.n_ctx}')
-  total_steps = resolve_num_steps(config.train, train_tokens)
-  mesh = sharding.make_mesh(config.mesh)
-  sharding.check_batch(config.train.batch_size, mesh)
-  _, trainer = make_pretrainer(model_config, config.optim, mesh, seq_len, total_steps)
-  # Two checkpoints' worth: the one being written and the last complete one.
-  checkpoint.check_workdir(workdir, 2 * checkpoint.checkpoint_bytes(trainer.abstract_state))
-  log = log or RunLog(workdir)
-
-  num_params = sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))
-  tokens_per_step = config.train.batch_size * seq_len
-  flops_per_step = metrics_lib.train_flops_per_token(model_config, seq_len) * tokens_per_step
-  peak, peak_source = metrics_lib.peak_flops_per_device(jnp.dtype(model_config.dtype))
-  log.info(f'model: {num_params:,} parameters | mesh {dict(mesh.shape)} | {total_steps:,} steps '
-           f'of {config.train.batch_size} x {seq_len} tokens | peak {peak / 1e12:.2f} TFLOP/s '
-           f'per device ({peak_source})')
-
-  with (checkpoint.Checkpointer(workdir, config.checkpoint) as checkpoints,
-        checkpoint.PreemptionWatch() as preemption):
-    state = checkpoints.restore_latest(trainer, train_batches)
-    if state is None:
-      state = trainer.init(jax.random.key(config.train.seed))
-    else:
-      log.info(f'resumed from {checkpoints.directory / str(int(state.step))}')
-    first_step = int(state.step)
-    log.drop_after(first_step)  # those steps are about to be rerun
-    steps = StepLogger(log, config.train.log_every, total_steps, tokens_per_step,
-                       flops_per_step, peak * mesh.size)
-    steps.restart_clock(first_step)
-    profiler = StepProfiler(workdir, *profile_steps) if profile_steps else None
-
-    nonfinite = {'in_a_row': 0, 'total': 0}
-
-    def count_nonfinite(step, skipped):
-      """Counts updates skipped for a non-finite loss or gradient; stops a diverged run."""
-      if not bool(skipped):
-        nonfinite['in_a_row'] = 0
-        return
-      nonfinite['in_a_row'] += 1
-      nonfinite['total'] += 1
-      log.info(f'step {step}: non-finite loss or gradients, update skipped '
-               f'({nonfinite["in_a_row"]} in a row, {nonfinite["total"]} in all)')
-      limit = config.train.max_nonfinite_in_a_row
-      if nonfinite['in_a_row'] >= limit:
-        raise UserError(
-            f'training diverged: {limit} steps in a row, up to step {step}, had a non-finite '
-            f'loss or gradients (train.max_nonfinite_in_a_row={limit}); no update was applied, '
-            f'so the last checkpoint (step {checkpoints.latest_step()}) is good: lower '
-            'optim.learning_rate or check the data, then rerun to resume from it')
-
-    last_eval, preempted = {}, False
-    unchecked = None  # (step, skipped flag) still to count, fetched one step late
-    if first_step == total_steps:
-      log.info(f'the workdir already holds the final step ({total_steps}); nothing to train')
-      last_eval = evaluate(trainer, state.params, eval_batches())
-    log.start_progress(first_step, total_steps)
-    for step in range(first_step, total_steps):
-      if profiler:
-        profiler.step(step, log)
-      state, metrics = trainer.train_step(state, sharding.global_batch(next(train_batches), mesh))
-      done = step + 1
-      skipped = metrics.pop('update_skipped')
-      steps.after_step(done, metrics)
-      if unchecked is not None:
-        count_nonfinite(*unchecked)
-      unchecked = (done, skipped)
-      evaluated = done % config.train.eval_every == 0 or done == total_steps
-      if evaluated:
-        steps.flush()
-        last_eval = evaluate(trainer, state.params, eval_batches())
-        log.scalars(done, last_eval, split='eval')
-        steps.restart_clock(done)  # evaluation is not training time
-      preempted = preemption.should_stop(done)
-      if evaluated or preempted or done % config.checkpoint.every_steps == 0:
-        steps.flush()  # a resumed run starts logging after the checkpoint's step
-        checkpoints.save(done, state, config, train_batches, metrics={
-            f'eval_{name}': value for name, value in last_eval.items()} if evaluated else None)
-      if preempted:
-        log.info(f'SIGTERM: saved step {done} of {total_steps} to {checkpoints.directory}; '
-                 'rerun the same command to resume')
-        break
-    if profiler:
-      profiler.stop(log)
-    if unchecked is not None:
-      count_nonfinite(*unchecked)
-    last_train = steps.flush()
-  return {'train': last_train, 'eval': last_eval, 'state': state, 'trainer': trainer,
-          'preempted': preempted, 'skipped_steps': nonfinite['total']}

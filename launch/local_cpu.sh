@@ -19,7 +19,7 @@ mkdir -p "$workdir"
 
 # The corpus (a TFDS dataset), tokenizer and token store live in $workdir/data. A fifth of
 # the modules is held out, so the fine-tuning task's validation and test modules (see
-# gpt_jax/default_tasks.py) are never seen in pretraining.
+# gpt_jax/tasks/stdlib.py) are never seen in pretraining.
 data=(--config.data.data_dir="$workdir/data" --config.data.validation_fraction=0.2)
 task=stdlib_package
 # Deviation from the paper's fine-tuning recipe (lr 6.25e-5, 3 epochs), as for pretraining

@@ -16,7 +16,8 @@ spec="$repo"
 [ -n "$extras" ] && spec="${repo}[$extras]"
 echo "[setup] installing gpt_jax${extras:+[$extras]} (quick when already installed)"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$spec" 2>&1 \
-  | grep -v '^WARNING: Location' || true
+# The exact versions we test with (launch/constraints.txt); pyproject.toml keeps ranges.
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+  -c "$repo/launch/constraints.txt" -e "$spec" 2>&1 | grep -v '^WARNING: Location' || true
 "$venv/bin/python" -c 'import gpt_jax' || { echo "[setup] install failed" >&2; exit 1; }
 export PATH="$venv/bin:$PATH"

@@ -1,13 +1,8 @@
 """Test set-up: 8 fake CPU devices so every sharding test runs on a real (2, 2, 2) mesh."""
 
 import os
-import sys
-from pathlib import Path
 
 # Must happen before JAX is imported anywhere.
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / 'configs'))  # lets tests `import tiny` etc.

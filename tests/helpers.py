@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-import tiny
+from gpt_jax.configs import tiny
 from gpt_jax import train
 from gpt_jax.model import ModelConfig
 

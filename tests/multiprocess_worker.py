@@ -11,7 +11,7 @@ it is a one-process run on all local devices.
 import sys
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1] / 'configs')]
+sys.path.insert(0, str(Path(__file__).parent))  # the tests' helpers
 
 import numpy as np  # noqa: E402
 

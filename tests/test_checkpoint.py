@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from gpt_jax import checkpoint, sharding, train
+from gpt_jax import checkpoint, pretrain, sharding, train
+from gpt_jax import workdir as workdir_lib
 from gpt_jax.errors import UserError
 from helpers import make_trainer, tiny_config
 
@@ -162,7 +163,7 @@ def _pretrain_five_steps(workdir):
   config = tiny_config()
   config.train.num_steps = 5
   batch = _batch()
-  return train.run_pretraining(config, workdir, iter([batch] * 5), lambda: [batch])
+  return pretrain.run_pretraining(config, workdir, iter([batch] * 5), lambda: [batch])
 
 
 def test_unwritable_workdir_fails_before_training(tmp_path):
@@ -173,8 +174,8 @@ def test_unwritable_workdir_fails_before_training(tmp_path):
 
 
 def test_full_workdir_fails_before_training(tmp_path, monkeypatch):
-  real_disk_usage = checkpoint.shutil.disk_usage
-  monkeypatch.setattr(checkpoint.shutil, 'disk_usage',
+  real_disk_usage = workdir_lib.shutil.disk_usage
+  monkeypatch.setattr(workdir_lib.shutil, 'disk_usage',
                       lambda path: real_disk_usage(path)._replace(free=10_000))
   with pytest.raises(UserError, match=r'has 0\.0 MiB free but checkpoints of this model need '
                      r'0\.5 MiB; free some space'):
@@ -210,7 +211,7 @@ def test_diverged_run_stops_after_too_many_non_finite_steps_keeping_good_checkpo
   batches = iter([good] * 4 + [poisoned] * 16)
   with pytest.raises(UserError, match=r'training diverged: 3 steps in a row, up to step 7, had '
                      r'a non-finite loss .* the last checkpoint \(step 6\) is good'):
-    train.run_pretraining(config, tmp_path, batches, lambda: [good], log=None)
+    pretrain.run_pretraining(config, tmp_path, batches, lambda: [good], log=None)
   last, after_good = checkpoint.load_params(tmp_path), checkpoint.load_params(tmp_path, step=4)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(last))
   _assert_equal_trees(last, after_good)

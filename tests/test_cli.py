@@ -59,3 +59,30 @@ def test_user_errors_are_one_line_and_exit_nonzero(capsys, tmp_path, monkeypatch
   assert err.startswith('gpt-jax: error: ') and message in err
   assert err.count('\n') == 1
   assert not (tmp_path / 'x').exists()  # a failed start leaves no workdir behind
+
+
+def test_version_and_mode_help_name_what_a_mode_reads(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(['--version'])
+  assert exit_info.value.code == 0 and re.fullmatch(r'gpt-jax \d+\.\d+\.\d+\n',
+                                                    capsys.readouterr().out)
+  for mode, sections in (('pretrain', 'model, train, optim, data, mesh, checkpoint'),
+                         ('tokenizer', 'model.vocab_size, data')):
+    with pytest.raises(SystemExit):
+      cli.main([mode, '--help'])
+    out = capsys.readouterr().out
+    assert f'config sections read: {sections}' in out and '--print_config' in out
+  for mode in ('sample', 'export'):  # their model comes from --workdir: no overrides offered
+    with pytest.raises(SystemExit):
+      cli.main([mode, '--help'])
+    assert '--config.<field>' not in capsys.readouterr().out
+
+
+def test_print_config_shows_the_overridden_config_and_runs_nothing(capsys, tmp_path):
+  code, out, _ = _run(capsys, 'pretrain', '--config', 'tiny', '--print_config',
+                      '--config.model.n_layer=3', '--workdir', str(tmp_path / 'never'))
+  assert code == 0 and 'n_layer: 3' in out and 'corpus: stdlib_docs' in out
+  code, out, _ = _run(capsys, 'finetune', '--config', 'finetune/sst2', '--print_config',
+                      '--init', '/some/run')
+  assert code == 0 and 'init: /some/run' in out and 'learning_rate: 6.25e-05' in out
+  assert not (tmp_path / 'never').exists()

@@ -6,7 +6,8 @@ import textwrap
 
 import pytest
 
-from gpt_jax import cli, finetune, task_data
+from gpt_jax import cli, finetune
+from gpt_jax.tasks.task import Task
 from gpt_jax.report import read_metrics
 
 TEXTS = [inspect.getdoc(obj) for module in (json, textwrap) for obj in vars(module).values()
@@ -78,7 +79,7 @@ def test_prediction_files_follow_glue_conventions(tmp_path):
   examples = [{'index': 7}, {'index': 3}]
 
   def task(name, labels, regression=False):
-    return task_data.Task(name=name, kind='entailment', labels=labels, metrics=('accuracy',),
+    return Task(name=name, kind='entailment', labels=labels, metrics=('accuracy',),
                           train=[], validation={}, test={}, regression=regression)
 
   mnli = tmp_path / 'MNLI-m.tsv'
@@ -95,7 +96,7 @@ def test_prediction_files_follow_glue_conventions(tmp_path):
 
 @pytest.mark.parametrize('init, message', [
     ('/no/such/dir', 'finetune.init=/no/such/dir is not a directory'),
-    ('EMPTY', 'has no tokenizer.model'),
+    ('EMPTY', 'holds no weights gpt_jax can read'),
 ])
 def test_bad_init_is_one_line_error(tmp_path, capsys, init, message):
   if init == 'EMPTY':
@@ -128,3 +129,36 @@ def test_export_of_a_pretraining_workdir_loads_in_hugging_face(pretrained, tmp_p
   # A second export never overwrites the first.
   assert cli.main(['export', '--workdir', str(pretrained), '--out', str(out)]) == 1
   assert 'already exists' in capsys.readouterr().err
+
+
+def test_finetune_stopped_at_a_step_boundary_resumes_to_the_same_weights(pretrained, tmp_path,
+                                                                          monkeypatch):
+  import jax
+  import numpy as np
+
+  from gpt_jax import checkpoint
+
+  def finetune_into(workdir):
+    return cli.main(['finetune', '--config', 'finetune/local', '--workdir', str(workdir),
+                     '--init', str(pretrained), *_task_files(tmp_path),
+                     '--config.train.batch_size=8', '--config.finetune.eval_batch_size=8',
+                     '--config.train.num_epochs=2.0', '--config.mesh.fsdp=1',
+                     '--config.mesh.data=-1'])
+
+  assert finetune_into(tmp_path / 'straight') == 0
+  # A preemption notice (SIGTERM) during step 4 of 12: save that step, stop, exit 0.
+  monkeypatch.setattr(checkpoint.PreemptionWatch, 'should_stop', lambda self, step: step == 4)
+  assert finetune_into(tmp_path / 'stopped') == 0
+  assert not (tmp_path / 'stopped' / 'summary.json').exists()
+  assert (tmp_path / 'stopped' / 'checkpoints' / '4').is_dir()
+  monkeypatch.undo()
+  assert finetune_into(tmp_path / 'stopped') == 0
+  straight, resumed = (checkpoint.load_params(tmp_path / run) for run in ('straight', 'stopped'))
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  summaries = [json.loads((tmp_path / run / 'summary.json').read_text())
+               for run in ('straight', 'stopped')]
+  assert summaries[0]['best'] == summaries[1]['best'] and summaries[0]['skipped_steps'] == 0
+  steps = [r['step'] for r in read_metrics(tmp_path / 'stopped' / 'metrics.jsonl')
+           if r['split'] == 'validation']
+  assert steps == [6, 12]  # no record twice after the resume

@@ -10,10 +10,12 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec
 
-from gpt_jax import sharding, tasks, train
+from gpt_jax import sharding, train
+from gpt_jax.tasks import transforms
+from gpt_jax.tasks.task import HEAD_LAYOUTS
 from gpt_jax.errors import UserError
-from gpt_jax.model import GPT, GPTForTask, ModelConfig, add_special_token_rows
-from test_tasks import FakeTokenizer
+from gpt_jax.model import GPT, GPTForTask, ModelConfig, add_token_rows
+from test_tasks_transforms import FakeTokenizer
 
 CONFIG = ModelConfig(vocab_size=64, n_ctx=16, n_embd=32, n_layer=2, n_head=4, d_ff=64)
 MAX_LEN = 12
@@ -29,7 +31,7 @@ def _init(model, batch, rng=0):
 
 
 def _batch(kind, examples):
-  return tasks.encode_examples(kind, examples, FakeTokenizer(), MAX_LEN)[0]
+  return transforms.encode_examples(kind, examples, FakeTokenizer(), MAX_LEN)[0]
 
 
 def _reference_states(params, batch):
@@ -47,7 +49,7 @@ def _linear(params, states):
 
 
 def test_classification_head_reads_the_extract_state():
-  model = GPTForTask(CONFIG, kind='classification', num_outputs=3)
+  model = GPTForTask(CONFIG, HEAD_LAYOUTS['classification'], num_outputs=3)
   batch = _batch('classification', [{'text': 'a b c'}, {'text': 'd e f g h'}])
   params = _unbox(_init(model, batch))
   logits, lm_logits = model.apply({'params': params}, batch['tokens'], batch['extract_index'])
@@ -62,7 +64,7 @@ def test_classification_head_reads_the_extract_state():
 
 
 def test_similarity_is_symmetric_in_its_two_texts():
-  model = GPTForTask(CONFIG, kind='similarity', num_outputs=2)
+  model = GPTForTask(CONFIG, HEAD_LAYOUTS['similarity'], num_outputs=2)
   ab = _batch('similarity', [{'text_a': 'a man plays guitar', 'text_b': 'someone plays music'}])
   ba = _batch('similarity', [{'text_a': 'someone plays music', 'text_b': 'a man plays guitar'}])
   params = _unbox(_init(model, ab))
@@ -76,7 +78,7 @@ def test_similarity_is_symmetric_in_its_two_texts():
 
 
 def test_multiple_choice_scores_each_choice_and_normalises_over_choices():
-  model = GPTForTask(CONFIG, kind='multiple_choice')
+  model = GPTForTask(CONFIG, HEAD_LAYOUTS['multiple_choice'])
   choices = ['on the mat', 'in the hat', 'under a tree', 'far away']
   batch = _batch('multiple_choice', [{'context': 'the cat sat', 'choices': choices},
                                      {'context': 'it rained', 'choices': choices[::-1]}])
@@ -94,7 +96,7 @@ def test_multiple_choice_scores_each_choice_and_normalises_over_choices():
 
 
 def test_param_layout_loads_pretrained_decoder_weights():
-  model = GPTForTask(CONFIG, kind='classification', num_outputs=2)
+  model = GPTForTask(CONFIG, HEAD_LAYOUTS['classification'], num_outputs=2)
   batch = _batch('classification', [{'text': 'a b'}])
   boxed = _init(model, batch)
   assert set(boxed) == {'transformer', 'classifier'}
@@ -108,15 +110,15 @@ def test_param_layout_loads_pretrained_decoder_weights():
                                                              batch['tokens']))
 
 
-def test_add_special_token_rows():
+def test_add_token_rows():
   pretrained = _unbox(GPT(CONFIG).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))['params'])
-  grown = add_special_token_rows(pretrained, 3, jax.random.key(1))
+  grown = add_token_rows(pretrained, 3, jax.random.key(1))
   old, new = pretrained['tokens_embed']['embedding'], grown['tokens_embed']['embedding']
   assert new.shape == (CONFIG.vocab_size + 3, CONFIG.n_embd)
   np.testing.assert_array_equal(new[:CONFIG.vocab_size], old)
   assert grown['h_0'] is pretrained['h_0']
   # The new rows are N(0, 0.02): checked on a wide embedding for a tight estimate.
-  wide = add_special_token_rows({'tokens_embed': {'embedding': jnp.zeros((5, 4096))}}, 3,
+  wide = add_token_rows({'tokens_embed': {'embedding': jnp.zeros((5, 4096))}}, 3,
                                 jax.random.key(2))['tokens_embed']['embedding'][5:]
   assert abs(float(wide.std()) - 0.02) < 0.001 and abs(float(wide.mean())) < 0.001
   # A decoder with the larger vocabulary runs on them; old tokens' logits don't change.
@@ -130,9 +132,9 @@ def test_add_special_token_rows():
 def test_wrong_shapes_and_settings_are_user_errors():
   batch = _batch('classification', [{'text': 'a'}])
   with pytest.raises(UserError, match='rank 3'):
-    _init(GPTForTask(CONFIG, kind='similarity', num_outputs=1), batch)
+    _init(GPTForTask(CONFIG, HEAD_LAYOUTS['similarity'], num_outputs=1), batch)
   with pytest.raises(UserError, match='num_outputs=4'):
-    _init(GPTForTask(CONFIG, kind='multiple_choice', num_outputs=4), batch)
+    _init(GPTForTask(CONFIG, HEAD_LAYOUTS['multiple_choice'], num_outputs=4), batch)
 
 
 def test_sharded_train_step_matches_one_device():
@@ -140,11 +142,11 @@ def test_sharded_train_step_matches_one_device():
   equals the gradient step computed on one device."""
   no_dropout = dataclasses.replace(CONFIG, n_layer=1, embd_pdrop=0.0, attn_pdrop=0.0,
                                   resid_pdrop=0.0)  # the train step runs in training mode
-  model = GPTForTask(no_dropout, kind='entailment', num_outputs=3, clf_pdrop=0.0)
+  model = GPTForTask(no_dropout, HEAD_LAYOUTS['entailment'], num_outputs=3, clf_pdrop=0.0)
   examples = [{'premise': f'w{i} w{i + 1} w{i + 2}', 'hypothesis': f'v{i}', 'label': i % 3}
               for i in range(8)]
   batch = _batch('entailment', examples)
-  loss_fn = tasks.finetune_loss_fn(model)
+  loss_fn = transforms.finetune_loss_fn(model)
   mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
   trainer = train.Trainer(init_params=lambda rng: _init(model, batch), loss_fn=loss_fn,
                           tx=optax.sgd(1.0), schedule=optax.constant_schedule(1.0), mesh=mesh)

@@ -5,6 +5,7 @@ format is written here from arrays that also go into a Hugging Face model by
 an explicit, independent name list.
 """
 
+import dataclasses
 import json
 import shutil
 
@@ -19,7 +20,7 @@ from test_model_reference import SMALL, hf_logits, max_abs_diff, our_logits, ran
 
 from gpt_jax import hf
 from gpt_jax.errors import UserError
-from gpt_jax.model import GPT, ModelConfig
+from gpt_jax.model import GPT, ModelConfig, add_token_rows
 
 TOKENS = np.random.default_rng(0).integers(0, SMALL['vocab_size'], (2, 12))
 
@@ -72,7 +73,7 @@ def test_export_loads_in_hugging_face_without_warnings_and_gives_same_logits(tmp
   diff = max_abs_diff(our_logits(params, model_config, TOKENS), hf_logits(reference, TOKENS))
   print(f'export round trip max abs logit diff: {diff:.3g}')
   assert diff <= 1e-5
-  assert (out / hf.TOKENIZER_FILE).read_bytes() == b'sentencepiece model bytes'
+  assert (out / 'tokenizer.model').read_bytes() == b'sentencepiece model bytes'
   assert sorted(p.name for p in tmp_path.iterdir()) == ['export', 'spm.model']  # no temp left
 
 
@@ -105,8 +106,9 @@ def test_old_checkpoint_buffers_and_tied_head_are_accepted(tmp_path):
 
 def test_special_token_rows_are_appended_after_the_vocabulary():
   reference = random_hf_model(seed=5, std=0.1, **SMALL)
-  params, model_config = hf.params_from_hf(reference, n_special=3, seed=7)
-  assert model_config.vocab_size == SMALL['vocab_size'] + 3
+  params, model_config = hf.params_from_hf(reference)
+  params = add_token_rows(params, 3, jax.random.key(7))
+  model_config = dataclasses.replace(model_config, vocab_size=model_config.vocab_size + 3)
   rows = params['tokens_embed']['embedding'][SMALL['vocab_size']:]
   assert rows.shape == (3, SMALL['n_embd']) and 0.01 < rows.std() < 0.03
   ours = our_logits(params, model_config, TOKENS)
@@ -180,11 +182,10 @@ def test_original_release_reproduces_hugging_face_logits(tmp_path):
   assert diff <= 1e-5
 
 
-def test_original_release_keeps_n_ctx_positions_and_appends_special_rows(tmp_path):
+def test_original_release_keeps_n_ctx_positions(tmp_path):
   state = _write_release(tmp_path / 'release')
-  params, model_config = hf.load_openai_release(tmp_path / 'release', n_ctx=8, n_special=3,
-                                                n_head=4)
-  assert (model_config.n_ctx, model_config.vocab_size) == (8, 103)
+  params, model_config = hf.load_openai_release(tmp_path / 'release', n_ctx=8, n_head=4)
+  assert (model_config.n_ctx, model_config.vocab_size) == (8, 100)
   np.testing.assert_array_equal(params['positions_embed']['embedding'],
                                 state['transformer.positions_embed.weight'][:8].numpy())
   np.testing.assert_array_equal(params['tokens_embed']['embedding'][:100],

@@ -16,9 +16,10 @@ from etils.epath import testing as epath_testing
 from tensorboardX.proto import event_pb2
 
 from gpt_jax import checkpoint
+from gpt_jax import workdir as workdir_lib
 from gpt_jax.data import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
-from gpt_jax.paths import is_local, workdir_path
+from gpt_jax.workdir import is_local, path as workdir_path
 from gpt_jax.report import RunLog
 
 
@@ -103,7 +104,7 @@ def test_drop_after_on_a_local_workdir_keeps_appending_after_the_kept_records(tm
 
 def test_check_workdir_in_a_bucket_probes_writing_and_skips_free_space(bucket):
   # disk_usage of a bucket URL would fail; no byte count can be too large for a bucket.
-  checkpoint.check_workdir('gs://b/run', bytes_needed=10**18)
+  workdir_lib.check_workdir('gs://b/run', bytes_needed=10**18)
   assert (bucket / 'b' / 'run').is_dir() and not list((bucket / 'b' / 'run').iterdir())
 
 
@@ -116,7 +117,7 @@ def test_check_workdir_in_an_unwritable_bucket_is_one_user_error(tmp_path):
   with epath_testing.mock_epath(open=refuse, makedirs=lambda original, *a, **k: None,
                                 mkdir=lambda original, *a, **k: None):
     with pytest.raises(UserError, match='gs://b/run is not writable'):
-      checkpoint.check_workdir('gs://b/run')
+      workdir_lib.check_workdir('gs://b/run')
 
 
 def test_tokenizer_copied_to_a_bucket_loads_from_it(tmp_path, bucket):

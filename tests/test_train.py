@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from gpt_jax import sharding, train
+from gpt_jax import pretrain, sharding, train
 from gpt_jax.errors import UserError
 from helpers import make_trainer, tiny_config
 
@@ -32,7 +32,7 @@ def test_eval_loss_is_mean_next_token_cross_entropy():
   model, trainer = make_trainer(config, mesh)
   state = trainer.init(jax.random.key(0))
   batch = np.random.default_rng(1).integers(0, 64, (8, 17)).astype(np.int32)
-  result = train.evaluate(trainer, state.params, [batch])
+  result = pretrain.evaluate(trainer, state.params, [batch])
   logits = np.asarray(model.apply({'params': jax.device_get(state.params)}, batch[:, :-1]),
                       np.float64)
   log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
@@ -46,9 +46,9 @@ def test_eval_loss_is_mean_next_token_cross_entropy():
 def test_num_steps_from_epochs_and_corpus_size():
   cfg = ml_collections.ConfigDict(dict(num_steps=-1, num_epochs=100.0, batch_size=64,
                                        seq_len=512))
-  assert train.resolve_num_steps(cfg, train_tokens=64 * 512 * 30) == 3000
+  assert pretrain.resolve_num_steps(cfg, train_tokens=64 * 512 * 30) == 3000
   cfg.num_steps = 7
-  assert train.resolve_num_steps(cfg, None) == 7
+  assert pretrain.resolve_num_steps(cfg, None) == 7
   cfg.num_steps = -1
   with pytest.raises(UserError, match='num_epochs'):
-    train.resolve_num_steps(cfg, None)
+    pretrain.resolve_num_steps(cfg, None)

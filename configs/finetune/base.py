@@ -6,7 +6,7 @@ or a Hugging Face directory); the model section only sets numerics and dropout.
 
 import ml_collections
 
-import gpt1
+from gpt_jax.configs import gpt1
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.task = ml_collections.ConfigDict(dict(
       # A registry task ('sst2' or its TFDS name 'glue/sst2'), 'local' (your own files, see
       # finetune/local.py), or an offline default task (stdlib_package, stdlib_continuation,
-      # stdlib_same_module, stdlib_next_sentence); see gpt_jax.task_data.load_task.
+      # stdlib_same_module, stdlib_next_sentence); see gpt_jax.tasks.load.load_task.
       name='sst2',
       data_dir='',  # TFDS data_dir of a registry task ('': ~/tensorflow_datasets)
       kind='',  # local: classification, entailment, similarity or multiple_choice

@@ -1,6 +1,6 @@
 """CoLA (GLUE): is the sentence grammatical? Scored by Matthews correlation."""
 
-import base
+from gpt_jax.configs.finetune import base
 
 
 def get_config():

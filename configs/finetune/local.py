@@ -1,4 +1,4 @@
-"""Your own task: one JSONL, CSV or TSV file per split (schema: gpt_jax/task_files.py).
+"""Your own task: one JSONL, CSV or TSV file per split (schema: gpt_jax/tasks/files.py).
 
   gpt-jax finetune --config configs/finetune/local.py --init WORKDIR \
     --config.task.kind=classification --config.task.train=train.jsonl \
@@ -13,7 +13,7 @@ One example per JSON line (or CSV row under a header row):
                    (the 0-based index of the right choice; CSV: choice_0, choice_1, ...)
 """
 
-import base
+from gpt_jax.configs.finetune import base
 
 
 def get_config():

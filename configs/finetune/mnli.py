@@ -1,6 +1,6 @@
 """MNLI (GLUE): entailment, neutral or contradiction; validated on matched and mismatched."""
 
-import base
+from gpt_jax.configs.finetune import base
 
 
 def get_config():

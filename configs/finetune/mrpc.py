@@ -1,6 +1,6 @@
 """MRPC (GLUE): are two news sentences paraphrases? Scored by F1 and accuracy."""
 
-import base
+from gpt_jax.configs.finetune import base
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """QNLI (GLUE): does the sentence answer the question?"""
 
-import base
+from gpt_jax.configs.finetune import base
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """QQP (GLUE): are two Quora questions duplicates? Scored by F1 and accuracy."""
 
-import base
+from gpt_jax.configs.finetune import base
 
 
 def get_config():

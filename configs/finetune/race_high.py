@@ -1,6 +1,6 @@
 """RACE-h: reading comprehension, high-school exams; four options per question."""
 
-import base
+from gpt_jax.configs.finetune import base
 
 
 def get_config():

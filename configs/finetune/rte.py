@@ -1,6 +1,6 @@
 """RTE (GLUE): does the premise entail the hypothesis?"""
 
-import base
+from gpt_jax.configs.finetune import base
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """SciTail: does a science premise entail the hypothesis?"""
 
-import base
+from gpt_jax.configs.finetune import base
 
 
 def get_config():

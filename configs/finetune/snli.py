@@ -1,6 +1,6 @@
 """SNLI: entailment, neutral or contradiction of image-caption pairs."""
 
-import base
+from gpt_jax.configs.finetune import base
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """SST-2 (GLUE): the sentiment of a movie-review sentence."""
 
-import base
+from gpt_jax.configs.finetune import base
 
 
 def get_config():

@@ -1,11 +1,11 @@
 """Offline default task, multiple choice: which of four sentences continues a passage?
 
-The three others come from other modules (gpt_jax/default_tasks.py).
+The three others come from other modules (gpt_jax/tasks/stdlib.py).
 
 Built from this Python's standard library in seconds: nothing to download or prepare.
 """
 
-import base
+from gpt_jax.configs.finetune import base
 
 
 def get_config():

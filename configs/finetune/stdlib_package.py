@@ -1,11 +1,11 @@
 """Offline default task, classification: which standard-library package a docstring is from.
 
-asyncio, email, importlib, multiprocessing, unittest or xml (gpt_jax/default_tasks.py).
+asyncio, email, importlib, multiprocessing, unittest or xml (gpt_jax/tasks/stdlib.py).
 
 Built from this Python's standard library in seconds: nothing to download or prepare.
 """
 
-import base
+from gpt_jax.configs.finetune import base
 
 
 def get_config():

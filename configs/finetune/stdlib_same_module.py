@@ -1,11 +1,11 @@
 """Offline default task, similarity: are two docstrings from the same module?
 
-'same' or 'different', half and half (gpt_jax/default_tasks.py).
+'same' or 'different', half and half (gpt_jax/tasks/stdlib.py).
 
 Built from this Python's standard library in seconds: nothing to download or prepare.
 """
 
-import base
+from gpt_jax.configs.finetune import base
 
 
 def get_config():

@@ -1,9 +1,9 @@
 """Story Cloze (2016): which of two endings finishes a four-sentence story.
 
-TFDS cannot download it: see gpt_jax/task_data.py for the manual download.
+TFDS cannot download it: see gpt_jax/tasks/registry.py for the manual download.
 """
 
-import base
+from gpt_jax.configs.finetune import base
 
 
 def get_config():

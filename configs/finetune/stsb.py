@@ -1,6 +1,6 @@
 """STS-B (GLUE): a similarity score from 0 to 5, regressed; scored by Pearson and Spearman."""
 
-import base
+from gpt_jax.configs.finetune import base
 
 
 def get_config():

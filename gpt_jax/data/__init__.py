@@ -7,10 +7,3 @@
   pipeline.py   grain: seeded, per-process sharded, checkpointable batches of windows
   workflow.py   the steps a run takes, from its config (`gpt-jax tokenizer|prepare|pretrain`)
 """
-
-import sys
-
-
-def warn(message: str) -> None:
-  """A one-line warning about the user's data, on stderr."""
-  print(f'warning: {message}', file=sys.stderr, flush=True)

@@ -14,8 +14,7 @@ Evaluation reads the validation split's windows in order from offset 0.
 import grain
 import numpy as np
 
-from gpt_jax.data import warn
-from gpt_jax.errors import UserError
+from gpt_jax.errors import UserError, warn
 
 
 class EpochWindows:

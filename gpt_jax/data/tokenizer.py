@@ -28,7 +28,7 @@ import sentencepiece as spm
 from etils import epath
 
 from gpt_jax.errors import UserError
-from gpt_jax.paths import workdir_path
+from gpt_jax import workdir as workdir_lib
 
 PAD, UNK, EOD, START, DELIMITER, EXTRACT = '<pad>', '<unk>', '<|endoftext|>', '<s>', '<$>', '<e>'
 # Fixed ids: pad 0, unk 1, then the control pieces in this order (2..5).
@@ -42,7 +42,7 @@ class Tokenizer:
   """Encodes text to ids and back with a trained sentencepiece model file."""
 
   def __init__(self, model_path: str | Path):
-    self.model_path = workdir_path(model_path)  # may be in a bucket workdir
+    self.model_path = workdir_lib.path(model_path)  # may be in a bucket workdir
     if not self.model_path.is_file():
       raise UserError(f'tokenizer model {self.model_path} does not exist; train one with '
                       '`gpt-jax tokenizer --config ...` or set --config.data.tokenizer=PATH')
@@ -86,9 +86,9 @@ class Tokenizer:
 
   def copy_to(self, directory: str | Path) -> epath.Path:
     """Copies the model and its id record into `directory` (a workdir) as tokenizer.*."""
-    directory = workdir_path(directory)
+    directory = workdir_lib.path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / 'tokenizer.model'
+    target = directory / workdir_lib.TOKENIZER_FILE
     self.model_path.copy(target, overwrite=True)
     record_path(self.model_path).copy(record_path(target), overwrite=True)
     return target
@@ -96,7 +96,7 @@ class Tokenizer:
 
 def record_path(model_path: str | Path) -> epath.Path:
   """The JSON beside a .model file that records its special ids and provenance."""
-  return workdir_path(model_path).with_suffix('.json')
+  return workdir_lib.path(model_path).with_suffix('.json')
 
 
 def read_record(model_path: str | Path) -> dict | None:

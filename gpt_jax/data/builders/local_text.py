@@ -16,9 +16,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from gpt_jax.data import warn
 from gpt_jax.data.builders import text_corpus
-from gpt_jax.errors import UserError
+from gpt_jax.errors import UserError, warn
 
 SUFFIXES = ('.txt', '.jsonl')
 

@@ -13,9 +13,7 @@ its final hidden state at `extract_index`, the position of `<e>`. `lm_mask`
 marks every real token after `<s>`, up to and including `<e>`: the tokens the
 auxiliary language-model loss predicts.
 
-Examples are plain dicts holding the text fields `FIELDS[kind]` and `label`: a
-class index, a float score (regression), or the index of the right choice; -1
-where a split has no labels.
+Examples are plain dicts (see gpt_jax.tasks.task).
 """
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,16 +24,7 @@ import numpy as np
 import optax
 
 from gpt_jax.errors import UserError
-
-KINDS = ('classification', 'entailment', 'similarity', 'multiple_choice')
-
-# The text fields of an example of each kind, in layout order.
-FIELDS = {
-    'classification': ('text',),
-    'entailment': ('premise', 'hypothesis'),
-    'similarity': ('text_a', 'text_b'),
-    'multiple_choice': ('context', 'choices'),  # choices: a list of strings
-}
+from gpt_jax.tasks.task import FIELDS, check_kind
 
 
 class Tokenizer(Protocol):
@@ -48,12 +37,6 @@ class Tokenizer(Protocol):
 
   def encode(self, text: str) -> list[int]:
     ...
-
-
-def check_kind(kind: str) -> str:
-  if kind not in KINDS:
-    raise UserError(f'unknown task kind {kind!r}; expected one of: {", ".join(KINDS)}')
-  return kind
 
 
 def share_budget(lengths: Sequence[int], budget: int) -> list[int]:

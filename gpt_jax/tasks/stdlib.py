@@ -51,7 +51,7 @@ from collections.abc import Callable, Sequence
 
 from gpt_jax.data.builders import stdlib_docs, text_corpus
 from gpt_jax.errors import UserError
-from gpt_jax.task_data import Task
+from gpt_jax.tasks.task import Task
 
 # Multi-module packages with many docstrings, in every CPython 3 (tkinter and
 # idlelib are separate packages on some systems; distutils left in 3.12).
@@ -340,16 +340,3 @@ def load_default_task(name: str, *, seed: int = 0, max_train_examples: int = -1,
   return Task(name=name, kind=spec.kind, labels=spec.labels, metrics=('accuracy',),
               train=splits['train'], validation={'validation': splits['validation']},
               test={'test': splits['test']})
-
-
-def majority_baseline(task: Task, split: str | None = None) -> float:
-  """Accuracy of always answering a validation split's most frequent label (or choice index).
-
-  `split` defaults to the task's first validation split. Any labelled class or
-  multiple-choice task, not only the default ones.
-  """
-  if task.regression:
-    raise UserError(f'{task.name} is a regression task: it has no majority class')
-  examples = task.validation[split or next(iter(task.validation))]
-  counts = collections.Counter(int(examples[i]['label']) for i in range(len(examples)))
-  return max(counts.values()) / len(examples)

@@ -5,7 +5,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as sk
 
-from gpt_jax import metrics
+from gpt_jax.tasks import metrics
 
 
 @pytest.mark.parametrize('seed', range(5))

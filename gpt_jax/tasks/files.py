@@ -23,10 +23,9 @@ import json
 import re
 from pathlib import Path
 
-from gpt_jax import metrics as metrics_lib
-from gpt_jax import tasks
 from gpt_jax.errors import UserError
-from gpt_jax.task_data import Task
+from gpt_jax.tasks.metrics import TASK_METRICS
+from gpt_jax.tasks.task import FIELDS, Task, check_kind
 
 _CHOICE_COLUMN = re.compile(r'choice_(\d+)')
 
@@ -65,7 +64,7 @@ def _text(row, field, where, kind):
   value = row.get(field)
   if not isinstance(value, str):
     raise UserError(f'{where}: field {field!r} is missing or not text; a {kind} example needs '
-                    f'{", ".join(tasks.FIELDS[kind])} and label (see gpt_jax/task_files.py)')
+                    f'{", ".join(FIELDS[kind])} and label (see gpt_jax/tasks/files.py)')
   return value
 
 
@@ -115,7 +114,7 @@ def load_local_task(kind: str, train: str, validation: str, test: str | None = N
 
   `metrics` defaults to ('pearson', 'spearman') for regression, else ('accuracy',).
   """
-  tasks.check_kind(kind)
+  check_kind(kind)
   classes = not regression and kind != 'multiple_choice'
   if regression and kind == 'multiple_choice':
     raise UserError('a multiple-choice task cannot be a regression')
@@ -123,9 +122,9 @@ def load_local_task(kind: str, train: str, validation: str, test: str | None = N
     raise UserError('labels only apply to class labels; regression and multiple-choice '
                     'tasks take numbers')
   metrics = tuple(metrics or (('pearson', 'spearman') if regression else ('accuracy',)))
-  unknown = [m for m in metrics if m not in metrics_lib.TASK_METRICS]
+  unknown = [m for m in metrics if m not in TASK_METRICS]
   if unknown:
-    raise UserError(f'unknown metric(s) {unknown}; known: {list(metrics_lib.TASK_METRICS)}')
+    raise UserError(f'unknown metric(s) {unknown}; known: {list(TASK_METRICS)}')
 
   files = {'train': train, 'validation': validation, 'test': test}
   rows = {split: _read_rows(path) for split, path in files.items() if path}
@@ -138,7 +137,7 @@ def load_local_task(kind: str, train: str, validation: str, test: str | None = N
     examples[split] = []
     for index, (where, row) in enumerate(split_rows):
       example = {field: _choices(row, where) if field == 'choices'
-                 else _text(row, field, where, kind) for field in tasks.FIELDS[kind]}
+                 else _text(row, field, where, kind) for field in FIELDS[kind]}
       if kind == 'multiple_choice':
         first_choices = first_choices or (where, len(example['choices']))
         if len(example['choices']) != first_choices[1]:

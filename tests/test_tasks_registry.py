@@ -14,9 +14,10 @@ import pytest
 import tensorflow_datasets as tfds
 from tensorflow_datasets.text import glue
 
-from gpt_jax import task_data, task_files, tasks
+from gpt_jax.tasks import batches, files, registry, transforms
+from gpt_jax.tasks.task import KINDS
 from gpt_jax.errors import UserError
-from test_tasks import DELIM, EXTRACT, PAD, START, FakeTokenizer
+from test_tasks_transforms import DELIM, EXTRACT, PAD, START, FakeTokenizer
 
 TOKENIZER = FakeTokenizer()
 MAX_LEN = 16
@@ -99,14 +100,14 @@ def _layout(*segments):
 
 
 def test_sst2_end_to_end(data_dir):
-  task = task_data.load_tfds_task('sst2', data_dir)
+  task = registry.load_tfds_task('sst2', data_dir)
   assert (task.kind, task.labels, task.num_outputs, task.metrics) == (
       'classification', ('negative', 'positive'), 2, ('accuracy',))
   assert task.submission_files == {'test': 'SST-2.tsv'}
   expected = {_layout(text): label for text, label in SST2_TRAIN}
 
   seen, truncated = [], 0
-  for batch in task_data.batches(task.train, task.kind, TOKENIZER, MAX_LEN, batch_size=5,
+  for batch in batches.batches(task.train, task.kind, TOKENIZER, MAX_LEN, batch_size=5,
                                  shuffle_seed=0, num_epochs=2):
     assert batch['tokens'].shape == (5, MAX_LEN) and batch['tokens'].dtype == np.int32
     assert batch['lm_mask'].shape == (5, MAX_LEN) and batch['extract_index'].shape == (5,)
@@ -118,21 +119,21 @@ def test_sst2_end_to_end(data_dir):
   assert seen[0] == seen[1] == sorted(expected)  # every example once per epoch
   assert truncated == 2  # the long review, once per epoch
 
-  batches = list(task_data.batches(task.validation['validation'], task.kind, TOKENIZER, MAX_LEN,
+  validation = list(batches.batches(task.validation['validation'], task.kind, TOKENIZER, MAX_LEN,
                                    batch_size=2, pad_last=True))
-  np.testing.assert_array_equal([b['valid'] for b in batches], [[1, 1], [1, 0]])
+  np.testing.assert_array_equal([b['valid'] for b in validation], [[1, 1], [1, 0]])
   test = task.test['test']
   assert sorted(example['index'] for example in test) == [0, 1]  # GLUE's idx, for submissions
   assert {example['label'] for example in test} == {-1}
 
 
 def test_mnli_end_to_end(data_dir):
-  task = task_data.load_tfds_task('mnli', data_dir)
+  task = registry.load_tfds_task('mnli', data_dir)
   assert task.kind == 'entailment' and task.labels == ('entailment', 'neutral', 'contradiction')
   assert list(task.validation) == ['validation_matched', 'validation_mismatched']
   assert list(task.test) == ['test_matched', 'test_mismatched']
   assert len(task.train) == 4 and len(task.validation['validation_matched']) == 1
-  (batch,) = task_data.batches(task.validation['validation_mismatched'], task.kind, TOKENIZER,
+  (batch,) = batches.batches(task.validation['validation_mismatched'], task.kind, TOKENIZER,
                                MAX_LEN, batch_size=3)
   expected = {_layout(p, h): task.labels.index(label) for p, h, label in MNLI_DEV_MISMATCHED}
   assert {tuple(t): int(l) for t, l in zip(batch['tokens'], batch['label'])} == expected
@@ -140,24 +141,24 @@ def test_mnli_end_to_end(data_dir):
 
 def test_shards_split_the_rows_and_agree_on_the_number_of_batches():
   examples = [{'text': str(10 + i), 'label': 0} for i in range(7)]
-  shards = [list(task_data.batches(examples, 'classification', TOKENIZER, MAX_LEN, batch_size=2,
+  shards = [list(batches.batches(examples, 'classification', TOKENIZER, MAX_LEN, batch_size=2,
                                    pad_last=True, shard=(i, 2))) for i in range(2)]
   assert len(shards[0]) == len(shards[1]) == 2  # 7 rows in global batches of 4
   seen = [int(tokens[1]) for shard in shards for batch in shard
           for tokens, valid in zip(batch['tokens'], batch['valid']) if valid]
   assert sorted(seen) == list(range(10, 17))
   with pytest.raises(UserError, match='7 examples make no batch of 8'):
-    next(task_data.batches(examples, 'classification', TOKENIZER, MAX_LEN, batch_size=4,
+    next(batches.batches(examples, 'classification', TOKENIZER, MAX_LEN, batch_size=4,
                            shuffle_seed=0, shard=(0, 2)))
 
 
 def test_snli_drops_unlabelled_pairs_and_rejects_an_empty_split(data_dir):
-  spec = task_data.TFDS_TASKS['snli']
+  spec = registry.TFDS_TASKS['snli']
   builder = tfds.builder('snli', data_dir=data_dir)
-  train = task_data.TfdsExamples(builder.as_data_source('train'), spec, 'snli train')
+  train = registry.TfdsExamples(builder.as_data_source('train'), spec, 'snli train')
   assert sorted(example['premise'] for example in train) == ['a b', 'f']
   with pytest.raises(UserError, match="'validation' holds no usable examples"):
-    task_data.load_tfds_task('snli', data_dir)  # its validation split is all '-'
+    registry.load_tfds_task('snli', data_dir)  # its validation split is all '-'
 
 
 def test_story_cloze_from_its_manual_download(tmp_path):
@@ -174,13 +175,13 @@ def test_story_cloze_from_its_manual_download(tmp_path):
   tfds.builder('story_cloze/2016', data_dir=str(tmp_path), file_format='array_record') \
       .download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
 
-  task = task_data.load_tfds_task('story_cloze', str(tmp_path))
+  task = registry.load_tfds_task('story_cloze', str(tmp_path))
   assert len(task.train) == 18 and len(task.validation['validation[90%:]']) == 2
   example = task.train[0]
   story = next(s for s in stories if example['context'].startswith(s[1]))
   assert example['context'] == ' '.join(story[1:5])
   assert example['label'] == story[7] - 1  # AnswerRightEnding counts from 1
-  (batch,) = task_data.batches(task.test['test'], task.kind, TOKENIZER, MAX_LEN, batch_size=4)
+  (batch,) = batches.batches(task.test['test'], task.kind, TOKENIZER, MAX_LEN, batch_size=4)
   assert batch['tokens'].shape == (4, 2, MAX_LEN) and batch['extract_index'].shape == (4, 2)
 
 
@@ -192,7 +193,7 @@ def test_race_record_becomes_one_example_per_question():
             'options': [np.array([b'Ann', b'Tom', b'Bob', b'Sue'], object),
                         np.array([b'dog', b'cow', b'rat', b'cat'], object)],
             'example_id': b'middle1.txt'}
-  examples = task_data.TFDS_TASKS['race_middle'].examples(record)
+  examples = registry.TFDS_TASKS['race_middle'].examples(record)
   assert examples == [
       {'context': 'Tom has a cat. Who has a cat?', 'choices': ['Ann', 'Tom', 'Bob', 'Sue'],
        'label': 1},
@@ -202,9 +203,9 @@ def test_race_record_becomes_one_example_per_question():
 
 def test_missing_or_unknown_tfds_tasks_are_user_errors(tmp_path):
   with pytest.raises(UserError, match='unknown task'):
-    task_data.load_tfds_task('glue/sst2', str(tmp_path))
+    registry.load_tfds_task('glue/sst2', str(tmp_path))
   with pytest.raises(UserError, match='not prepared.*tfds build glue/cola'):
-    task_data.load_tfds_task('cola', str(tmp_path))
+    registry.load_tfds_task('cola', str(tmp_path))
 
 
 # ---------------------------------------------------------------------------
@@ -239,11 +240,11 @@ def _write(path, rows):
 
 
 @pytest.mark.parametrize('suffix', ['.jsonl', '.csv'])
-@pytest.mark.parametrize('kind', tasks.KINDS)
+@pytest.mark.parametrize('kind', KINDS)
 def test_local_files_of_every_kind(tmp_path, kind, suffix):
   rows = LOCAL[kind]
   unlabelled = [{k: v for k, v in row.items() if k != 'label'} for row in rows]
-  task = task_files.load_local_task(
+  task = files.load_local_task(
       kind, _write(tmp_path / f'train{suffix}', rows), _write(tmp_path / f'dev{suffix}', rows),
       _write(tmp_path / f'test{suffix}', unlabelled))
   if kind == 'multiple_choice':
@@ -254,7 +255,7 @@ def test_local_files_of_every_kind(tmp_path, kind, suffix):
     assert [task.labels[e['label']] for e in task.validation['validation']] == [
         row['label'] for row in rows]
   assert [e['label'] for e in task.test['test']] == [-1, -1]
-  (batch,) = task_data.batches(task.train, kind, TOKENIZER, MAX_LEN, batch_size=2)
+  (batch,) = batches.batches(task.train, kind, TOKENIZER, MAX_LEN, batch_size=2)
   sequences = {'similarity': (2,), 'multiple_choice': (3,)}.get(kind, ())
   assert batch['tokens'].shape == (2, *sequences, MAX_LEN)
 
@@ -262,15 +263,15 @@ def test_local_files_of_every_kind(tmp_path, kind, suffix):
 def test_local_label_list_and_regression(tmp_path):
   rows = LOCAL['classification']
   train = _write(tmp_path / 'train.jsonl', rows)
-  task = task_files.load_local_task('classification', train, train, labels=('pos', 'neg'))
+  task = files.load_local_task('classification', train, train, labels=('pos', 'neg'))
   assert [e['label'] for e in task.train] == [0, 1]  # the given order, not sorted
   scores = [{'text_a': 'a', 'text_b': 'b', 'label': '4.5'}, {'text_a': 'c', 'text_b': 'd',
                                                              'label': 0.2}]
   path = _write(tmp_path / 'sts.csv', scores)
-  task = task_files.load_local_task('similarity', path, path, regression=True)
+  task = files.load_local_task('similarity', path, path, regression=True)
   assert [e['label'] for e in task.train] == [4.5, 0.2] and task.num_outputs == 1
   assert task.metrics == ('pearson', 'spearman')
-  batch, _ = tasks.encode_examples('similarity', task.train, TOKENIZER, MAX_LEN)
+  batch, _ = transforms.encode_examples('similarity', task.train, TOKENIZER, MAX_LEN)
   assert batch['label'].dtype == np.float32
 
 
@@ -286,7 +287,7 @@ def test_bad_local_files_name_the_file_line_and_value(tmp_path, dev_rows, match)
   dev = tmp_path / 'dev.jsonl'
   dev.write_text(''.join(json.dumps(row) + '\n' for row in dev_rows))
   with pytest.raises(UserError, match=match):
-    task_files.load_local_task('classification', train, str(dev))
+    files.load_local_task('classification', train, str(dev))
 
 
 def test_bad_multiple_choice_and_format_errors(tmp_path):
@@ -294,17 +295,17 @@ def test_bad_multiple_choice_and_format_errors(tmp_path):
   train = _write(tmp_path / 'train.jsonl', rows)
   bad = _write(tmp_path / 'bad.jsonl', [{'context': 'c', 'choices': ['a', 'b'], 'label': 0}])
   with pytest.raises(UserError, match='bad.jsonl:1: 2 choices, but .*train.jsonl:1 has 3'):
-    task_files.load_local_task('multiple_choice', train, bad)
+    files.load_local_task('multiple_choice', train, bad)
   bad = _write(tmp_path / 'bad.csv', [{'context': 'c', 'choices': ['a', 'b', 'c'], 'label': 3}])
   with pytest.raises(UserError, match=r'bad.csv:2: label .3. must be the index'):
-    task_files.load_local_task('multiple_choice', train, bad)
+    files.load_local_task('multiple_choice', train, bad)
   broken = tmp_path / 'broken.jsonl'
   broken.write_text('{"text": "a", "label": "pos"}\n{"text": \n')
   with pytest.raises(UserError, match='broken.jsonl:2: not valid JSON'):
-    task_files.load_local_task('classification', str(broken), str(broken))
+    files.load_local_task('classification', str(broken), str(broken))
   with pytest.raises(UserError, match='not found'):
-    task_files.load_local_task('classification', str(tmp_path / 'nope.csv'), train)
+    files.load_local_task('classification', str(tmp_path / 'nope.csv'), train)
   text = tmp_path / 'train.txt'
   text.write_text('text\n')
   with pytest.raises(UserError, match='unknown format'):
-    task_files.load_local_task('classification', str(text), train)
+    files.load_local_task('classification', str(text), train)

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import tasks
+from gpt_jax.tasks import transforms
+from gpt_jax.tasks.task import HEAD_LAYOUTS, KINDS
 from gpt_jax.data.tokenizer import train_tokenizer
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPTForTask, ModelConfig
@@ -29,7 +30,7 @@ class FakeTokenizer:
 
 
 def _encode(kind, max_len=8, **example):
-  return tasks.encode_example(kind, example, FakeTokenizer(), max_len)
+  return transforms.encode_example(kind, example, FakeTokenizer(), max_len)
 
 
 def test_classification_layout():
@@ -73,7 +74,7 @@ def test_multiple_choice_layout_has_one_sequence_per_choice():
     ([5, 5, 1], 7, [3, 3, 1]),
 ])
 def test_share_budget_cuts_the_longest_first(lengths, budget, expected):
-  assert tasks.share_budget(lengths, budget) == expected
+  assert transforms.share_budget(lengths, budget) == expected
 
 
 def test_truncation_keeps_special_tokens_and_is_counted():
@@ -96,16 +97,16 @@ def test_truncation_keeps_special_tokens_and_is_counted():
                                                 [START, 27, 28, 29, DELIM, 51, 52, EXTRACT]])
   assert out['truncated'] == 1
 
-  batch, truncated = tasks.encode_examples(
+  batch, truncated = transforms.encode_examples(
       'classification', [{'text': long}, {'text': '11'}, {'text': long}], FakeTokenizer(), 6)
   assert truncated == 2 and batch['tokens'].shape == (3, 6)
   np.testing.assert_array_equal(batch['tokens'][:, -1], [EXTRACT, PAD, EXTRACT])
 
 
 def test_the_project_tokenizer_fits_the_protocol(tmp_path):
-  tokenizer = train_tokenizer([tasks.__doc__, tasks.encode_example.__doc__], tmp_path / 't.model',
+  tokenizer = train_tokenizer([transforms.__doc__, transforms.encode_example.__doc__], tmp_path / 't.model',
                               vocab_size=400, max_bytes=10**6)
-  out = tasks.encode_example('entailment', {'premise': 'the cat sat', 'hypothesis': 'a cat'},
+  out = transforms.encode_example('entailment', {'premise': 'the cat sat', 'hypothesis': 'a cat'},
                              tokenizer, 24)
   premise, hypothesis = tokenizer.encode('the cat sat'), tokenizer.encode('a cat')
   expected = [tokenizer.start_id, *premise, tokenizer.delimiter_id, *hypothesis,
@@ -147,12 +148,12 @@ def _reference_lm_loss(lm_logits, tokens, lm_mask, valid):
 
 
 def _batch(kind, examples, max_len=12):
-  batch, _ = tasks.encode_examples(kind, examples, FakeTokenizer(), max_len)
+  batch, _ = transforms.encode_examples(kind, examples, FakeTokenizer(), max_len)
   return batch
 
 
 def _model_and_params(kind, num_outputs):
-  model = GPTForTask(_CONFIG, kind=kind, num_outputs=num_outputs)
+  model = GPTForTask(_CONFIG, HEAD_LAYOUTS[kind], num_outputs=num_outputs)
   shape = {'classification': (1, 12), 'multiple_choice': (1, 3, 12), 'similarity': (1, 2, 12)}
   params = model.init(jax.random.key(0), jnp.zeros(shape[kind], jnp.int32),
                       jnp.zeros(shape[kind][:-1], jnp.int32))['params']
@@ -171,10 +172,10 @@ def test_classification_loss_is_task_plus_half_lm_loss():
   task = np.average(-_log_softmax(task_logits)[np.arange(3), batch['label']], weights=valid)
   lm = _reference_lm_loss(lm_logits, batch['tokens'], batch['lm_mask'], valid)
 
-  loss, aux = tasks.finetune_loss_fn(model)(params, batch, None, True)
+  loss, aux = transforms.finetune_loss_fn(model)(params, batch, None, True)
   np.testing.assert_allclose(loss, task + 0.5 * lm, rtol=1e-5)
   np.testing.assert_allclose(aux['lm_loss'], lm, rtol=1e-5)
-  loss, aux = tasks.finetune_loss_fn(model, lm_coef=0.0)(params, batch, None, True)
+  loss, aux = transforms.finetune_loss_fn(model, lm_coef=0.0)(params, batch, None, True)
   np.testing.assert_allclose(loss, task, rtol=1e-5)
   assert 'lm_loss' not in aux
 
@@ -187,7 +188,7 @@ def test_multiple_choice_and_regression_losses():
   task_logits, lm_logits = model.apply({'params': params}, batch['tokens'], batch['extract_index'])
   task = -_log_softmax(task_logits)[np.arange(2), batch['label']].mean()
   lm = _reference_lm_loss(lm_logits, batch['tokens'], batch['lm_mask'], np.ones(2))
-  loss, _ = tasks.finetune_loss_fn(model, lm_coef=0.5)(params, batch, None, True)
+  loss, _ = transforms.finetune_loss_fn(model, lm_coef=0.5)(params, batch, None, True)
   np.testing.assert_allclose(loss, task + 0.5 * lm, rtol=1e-5)
 
   model, params = _model_and_params('similarity', 1)
@@ -196,7 +197,7 @@ def test_multiple_choice_and_regression_losses():
   task_logits, lm_logits = model.apply({'params': params}, batch['tokens'], batch['extract_index'])
   task = np.mean((np.asarray(task_logits, np.float64)[:, 0] - [4.5, 0.25])**2)
   lm = _reference_lm_loss(lm_logits, batch['tokens'], batch['lm_mask'], np.ones(2))
-  loss, aux = tasks.finetune_loss_fn(model, regression=True)(params, batch, None, True)
+  loss, aux = transforms.finetune_loss_fn(model, regression=True)(params, batch, None, True)
   np.testing.assert_allclose(aux['task_loss'], task, rtol=1e-5)
   np.testing.assert_allclose(loss, task + 0.5 * lm, rtol=1e-5)
 
@@ -204,11 +205,11 @@ def test_multiple_choice_and_regression_losses():
 def test_training_mode_uses_dropout_and_predictions():
   model, params = _model_and_params('classification', 2)
   batch = _batch('classification', [{'text': 'a b c', 'label': 0}, {'text': 'd e', 'label': 1}])
-  loss_fn = tasks.finetune_loss_fn(model)
+  loss_fn = transforms.finetune_loss_fn(model)
   eval_loss, _ = loss_fn(params, batch, None, True)
   train_loss, _ = loss_fn(params, batch, jax.random.key(1), False)
   assert abs(float(train_loss) - float(eval_loss)) > 1e-4
-  logits = tasks.predict_fn(model)(params, batch)
+  logits = transforms.predict_fn(model)(params, batch)
   assert logits.shape == (2, 2)
-  np.testing.assert_array_equal(tasks.predictions(logits, regression=False),
+  np.testing.assert_array_equal(transforms.predictions(logits, regression=False),
                                 np.argmax(logits, -1))

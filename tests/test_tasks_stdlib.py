@@ -20,22 +20,23 @@ import numpy as np
 import pytest
 import sklearn.dummy
 
-import gpt1
-from gpt_jax import default_tasks, task_data, tasks
+from gpt_jax.configs import gpt1
+from gpt_jax.tasks import load, registry, stdlib, transforms
+from gpt_jax.tasks import metrics as task_metrics
 from gpt_jax.config import load_config
 from gpt_jax.data.builders import stdlib_docs, text_corpus
 from gpt_jax.data.tokenizer import train_tokenizer
 from gpt_jax.errors import UserError
-from test_task_data import SST2_DEV, SST2_TRAIN, _prepare, _write_tsv
+from test_tasks_registry import SST2_DEV, SST2_TRAIN, _prepare, _write_tsv
 
-NAMES = tuple(default_tasks.DEFAULT_TASKS)
+NAMES = tuple(stdlib.DEFAULT_TASKS)
 SPLITS = ('train', 'validation', 'test')
 FINETUNE_CONFIGS = Path(__file__).resolve().parents[1] / 'configs' / 'finetune'
 
 
 @pytest.fixture(scope='module')
 def all_tasks():
-  return {name: default_tasks.load_default_task(name) for name in NAMES}
+  return {name: stdlib.load_default_task(name) for name in NAMES}
 
 
 def _splits(task):
@@ -73,7 +74,7 @@ def test_prose_runs_keep_sentences_that_follow_each_other():
                'Then they are frobnicated like integers.\n\n'
                '>>> frob(2.5)\n3\n\n'
                'Strings raise TypeError in every case.')
-  assert default_tasks.prose_runs(docstring) == (
+  assert stdlib.prose_runs(docstring) == (
       ('Return the frobnicated value of x.', 'It never fails on integers.'),
       ('Floats are rounded first, as the paper says.',),  # 'Short one.' (2 words) ends the run
       ('Then they are frobnicated like integers.',),  # the doctest is not prose: it ends the run
@@ -82,8 +83,8 @@ def test_prose_runs_keep_sentences_that_follow_each_other():
 
 def test_same_seed_same_examples_and_the_split_does_not_depend_on_it(all_tasks):
   for name in NAMES:
-    again = default_tasks.load_default_task(name, seed=0)
-    other = default_tasks.load_default_task(name, seed=1)
+    again = stdlib.load_default_task(name, seed=0)
+    other = stdlib.load_default_task(name, seed=1)
     modules = {split: set().union(*map(_modules, examples))
                for split, examples in _splits(all_tasks[name]).items()}
     for split, examples in _splits(all_tasks[name]).items():
@@ -97,8 +98,8 @@ def test_same_seed_same_examples_and_the_split_does_not_depend_on_it(all_tasks):
 
 _DIGEST = """
 import hashlib, json
-from gpt_jax import default_tasks
-task = default_tasks.load_default_task('stdlib_next_sentence')
+from gpt_jax.tasks import stdlib
+task = stdlib.load_default_task('stdlib_next_sentence')
 splits = [task.train, task.validation['validation'], task.test['test']]
 print(hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest())
 """
@@ -131,13 +132,13 @@ def test_splits_are_disjoint_by_module_and_share_no_text(all_tasks):
 
 def test_package_labels_come_from_the_files(all_tasks):
   task = all_tasks['stdlib_package']
-  assert task.kind == 'classification' and task.labels == default_tasks.PACKAGES
+  assert task.kind == 'classification' and task.labels == stdlib.PACKAGES
   for split, examples in _splits(task).items():
     for example in examples:
       module = example['source']['text']
       assert task.labels[example['label']] == module.split('/')[0]
       assert _in_module(example['text'], module)
-      assert len(example['text'].split()) <= default_tasks.MAX_WORDS
+      assert len(example['text'].split()) <= stdlib.MAX_WORDS
     counts = np.bincount([e['label'] for e in examples], minlength=len(task.labels))
     assert counts.min() > 0 and counts.max() <= 4 * counts.min(), (split, counts)  # balanced-ish
 
@@ -194,7 +195,7 @@ def test_sizes_caps_and_index(all_tasks):
     assert sizes['train'] >= 900 and min(sizes['validation'], sizes['test']) >= 100, (name, sizes)
     for examples in _splits(task).values():
       assert [e['index'] for e in examples] == list(range(len(examples)))
-    capped = default_tasks.load_default_task(name, max_train_examples=50, max_eval_examples=20)
+    capped = stdlib.load_default_task(name, max_train_examples=50, max_eval_examples=20)
     assert capped.train == [dict(e, index=i) for i, e in enumerate(task.train[:50])]
     assert len(capped.validation['validation']) == len(capped.test['test']) == 20
 
@@ -205,8 +206,8 @@ def test_majority_baseline_matches_sklearn(all_tasks):
     dummy = sklearn.dummy.DummyClassifier(strategy='most_frequent').fit(np.zeros((len(labels), 1)),
                                                                         labels)
     expected = dummy.score(np.zeros((len(labels), 1)), labels)
-    assert default_tasks.majority_baseline(task) == pytest.approx(expected)
-  assert default_tasks.majority_baseline(all_tasks['stdlib_continuation']) == 0.5
+    assert task_metrics.majority_baseline(task) == pytest.approx(expected)
+  assert task_metrics.majority_baseline(all_tasks['stdlib_continuation']) == 0.5
 
 
 def test_every_example_encodes_with_the_project_tokenizer(all_tasks, tmp_path):
@@ -215,17 +216,17 @@ def test_every_example_encodes_with_the_project_tokenizer(all_tasks, tmp_path):
   tokenizer = train_tokenizer(corpus, tmp_path / 'bpe.model', vocab_size=512, max_bytes=10**6)
   for name, task in all_tasks.items():
     examples = task.validation['validation']
-    batch, _ = tasks.encode_examples(task.kind, examples, tokenizer, max_len=128)
+    batch, _ = transforms.encode_examples(task.kind, examples, tokenizer, max_len=128)
     sequences = {'similarity': (2,), 'multiple_choice': (4,)}.get(task.kind, ())
     assert batch['tokens'].shape == (len(examples), *sequences, 128)
     np.testing.assert_array_equal(batch['label'], [e['label'] for e in examples])
     extract = np.take_along_axis(batch['tokens'], batch['extract_index'][..., None], -1)
     assert (extract == tokenizer.extract_id).all()
     # Texts are capped at MAX_WORDS words: even this small vocabulary fits them in 256 tokens.
-    assert tasks.encode_examples(task.kind, examples, tokenizer, max_len=256)[1] <= \
+    assert transforms.encode_examples(task.kind, examples, tokenizer, max_len=256)[1] <= \
         0.02 * len(examples), name
   first = all_tasks['stdlib_continuation'].validation['validation'][0]
-  out = tasks.encode_example('entailment', first, tokenizer, 128)
+  out = transforms.encode_example('entailment', first, tokenizer, 128)
   ids = [tokenizer.start_id, *tokenizer.encode(first['premise']), tokenizer.delimiter_id,
          *tokenizer.encode(first['hypothesis']), tokenizer.extract_id]
   np.testing.assert_array_equal(out['tokens'][:len(ids)], ids)
@@ -233,9 +234,9 @@ def test_every_example_encodes_with_the_project_tokenizer(all_tasks, tmp_path):
 
 def test_unknown_default_task_and_empty_split():
   with pytest.raises(UserError, match='unknown default task'):
-    default_tasks.load_default_task('stdlib_nope')
+    stdlib.load_default_task('stdlib_nope')
   with pytest.raises(UserError, match='no validation examples'):
-    default_tasks.load_default_task('stdlib_package', max_eval_examples=0)
+    stdlib.load_default_task('stdlib_package', max_eval_examples=0)
 
 
 # ---------------------------------------------------------------------------
@@ -257,7 +258,7 @@ def test_load_task_reads_a_registry_task_by_either_name(tmp_path):
                   split='train' if split == 'train' else 'dev')
       for split, rows in (('train', SST2_TRAIN), ('validation', SST2_DEV), ('test', SST2_DEV))})
   for name in ('sst2', 'glue/sst2'):
-    task = task_data.load_task(_task_config(name, data_dir=str(tmp_path)))
+    task = load.load_task(_task_config(name, data_dir=str(tmp_path)))
     assert task.name == 'sst2' and task.labels == ('negative', 'positive')
     validation = task.validation['validation']
     assert sorted((e['text'], e['label']) for e in validation) == sorted(SST2_DEV)
@@ -271,35 +272,35 @@ def test_load_task_reads_local_files(tmp_path):
   config = load_config(str(FINETUNE_CONFIGS / 'local.py'), [
       'task.kind=entailment', f'task.train={path}', f'task.validation={path}',
       'task.labels=yes, no'])
-  task = task_data.load_task(config.task)
+  task = load.load_task(config.task)
   assert task.kind == 'entailment' and task.labels == ('yes', 'no')  # the config's order
   assert [(e['premise'], e['label']) for e in task.train] == [('a b', 0), ('d', 1)]
   assert task.test == {}
   with pytest.raises(UserError, match='task.name=local needs task.train, task.validation'):
-    task_data.load_task(load_config(str(FINETUNE_CONFIGS / 'local.py')).task)
+    load.load_task(load_config(str(FINETUNE_CONFIGS / 'local.py')).task)
 
 
 def test_load_task_builds_a_default_task(all_tasks):
   config = load_config(str(FINETUNE_CONFIGS / 'stdlib_same_module.py'),
                        ['task.max_train_examples=11', 'task.max_eval_examples=7', 'task.seed=0'])
-  task = task_data.load_task(config.task)
+  task = load.load_task(config.task)
   expected = all_tasks['stdlib_same_module']
   assert task.train == expected.train[:11]
   assert task.test['test'] == expected.test['test'][:7]
   # From the base config, without the default tasks' own fields: their defaults.
-  assert task_data.load_task(_task_config('stdlib_package')).train == \
+  assert load.load_task(_task_config('stdlib_package')).train == \
       all_tasks['stdlib_package'].train
 
 
 def test_load_task_names_every_option_for_an_unknown_name():
   with pytest.raises(UserError, match="unknown task.name 'sst3'.*sst2.*stdlib_package.*local"):
-    task_data.load_task(_task_config('sst3'))
+    load.load_task(_task_config('sst3'))
 
 
 def test_every_finetune_config_loads_with_the_paper_recipe():
-  paths = sorted(FINETUNE_CONFIGS.glob('*.py'))
+  paths = sorted(p for p in FINETUNE_CONFIGS.glob('*.py') if p.stem != '__init__')
   names = {path.stem for path in paths}
-  assert names >= {'base', 'local', *task_data.TFDS_TASKS, *default_tasks.DEFAULT_TASKS}
+  assert names >= {'base', 'local', *registry.TFDS_TASKS, *stdlib.DEFAULT_TASKS}
   pretraining = gpt1.get_config()
   for path in paths:
     config = load_config(str(path))
@@ -314,7 +315,7 @@ def test_every_finetune_config_loads_with_the_paper_recipe():
     assert config.model.to_dict() == pretraining.model.to_dict()
     if path.stem not in ('base', 'local'):
       assert config.task.name == path.stem
-    spec = task_data.TFDS_TASKS.get(config.task.name)
+    spec = registry.TFDS_TASKS.get(config.task.name)
     assert config.task.regression == (spec is not None and spec.regression)
   assert load_config(str(FINETUNE_CONFIGS / 'stsb.py')).task.regression
   assert load_config('finetune/sst2', ['task.max_len=64']).task.max_len == 64  # by shipped name

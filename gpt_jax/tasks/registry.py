@@ -1,10 +1,7 @@
-"""Fine-tuning data: the paper's tasks through TFDS, and batches for a fine-tuning loop.
+"""The paper's fine-tuning tasks as TFDS datasets: the registry and its loader.
 
-A `Task` says what a run needs to know about its data: the transformation
-(`kind`), the label names, the metrics, and random-access sources of examples
-(dicts as `gpt_jax.tasks` expects) for its train, validation and test splits.
-`load_tfds_task` builds one from the registry below; `task_files.load_local_task`
-from the user's JSONL / CSV files.
+`load_tfds_task` builds a Task (gpt_jax.tasks.task) whose splits read their
+examples at random from the prepared dataset.
 
 TFDS datasets are read through array_record data sources, without TensorFlow.
 Prepare one once (it is never downloaded at run time):
@@ -28,36 +25,13 @@ with TensorFlow installed: `pip install tensorflow` for `tfds build race/high`.
 """
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-import grain
-import numpy as np
 import tensorflow_datasets as tfds
 import tensorflow_datasets.text  # noqa: F401  registers the legacy builders, among them 'glue'
 
-from gpt_jax import tasks
 from gpt_jax.errors import UserError
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-  """A fine-tuning task's data and how to score it."""
-
-  name: str
-  kind: str  # one of tasks.KINDS
-  labels: tuple[str, ...] | None  # class names (label i is labels[i]); None: regression or choices
-  metrics: tuple[str, ...]  # keys of metrics.TASK_METRICS; the first one selects checkpoints
-  train: Sequence[dict]
-  validation: Mapping[str, Sequence[dict]]  # scored every epoch; MNLI has matched + mismatched
-  test: Mapping[str, Sequence[dict]]  # labels may be -1 (unlabelled)
-  regression: bool = False
-  # GLUE test split -> the file name its predictions go to in a GLUE submission
-  submission_files: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-  @property
-  def num_outputs(self) -> int:
-    """Outputs of the linear head: one per class, or 1 for a score / a choice."""
-    return 1 if self.regression or self.labels is None else len(self.labels)
+from gpt_jax.tasks.task import Task
 
 
 # ---------------------------------------------------------------------------
@@ -199,7 +173,7 @@ def load_tfds_task(name: str, data_dir: str | None = None) -> Task:
   """The registry's task `name` (a key of TFDS_TASKS), read from `data_dir`."""
   if name not in TFDS_TASKS:
     raise UserError(f'unknown task {name!r}; the registry has: {", ".join(TFDS_TASKS)} '
-                    '(or fine-tune on your own files, see gpt_jax.task_files)')
+                    '(or fine-tune on your own files, see gpt_jax.tasks.files)')
   spec = TFDS_TASKS[name]
   try:
     builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
@@ -208,7 +182,7 @@ def load_tfds_task(name: str, data_dir: str | None = None) -> Task:
   if not builder.is_prepared():
     raise UserError(f'TFDS dataset {spec.tfds_name} is not prepared in {builder.data_dir}; run '
                     f'`tfds build {spec.tfds_name} --data_dir={data_dir} '
-                    '--file_format=array_record` (see gpt_jax/task_data.py)')
+                    '--file_format=array_record` (see gpt_jax/tasks/registry.py)')
   if spec.labels is not None and tuple(builder.info.features['label'].names) != spec.labels:
     raise UserError(f'{spec.tfds_name} labels are {builder.info.features["label"].names}, '
                     f'but the task registry expects {list(spec.labels)}: the dataset was '
@@ -230,77 +204,5 @@ def load_tfds_task(name: str, data_dir: str | None = None) -> Task:
 
 
 # Registry keys by their TFDS names too: 'glue/sst2' is 'sst2', 'sci_tail' is 'scitail'.
-_REGISTRY_NAMES = {**{spec.tfds_name: name for name, spec in TFDS_TASKS.items()},
-                   **{name: name for name in TFDS_TASKS}}
-
-
-def load_task(task_config) -> Task:
-  """The task a config's `task` section names (fields: configs/finetune/base.py).
-
-  task.name is a registry task ('sst2' or 'glue/sst2', read from task.data_dir),
-  'local' (the user's files: task.kind, train, validation, test, labels,
-  regression; see gpt_jax/task_files.py), or an offline default task
-  (gpt_jax/default_tasks.py; optional task.seed and task.max_eval_examples).
-  """
-  # Imported here: both modules build on this one's Task.
-  from gpt_jax import default_tasks, task_files
-
-  name = task_config.name
-  if name == 'local':
-    missing = [field for field in ('kind', 'train', 'validation') if not task_config[field]]
-    if missing:
-      raise UserError(f'task.name=local needs task.{", task.".join(missing)}: the task kind and '
-                      'the files of each split (see configs/finetune/local.py)')
-    labels = tuple(label.strip() for label in task_config.labels.split(',')
-                   ) if task_config.labels else None
-    return task_files.load_local_task(
-        task_config.kind, task_config.train, task_config.validation, task_config.test or None,
-        labels=labels, regression=task_config.regression)
-  if name in default_tasks.DEFAULT_TASKS:
-    return default_tasks.load_default_task(
-        name, seed=task_config.get('seed', 0), max_train_examples=task_config.max_train_examples,
-        max_eval_examples=task_config.get('max_eval_examples', -1))
-  if name in _REGISTRY_NAMES:
-    return load_tfds_task(_REGISTRY_NAMES[name], task_config.data_dir or None)
-  raise UserError(f'unknown task.name {name!r}; use a registry task ({", ".join(TFDS_TASKS)}), '
-                  f'an offline default task ({", ".join(default_tasks.DEFAULT_TASKS)}) '
-                  'or local (your own files)')
-
-
-# ---------------------------------------------------------------------------
-# Batches for the fine-tuning loop.
-
-
-def batches(examples: Sequence[dict], kind: str, tokenizer: tasks.Tokenizer, max_len: int,
-            batch_size: int, *, shuffle_seed: int | None = None, num_epochs: int = 1,
-            pad_last: bool = False, shard: tuple[int, int] = (0, 1)
-            ) -> Iterator[dict[str, np.ndarray]]:
-  """This process's batches of encoded examples (tasks.encode_example), as dicts of arrays.
-
-  Training: pass `shuffle_seed` (a fresh order every epoch); the rows that do
-  not fill a last global batch are dropped. Evaluation: `pad_last=True` keeps
-  every example and fills the last batch with copies whose `valid` is 0.
-  Multi-host: `shard=(jax.process_index(), jax.process_count())` and the
-  per-process `batch_size`; every process then yields the same number of
-  batches. Sum `batch['truncated']` to report how many examples were cut.
-  """
-  kind = tasks.check_kind(kind)
-  index, count = shard
-  dataset = grain.MapDataset.source(examples)
-  if shuffle_seed is not None:
-    dataset = dataset.shuffle(seed=shuffle_seed)
-  dataset = dataset.repeat(num_epochs)
-  global_batch = batch_size * count
-  num_batches = -(-len(dataset) // global_batch) if pad_last else len(dataset) // global_batch
-  if not num_batches:
-    raise UserError(f'{len(examples)} examples make no batch of {global_batch}; '
-                    'lower the batch size or add examples')
-  positions = range(index, num_batches * global_batch, count)  # this process's rows
-  for start in range(0, len(positions), batch_size):
-    encoded = []
-    for position in positions[start:start + batch_size]:
-      example = tasks.encode_example(kind, dataset[position % len(dataset)], tokenizer, max_len)
-      if position >= len(dataset):  # padding of the last batch
-        example.update(valid=np.int32(0), truncated=np.int32(0))
-      encoded.append(example)
-    yield {key: np.stack([example[key] for example in encoded]) for key in encoded[0]}
+REGISTRY_NAMES = {**{spec.tfds_name: name for name, spec in TFDS_TASKS.items()},
+                  **{name: name for name in TFDS_TASKS}}

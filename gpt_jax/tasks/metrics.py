@@ -1,64 +1,16 @@
-"""Model FLOPs, hardware peaks and utilisation (MFU); fine-tuning task metrics."""
+"""Task metrics and the majority-class baseline.
 
-import time
+Metrics are functions of (predictions, labels) on the host, in float64. Where a
+metric is undefined (a constant input), it is 0, as scikit-learn reports for
+Matthews correlation.
+"""
 
-import jax
-import jax.numpy as jnp
+import collections
+
 import numpy as np
 
-# Dense bf16 peak FLOP/s per chip, from the vendors' data sheets.
-_PEAK_FLOPS = {
-    'TPU v4': 275e12,
-    'TPU v5 lite': 197e12,  # v5e
-    'TPU v5e': 197e12,
-    'TPU v5p': 459e12,
-    'TPU v5': 459e12,
-    'TPU v6 lite': 918e12,  # v6e (Trillium)
-    'NVIDIA H100': 989e12,
-    'NVIDIA H200': 989e12,
-    'NVIDIA A100': 312e12,
-}
-
-
-def train_flops_per_token(model_config, seq_len: int) -> float:
-  """Model FLOPs of one training token: 3 x (2 x matmul parameters + attention).
-
-  Counts the forward pass's matrix multiplies (projections, MLP, the tied
-  output layer and the two attention products over the full square, as in the
-  PaLM paper's MFU definition) and triples it for the backward pass.
-  Embedding look-ups, LayerNorms and softmax are not counted.
-  """
-  d, layers = model_config.n_embd, model_config.n_layer
-  matmul_params = layers * (4 * d * d + 2 * d * model_config.d_ff) + d * model_config.vocab_size
-  attention = layers * 2 * 2 * seq_len * d
-  return 3.0 * (2.0 * matmul_params + attention)
-
-
-def measure_matmul_peak(dtype=jnp.float32, size: int = 2048, repeats: int = 5) -> float:
-  """Best FLOP/s of a square matmul on the default device (the CPU's practical peak)."""
-  a = jnp.ones((size, size), dtype)
-  matmul = jax.jit(lambda x, y: x @ y)
-  matmul(a, a).block_until_ready()
-  best = float('inf')
-  for _ in range(repeats):
-    start = time.perf_counter()
-    matmul(a, a).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2 * size**3 / best
-
-
-def peak_flops_per_device(dtype=jnp.float32) -> tuple[float, str]:
-  """(peak FLOP/s of one device, where the number came from)."""
-  kind = jax.devices()[0].device_kind
-  for name, peak in _PEAK_FLOPS.items():
-    if kind.startswith(name):
-      return peak, f'{kind} data sheet'
-  return measure_matmul_peak(dtype), f'measured {jnp.dtype(dtype).name} matmul on {kind}'
-
-
-# Fine-tuning task metrics: functions of (predictions, labels) on the host, in
-# float64. Where a metric is undefined (a constant input), it is 0, as
-# scikit-learn reports for Matthews correlation.
+from gpt_jax.errors import UserError
+from gpt_jax.tasks.task import Task
 
 
 def accuracy(predictions, labels) -> float:
@@ -117,3 +69,18 @@ TASK_METRICS = {
 def task_metrics(names, predictions, labels) -> dict[str, float]:
   """{name: value} for the metric `names` (keys of TASK_METRICS) of one task."""
   return {name: TASK_METRICS[name](predictions, labels) for name in names}
+
+
+def majority_baseline(task: Task, split: str | None = None) -> float:
+  """Accuracy of always answering a labelled split's most frequent label (or choice index).
+
+  `split` names a validation or test split; it defaults to the task's first
+  validation split. Any labelled class or multiple-choice task, not only the
+  default ones.
+  """
+  if task.regression:
+    raise UserError(f'{task.name} is a regression task: it has no majority class')
+  split = split or next(iter(task.validation))
+  examples = {**task.test, **task.validation}[split]
+  counts = collections.Counter(int(examples[i]['label']) for i in range(len(examples)))
+  return max(counts.values()) / len(examples)

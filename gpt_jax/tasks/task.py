@@ -1,0 +1,73 @@
+"""The Task type: a fine-tuning task's examples, its kind and how it is scored.
+
+Examples are plain dicts holding the text fields `FIELDS[kind]`, `label` (a
+class index, a float score for regression, or the index of the right choice;
+-1 where a split has no labels) and `index` (the example's id in its split, as a
+GLUE submission numbers it).
+"""
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from gpt_jax.errors import UserError
+
+KINDS = ('classification', 'entailment', 'similarity', 'multiple_choice')
+
+# The text fields of an example of each kind, in layout order.
+FIELDS = {
+    'classification': ('text',),
+    'entailment': ('premise', 'hypothesis'),
+    'similarity': ('text_a', 'text_b'),
+    'multiple_choice': ('context', 'choices'),  # choices: a list of strings
+}
+
+# How the model's task head reads each kind's sequences (see model.GPTForTask).
+HEAD_LAYOUTS = {
+    'classification': 'single',
+    'entailment': 'single',
+    'similarity': 'pair_sum',
+    'multiple_choice': 'choices',
+}
+
+
+def check_kind(kind: str) -> str:
+  if kind not in KINDS:
+    raise UserError(f'unknown task kind {kind!r}; expected one of: {", ".join(KINDS)}')
+  return kind
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """A fine-tuning task's data and how to score it."""
+
+  name: str
+  kind: str  # one of KINDS
+  labels: tuple[str, ...] | None  # class names (label i is labels[i]); None: regression or choices
+  metrics: tuple[str, ...]  # keys of tasks.metrics.TASK_METRICS; the first selects checkpoints
+  train: Sequence[dict]
+  validation: Mapping[str, Sequence[dict]]  # scored every epoch; MNLI has matched + mismatched
+  test: Mapping[str, Sequence[dict]]  # labels may be -1 (unlabelled)
+  regression: bool = False
+  # GLUE test split -> the file name its predictions go to in a GLUE submission
+  submission_files: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+  @property
+  def num_outputs(self) -> int:
+    """Outputs of the linear head: one per class, or 1 for a score / a choice."""
+    return 1 if self.regression or self.labels is None else len(self.labels)
+
+  @property
+  def head_layout(self) -> str:
+    return HEAD_LAYOUTS[self.kind]
+
+  def sequences_per_example(self) -> tuple[int, ...]:
+    """The example axes of the model input: () one sequence, (2,) both orders, (n,) choices."""
+    if self.kind == 'similarity':
+      return (2,)
+    if self.kind == 'multiple_choice':
+      return (len(self.train[0]['choices']),)
+    return ()
+
+  def input_shape(self, batch_size: int, max_len: int) -> tuple[int, ...]:
+    """Shape of a batch of token sequences for this task's model."""
+    return (batch_size, *self.sequences_per_example(), max_len)

@@ -1,0 +1,111 @@
+"""One loader for every source of weights: -> (params, ModelConfig, tokenizer).
+
+A source is a directory of one of these kinds, told apart by the files it holds:
+  * a gpt_jax pretraining or fine-tuning workdir (checkpoints/ + tokenizer.model):
+    its newest readable checkpoint's decoder (a task head is dropped);
+  * a Hugging Face openai-gpt directory (config.json + model.safetensors or
+    pytorch_model.bin), e.g. written by `gpt-jax export`;
+  * OpenAI's original release (params_shapes.json + params_0.npy ... params_9.npy).
+
+Fine-tuning, sampling and export all load through `load_weights`, so each kind
+is recognised, and its model shape derived, in exactly one place.
+"""
+
+import dataclasses
+
+import jax
+
+from gpt_jax import hf, workdir as workdir_lib
+from gpt_jax.data.tokenizer import Tokenizer
+from gpt_jax.errors import UserError
+from gpt_jax.model import ModelConfig, add_token_rows
+
+
+@dataclasses.dataclass
+class Weights:
+  """A decoder's parameters (host arrays), its shape, and the tokenizer its ids belong to."""
+
+  params: dict
+  model_config: ModelConfig
+  tokenizer: Tokenizer | None
+  source: str  # what they were read from, for logs and summaries
+
+
+def source_kind(directory) -> str:
+  """'hf', 'openai' or 'workdir': which kind of weights `directory` holds."""
+  if (directory / hf.CONFIG_FILE).is_file():
+    return 'hf'
+  if (directory / 'params_shapes.json').is_file():
+    return 'openai'
+  if (directory / workdir_lib.CHECKPOINTS_DIR).is_dir():
+    return 'workdir'
+  raise UserError(f'{directory} holds no weights gpt_jax can read: expected a gpt_jax workdir '
+                  f'({workdir_lib.CHECKPOINTS_DIR}/), a Hugging Face openai-gpt directory '
+                  f'({hf.CONFIG_FILE} + weights) or OpenAI\'s release (params_shapes.json + '
+                  'params_*.npy)')
+
+
+def config_from_params(params) -> ModelConfig:
+  """The decoder's sizes, read off its parameter shapes.
+
+  Not from a stored config: a fine-tuning run takes its model shape from the
+  weights it started from and adds fine-tuning tokens to the vocabulary, so
+  its config's model section need not match.
+  """
+  vocab_size, n_embd = params['tokens_embed']['embedding'].shape
+  block = params['h_0']
+  return ModelConfig(
+      vocab_size=vocab_size, n_ctx=params['positions_embed']['embedding'].shape[0],
+      n_embd=n_embd, n_layer=sum(name.startswith('h_') for name in params),
+      n_head=block['attn']['c_attn']['kernel'].shape[2],
+      d_ff=block['mlp']['c_fc']['kernel'].shape[1])
+
+
+def _read(directory, kind: str) -> tuple[dict, ModelConfig]:
+  if kind == 'hf':
+    return hf.load_hf_dir(directory)
+  if kind == 'openai':
+    return hf.load_openai_release(directory)
+  from gpt_jax import checkpoint  # orbax: only needed for workdirs
+
+  params = checkpoint.load_params(directory)
+  params = params.get('transformer', params)  # fine-tuning: {'transformer', 'classifier'}
+  return params, config_from_params(params)
+
+
+def load_weights(source, *, tokenizer_required: bool = True, flag: str = 'source') -> Weights:
+  """The decoder weights, shape and tokenizer held by `source` (see the module docstring).
+
+  `flag` names where the user gave `source` (e.g. 'finetune.init'), for errors.
+  """
+  directory = workdir_lib.path(source)  # a workdir may be in a bucket
+  if not directory.is_dir():
+    raise UserError(f'{flag}={source} is not a directory: pass a gpt_jax workdir, a Hugging '
+                    'Face openai-gpt directory or OpenAI\'s GPT release')
+  kind = source_kind(directory)
+  tokenizer_file = directory / workdir_lib.TOKENIZER_FILE
+  tokenizer = Tokenizer(tokenizer_file) if tokenizer_file.is_file() else None
+  if tokenizer is None and tokenizer_required:
+    raise UserError(f'{directory} has no {workdir_lib.TOKENIZER_FILE}: the tokenizer the model '
+                    'was trained with is needed to read text (gpt-jax writes it into every '
+                    'workdir and export)')
+  params, model_config = _read(directory, kind)
+  described = {'hf': 'Hugging Face weights', 'openai': "OpenAI's released weights",
+               'workdir': 'checkpoint'}[kind]
+  return Weights(params, model_config, tokenizer, f'{described} in {directory}')
+
+
+def with_token_ids(weights: Weights, token_ids, seed: int) -> Weights:
+  """`weights` grown so every id in `token_ids` has an embedding row.
+
+  For weights whose vocabulary lacks the fine-tuning tokens <s>, $ and <e>
+  (e.g. OpenAI's 40,478 tokens): they get new N(0, 0.02) rows after the
+  vocabulary, as in the paper.
+  """
+  needed = max(token_ids) + 1
+  if needed <= weights.model_config.vocab_size:
+    return weights
+  params = add_token_rows(weights.params, needed - weights.model_config.vocab_size,
+                          jax.random.key(seed))
+  return dataclasses.replace(weights, params=params, model_config=dataclasses.replace(
+      weights.model_config, vocab_size=needed))
