@@ -6,16 +6,18 @@ scaling by 1/sqrt(head_dim):
 
 - 'xla' (the reference): the einsums, mask, softmax and attention-probability
   dropout written out in jax.numpy. Runs everywhere.
-- 'dot_product_attention': jax.nn.dot_product_attention, which picks cuDNN's
-  fused flash-attention kernel on NVIDIA GPUs where it applies (bfloat16 /
-  float16) and XLA's attention elsewhere.
+- 'dot_product_attention': jax.nn.dot_product_attention, asked for cuDNN's
+  fused flash-attention kernel when compiling for an NVIDIA GPU in bfloat16 or
+  float16 (what cuDNN supports; JAX's own default is XLA on every backend),
+  and for XLA's attention elsewhere.
 - 'splash': the Pallas splash-attention kernel for TPUs (causal mask, blocks
   of 128), never materialising the (length, length) scores.
 
 The fused kernels have no attention-probability dropout: training them with
 model.attn_pdrop > 0 is refused. Decoding through the key/value cache passes
-an explicit mask; splash, whose blocks do not fit one query against a cache,
-decodes with 'xla' (decoding reads the cache once per token either way).
+an explicit mask; there the fused kernels give way to XLA (splash's blocks
+do not fit one query against a cache, and cuDNN's fully masked padding rows
+are not defined), which reads the cache once per token either way.
 """
 
 import functools
@@ -54,7 +56,10 @@ def attend(implementation: str, query, key, value, mask=None,
     raise UserError(f'model.attention={implementation!r} has no attention-probability dropout; '
                     'set model.attn_pdrop=0 or use model.attention=xla')
   if implementation == 'dot_product_attention':
-    return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=mask is None)
+    use_cudnn = (mask is None and _target_platform() in ('gpu', 'cuda')
+                 and query.dtype in (jnp.bfloat16, jnp.float16))
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=mask is None,
+                                        implementation='cudnn' if use_cudnn else 'xla')
   if mask is not None:
     return xla_attention(query, key, value, mask, None)
   return splash_attention(query, key, value)
@@ -71,6 +76,13 @@ def xla_attention(query, key, value, mask=None, dropout: Callable | None = None)
   if dropout is not None:
     probs = dropout(probs)
   return jnp.einsum('bhqk,bkhd->bqhd', probs, value)
+
+
+def _target_platform() -> str:
+  """The platform being compiled for: the mesh's devices' (a TPU slice in a dry run from a CPU
+  host) when a mesh is set, else JAX's default backend."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return jax.default_backend() if mesh.empty else mesh.abstract_device.platform
 
 
 def _splash_per_shard(query, key, value):
@@ -101,10 +113,9 @@ def splash_attention(query, key, value):
   model.apply) nothing is known yet, and Pallas refuses to lower for a CPU.
   """
   mesh = jax.sharding.get_abstract_mesh()
-  if not mesh.empty and mesh.abstract_device.platform != 'tpu':
+  if not mesh.empty and _target_platform() != 'tpu':
     raise UserError(f"model.attention='splash' is a TPU kernel and this program compiles for "
-                    f'{mesh.abstract_device.platform}; use model.attention=xla or '
-                    'dot_product_attention')
+                    f'{_target_platform()}; use model.attention=xla or dot_product_attention')
   length = query.shape[1]
   if length % SPLASH_BLOCK:
     raise UserError(f"model.attention='splash' needs a sequence length that is a multiple of "
