@@ -49,9 +49,9 @@ def _matmul_peak_torch(torch, device, dtype, size=2048, repeats=5):
   return 2 * size**3 / best
 
 
-def jax_worker(spec, conn):
+def make_jax_step(spec):
+  """(step, trainer): step() runs one gpt_jax training step and returns its metrics, unwaited."""
   import jax
-  import jax.numpy as jnp
   import ml_collections
   import numpy as np
 
@@ -68,23 +68,40 @@ def jax_worker(spec, conn):
   rows = np.random.default_rng(0).integers(
       0, model_config.vocab_size, (spec['batch'], spec['seq_len'] + 1)).astype(np.int32)
   batch = sharding.global_batch(rows, mesh)
+
+  def step():
+    nonlocal state
+    state, step_metrics = trainer.train_step(state, batch)
+    return step_metrics
+
+  return step, trainer
+
+
+def jax_worker(spec, conn):
+  import jax
+  import jax.numpy as jnp
+
+  from gpt_jax import metrics
+
+  step, _ = make_jax_step(spec)
   start = time.perf_counter()
-  state, step_metrics = trainer.train_step(state, batch)
-  jax.block_until_ready(step_metrics)
+  step_metrics = jax.block_until_ready(step())
   conn.send({'compile_s': time.perf_counter() - start,
              'matmul_peak': flops.measure_matmul_peak(jnp.float32),
              'device': jax.devices()[0].device_kind})
   while (message := conn.recv()) != 'stop':
     start = time.perf_counter()
     for _ in range(message):
-      state, step_metrics = trainer.train_step(state, batch)
+      step_metrics = step()
     jax.block_until_ready(step_metrics)
     conn.send(time.perf_counter() - start)
   conn.send({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
              'loss': float(step_metrics['loss'])})
 
 
-def torch_worker(spec, conn):
+def make_torch_step(spec):
+  """(step, model): step() runs one PyTorch training step of Hugging Face's
+  OpenAIGPTLMHeadModel and returns the loss."""
   import torch
   import transformers
 
@@ -124,6 +141,14 @@ def torch_worker(spec, conn):
     optimizer.zero_grad(set_to_none=True)
     return loss
 
+  return step, model
+
+
+def torch_worker(spec, conn):
+  import torch
+
+  step, _ = make_torch_step(spec)
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
   start = time.perf_counter()
   loss = step().item()
   conn.send({'compile_s': time.perf_counter() - start,

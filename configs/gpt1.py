@@ -23,6 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
       dtype='float32',  # compute dtype; 'bfloat16' on TPU / GPU
       param_dtype='float32',
       remat=False,
+      # 'xla' (the reference), 'dot_product_attention' (cuDNN flash attention on NVIDIA
+      # GPUs) or 'splash' (Pallas, TPU); the last two need attn_pdrop=0 to train
+      attention='xla',
   ))
 
   config.optim = ml_collections.ConfigDict(dict(

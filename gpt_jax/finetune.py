@@ -55,7 +55,7 @@ def load_init(config) -> Weights:
   model_config = dataclasses.replace(
       weights.model_config, dtype=config.model.dtype, remat=config.model.remat,
       embd_pdrop=config.model.embd_pdrop, attn_pdrop=config.model.attn_pdrop,
-      resid_pdrop=config.model.resid_pdrop)
+      resid_pdrop=config.model.resid_pdrop, attention=config.model.attention)
   return dataclasses.replace(weights, model_config=model_config)
 
 

@@ -7,12 +7,13 @@ move between the two without a renaming table.
 """
 
 import dataclasses
-import math
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gpt_jax import attention
 from gpt_jax.dropout import Dropout
 from gpt_jax.errors import UserError
 
@@ -38,6 +39,7 @@ class ModelConfig:
   dtype: str = 'float32'  # compute dtype of activations and matmuls
   param_dtype: str = 'float32'
   remat: bool = False  # recompute each block's activations in the backward pass
+  attention: str = 'xla'  # the attention kernel: one of gpt_jax.attention.IMPLEMENTATIONS
 
   @property
   def head_dim(self) -> int:
@@ -52,6 +54,7 @@ class ModelConfig:
     if unknown:
       raise UserError(f'unknown model config field(s) {unknown}; known: {sorted(fields)}')
     model_config = cls(**values)
+    attention.check_implementation(model_config.attention)
     if model_config.n_embd % model_config.n_head:
       raise UserError(f'model.n_embd={model_config.n_embd} is not divisible by '
                        f'model.n_head={model_config.n_head}')
@@ -147,17 +150,15 @@ class CausalSelfAttention(nn.Module):
     qkv = nn.with_logical_constraint(
         qkv, ('activation_batch', 'activation_length', None, 'activation_heads', None))
     query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    if cache_mask is None:
-      length = x.shape[1]
-      causal = jnp.tril(jnp.ones((length, length), dtype=bool))
-    else:
-      key, value, causal = KeyValueCache(name='kv_cache')(key, value, cache_mask)
-
-    scores = jnp.einsum('bqhd,bkhd->bhqk', query, key) / math.sqrt(head_dim)
-    scores = jnp.where(causal, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
-    probs = Dropout(cfg.attn_pdrop)(probs, deterministic=deterministic)
-    out = jnp.einsum('bhqk,bkhd->bqhd', probs, value)
+    mask = None  # causal over the tokens of this call
+    if cache_mask is not None:
+      key, value, mask = KeyValueCache(name='kv_cache')(key, value, cache_mask)
+    # Created before the residual dropout, which keeps the name (and masks) Dropout_1.
+    attn_dropout = Dropout(cfg.attn_pdrop)
+    dropout = None
+    if not deterministic and cfg.attn_pdrop > 0:
+      dropout = functools.partial(attn_dropout, deterministic=False)
+    out = attention.attend(cfg.attention, query, key, value, mask, dropout)
 
     out = Linear((heads, head_dim), (d,), ('heads', 'head_dim', 'embed'),
                  cfg.dtype, cfg.param_dtype, name='c_proj')(out)
