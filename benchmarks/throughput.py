@@ -81,7 +81,7 @@ def jax_worker(spec, conn):
   import jax
   import jax.numpy as jnp
 
-  from gpt_jax import metrics
+  from gpt_jax import flops
 
   step, _ = make_jax_step(spec)
   start = time.perf_counter()
