@@ -238,7 +238,7 @@ def _sample(args, overrides) -> None:
   continuations = sample.generate_text(
       weights.params, weights.model_config, tokenizer, prompts, args.max_new_tokens,
       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-      stop_tokens=[tokenizer.eod_id], seed=args.seed)
+      stop_tokens=[] if tokenizer.eod_id is None else [tokenizer.eod_id], seed=args.seed)
   for index, (prompt, continuation) in enumerate(zip(prompts, continuations)):
     if index:
       print('-' * 40)
@@ -252,8 +252,7 @@ def _export(args, overrides) -> None:
 
   _no_overrides('export', overrides)
   weights = load_weights(args.workdir, tokenizer_required=False, flag='--workdir')
-  tokenizer = weights.tokenizer.model_path if weights.tokenizer else None
-  out = hf.export_hf_dir(weights.params, weights.model_config, args.out, tokenizer)
+  out = hf.export_hf_dir(weights.params, weights.model_config, args.out, weights.tokenizer)
   print(f'wrote {out}: load it with transformers.OpenAIGPTLMHeadModel.from_pretrained("{out}")')
 
 
