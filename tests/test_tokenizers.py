@@ -9,13 +9,10 @@ sentencepiece model (read by sentencepiece itself) for its conversion to a
 import json
 
 import pytest
-import tokenizers
 import transformers
-from tokenizers import normalizers, pre_tokenizers, trainers
-from tokenizers.models import BPE
+from helpers import stdlib_documents, write_gpt1_bpe
 
 from gpt_jax.data import hf_tokenizer
-from gpt_jax.data.builders import stdlib_docs
 from gpt_jax.data.tokenizer import Tokenizer, train_tokenizer
 from gpt_jax.errors import UserError
 
@@ -25,22 +22,13 @@ TRICKY = ['  two  spaces\n\n\tand a tab', 'Caf\u00e9 NA\u00cfVE \u4e2d\u6587 \U0
 
 @pytest.fixture(scope='module')
 def documents() -> list[str]:
-  """Every module docstring document of the running Python's standard library."""
-  texts = [stdlib_docs.module_docstrings(path.read_bytes())
-           for _, path in stdlib_docs.stdlib_modules()]
-  return [text for text in texts if text.strip()]
+  return stdlib_documents()
 
 
 @pytest.fixture(scope='module')
 def gpt1_files(documents, tmp_path_factory):
-  """A GPT-1-format vocab.json + merges.txt (lower-case, `</w>` suffix) trained on the corpus."""
-  trained = tokenizers.Tokenizer(BPE(unk_token='<unk>', end_of_word_suffix='</w>'))
-  trained.normalizer = normalizers.Lowercase()
-  trained.pre_tokenizer = pre_tokenizers.Whitespace()
-  trained.train_from_iterator(documents, trainers.BpeTrainer(
-      vocab_size=3000, special_tokens=['<unk>'], end_of_word_suffix='</w>', show_progress=False))
   directory = tmp_path_factory.mktemp('gpt1_bpe')
-  trained.model.save(str(directory))
+  write_gpt1_bpe(directory, documents, 3000)
   return directory
 
 
