@@ -238,7 +238,7 @@ def _sample(args, overrides) -> None:
   continuations = sample.generate_text(
       weights.params, weights.model_config, tokenizer, prompts, args.max_new_tokens,
       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-      stop_tokens=[tokenizer.eod_id], seed=args.seed)
+      stop_tokens=[] if tokenizer.eod_id is None else [tokenizer.eod_id], seed=args.seed)
   for index, (prompt, continuation) in enumerate(zip(prompts, continuations)):
     if index:
       print('-' * 40)
@@ -252,9 +252,73 @@ def _export(args, overrides) -> None:
 
   _no_overrides('export', overrides)
   weights = load_weights(args.workdir, tokenizer_required=False, flag='--workdir')
-  tokenizer = weights.tokenizer.model_path if weights.tokenizer else None
-  out = hf.export_hf_dir(weights.params, weights.model_config, args.out, tokenizer)
+  out = hf.export_hf_dir(weights.params, weights.model_config, args.out, weights.tokenizer)
   print(f'wrote {out}: load it with transformers.OpenAIGPTLMHeadModel.from_pretrained("{out}")')
+
+
+def _eval(args, overrides) -> None:
+  """Scores a language model on a corpus split or a text/jsonl file: loss, perplexity, bits/byte."""
+  import json
+
+  import jax
+
+  from gpt_jax import checkpoint, evaluation, sharding
+  from gpt_jax.scoring import Scorer
+  from gpt_jax.weights import load_weights
+
+  _no_overrides('eval', overrides)
+  if bool(args.workdir) == bool(args.init):
+    raise UserError('eval needs exactly one of --workdir (a gpt_jax run) or --init (any weights)')
+  weights = load_weights(args.workdir or args.init, flag='--workdir' if args.workdir else '--init')
+  config = checkpoint.load_config(args.workdir) if args.workdir else None
+  if args.text:
+    tokens, text_bytes = evaluation.token_stream(weights.tokenizer,
+                                                 evaluation.read_documents(args.text))
+  elif config is not None:
+    tokens, text_bytes = _corpus_split(config, weights.tokenizer, args.split)
+  else:
+    raise UserError('--init has no corpus of its own: give --text FILE (.txt or .jsonl)')
+  seq_len = args.seq_len or (config.train.seq_len if config else weights.model_config.n_ctx)
+  if seq_len > weights.model_config.n_ctx:
+    raise UserError(f'--seq_len {seq_len} exceeds the model context {weights.model_config.n_ctx}')
+  mesh = sharding.make_mesh(config.mesh if config else dict(data=-1, fsdp=1, tensor=1))
+  scorer = Scorer(weights.params, weights.model_config, mesh, args.batch_size, seq_len)
+  result = evaluation.evaluate_stream(scorer, tokens, text_bytes, stride=args.stride or seq_len,
+                                      max_windows=args.max_windows)
+  result.update(source=weights.source, text=args.text or f'{args.split} split')
+  out = workdir_lib.path(args.out or workdir_lib.path(args.workdir or '.') / 'eval.json')
+  if jax.process_index() == 0:
+    out.write_text(json.dumps(result, indent=2) + '\n')
+  print(f'loss {result["loss"]:.4f} | perplexity {result["perplexity"]:.2f} | bits per byte '
+        f'{result["bits_per_byte"]:.4f} | {result["tokens_scored"]:,} tokens | wrote {out}')
+
+
+def _corpus_split(config, tokenizer, split: str):
+  """(tokens, UTF-8 bytes) of one split of the run's token store."""
+  from gpt_jax.data import corpora, store as store_lib, workflow
+
+  directory = workflow.store_path(config, corpora.open_corpus(config.data), tokenizer)
+  if not (directory / 'meta.json').is_file():
+    raise UserError(f'no token store at {directory}; build it with `gpt-jax prepare` and the '
+                    "run's config, or pass --text FILE")
+  store = store_lib.TokenStore(directory)
+  if split not in store.meta['splits']:
+    raise UserError(f'--split {split}: the store has {sorted(store.meta["splits"])}')
+  return store.tokens(split), store.meta['splits'][split]['text_bytes']
+
+
+def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--workdir', help='gpt_jax workdir: its model, tokenizer, corpus and mesh')
+  parser.add_argument('--init', help='any weights: Hugging Face dir, OpenAI release, hf:ORG/NAME')
+  parser.add_argument('--split', default='validation', help='corpus split of --workdir\'s run')
+  parser.add_argument('--text', help='a .txt file (one document) or .jsonl ("text" per line)')
+  parser.add_argument('--seq_len', type=int, default=0,
+                      help='window length (default: the run\'s train.seq_len, else n_ctx)')
+  parser.add_argument('--stride', type=int, default=0,
+                      help='tokens between window starts (default seq_len: no overlap)')
+  parser.add_argument('--max_windows', type=int, default=0, help='score only the first N windows')
+  parser.add_argument('--batch_size', type=int, default=8, help='windows per device batch')
+  parser.add_argument('--out', help='where to write eval.json (default WORKDIR/eval.json)')
 
 
 def _no_overrides(mode: str, overrides: list[str]) -> None:
@@ -302,6 +366,8 @@ MODES = {
                   _add_init_flag, _add_distributed_flags]),
     'sample': (_sample, 'continue text prompts with a trained GPT (KV-cache decoding)',
                [_add_sample_flags]),
+    'eval': (_eval, 'loss, perplexity and bits per byte of a model on a corpus split or a file',
+             [_add_eval_flags]),
     'export': (_export, 'write a workdir as a Hugging Face openai-gpt directory (safetensors)',
                [_add_export_flags]),
 }

@@ -287,21 +287,24 @@ def state_to_hf(params, model_config: ModelConfig) -> dict[str, np.ndarray]:
   return state
 
 
-def export_hf_dir(params, model_config: ModelConfig, out_dir, tokenizer_model_path=None) -> Path:
-  """Writes config.json + model.safetensors (+ tokenizer.model) for Hugging Face.
+def export_hf_dir(params, model_config: ModelConfig, out_dir, tokenizer=None) -> Path:
+  """Writes config.json + model.safetensors (+ the tokenizer) for Hugging Face.
 
-  `transformers.OpenAIGPTLMHeadModel.from_pretrained(out_dir)` loads the result.
-  Files are written to a temporary sibling directory that is renamed into place
-  at the end, so a failure never leaves a half-written `out_dir`.
+  `transformers.OpenAIGPTLMHeadModel.from_pretrained(out_dir)` loads the result,
+  and with a `tokenizer` (any gpt_jax tokenizer) `AutoTokenizer.from_pretrained`
+  too: tokenizer.json + tokenizer_config.json, plus our sentencepiece
+  tokenizer.model when that is what it is. Files are written to a temporary
+  sibling directory that is renamed into place at the end, so a failure never
+  leaves a half-written `out_dir`.
   """
   from safetensors.numpy import save_file
+
+  from gpt_jax.data import hf_tokenizer
 
   out_dir = Path(out_dir)
   if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
     raise UserError(f'export directory {out_dir} already exists and is not empty; '
                     'choose another path or remove it')
-  if tokenizer_model_path is not None and not workdir_lib.path(tokenizer_model_path).is_file():
-    raise UserError(f'tokenizer model {tokenizer_model_path} does not exist')
   hf_config = config_to_hf(model_config)
   state = state_to_hf(params, model_config)
   out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -309,8 +312,10 @@ def export_hf_dir(params, model_config: ModelConfig, out_dir, tokenizer_model_pa
   try:
     save_file(state, staging / SAFETENSORS_FILE, metadata={'format': 'pt'})
     (staging / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + '\n')
-    if tokenizer_model_path is not None:
-      workdir_lib.path(tokenizer_model_path).copy(staging / workdir_lib.TOKENIZER_FILE)  # workdir: maybe gs://
+    if tokenizer is not None:
+      if not isinstance(tokenizer, hf_tokenizer.HFTokenizer):  # sentencepiece: keep the original
+        tokenizer.model_path.copy(staging / workdir_lib.TOKENIZER_FILE)  # workdir: maybe gs://
+      hf_tokenizer.write_for_hf(tokenizer, staging)
     staging.chmod(0o755)  # mkdtemp makes it private to the user
     if out_dir.exists():
       out_dir.rmdir()  # empty, checked above

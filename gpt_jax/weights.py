@@ -1,11 +1,18 @@
 """One loader for every source of weights: -> (params, ModelConfig, tokenizer).
 
 A source is a directory of one of these kinds, told apart by the files it holds:
-  * a gpt_jax pretraining or fine-tuning workdir (checkpoints/ + tokenizer.model):
+  * a gpt_jax pretraining or fine-tuning workdir (checkpoints/ + its tokenizer):
     its newest readable checkpoint's decoder (a task head is dropped);
   * a Hugging Face openai-gpt directory (config.json + model.safetensors or
-    pytorch_model.bin), e.g. written by `gpt-jax export`;
-  * OpenAI's original release (params_shapes.json + params_0.npy ... params_9.npy).
+    pytorch_model.bin), e.g. written by `gpt-jax export` or as published;
+  * OpenAI's original release (params_shapes.json + params_0.npy ... params_9.npy);
+or a Hugging Face hub id, `hf:openai-community/openai-gpt`, read from the local
+hub cache (downloaded first unless HF_HUB_OFFLINE is set).
+
+The tokenizer is whichever the directory holds (`gpt_jax.data.hf_tokenizer.
+tokenizer_in`): our sentencepiece tokenizer.model, a tokenizer.json, or GPT-1's
+BPE tables (vocab.json + merges.txt, or the release's encoder_bpe_40000.json +
+vocab_40000.bpe).
 
 Fine-tuning, sampling and export all load through `load_weights`, so each kind
 is recognised, and its model shape derived, in exactly one place.
@@ -16,7 +23,8 @@ import dataclasses
 import jax
 
 from gpt_jax import hf, workdir as workdir_lib
-from gpt_jax.data.tokenizer import Tokenizer
+from gpt_jax.data.hf_tokenizer import tokenizer_in
+from gpt_jax.data.tokenizer import TextTokenizer
 from gpt_jax.errors import UserError
 from gpt_jax.model import ModelConfig, add_token_rows
 
@@ -27,7 +35,7 @@ class Weights:
 
   params: dict
   model_config: ModelConfig
-  tokenizer: Tokenizer | None
+  tokenizer: TextTokenizer | None
   source: str  # what they were read from, for logs and summaries
 
 
@@ -73,23 +81,63 @@ def _read(directory, kind: str) -> tuple[dict, ModelConfig]:
   return params, config_from_params(params)
 
 
+HUB_PREFIX = 'hf:'
+
+
+def hub_snapshot(repo_id: str):
+  """The local directory of a hub model's newest cached snapshot (downloading it if allowed)."""
+  import huggingface_hub
+  from huggingface_hub.errors import LocalEntryNotFoundError
+
+  try:
+    return huggingface_hub.snapshot_download(repo_id, local_files_only=True)
+  except LocalEntryNotFoundError:
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+      raise UserError(f'{HUB_PREFIX}{repo_id} is not in the Hugging Face cache '
+                      f'({huggingface_hub.constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set: '
+                      f'run `hf download {repo_id}` where there is internet, or set '
+                      'HF_HUB_CACHE to a cache that holds it') from None
+  try:
+    return huggingface_hub.snapshot_download(repo_id)
+  except Exception as error:  # no network, no such repo, no access: all one message
+    raise UserError(f'cannot download {HUB_PREFIX}{repo_id} ({type(error).__name__}); check the '
+                    'id, or put it in the Hugging Face cache (HF_HUB_CACHE)') from None
+
+
+def resolve_source(source, flag: str = 'source'):
+  """The directory `source` names: a path, a gs:// URL, or hf:ORG/NAME from the hub cache."""
+  if str(source).startswith(HUB_PREFIX):
+    return workdir_lib.path(hub_snapshot(str(source)[len(HUB_PREFIX):]))
+  directory = workdir_lib.path(source)  # a workdir may be in a bucket
+  if not directory.is_dir():
+    raise UserError(f'{flag}={source} is not a directory: pass a gpt_jax workdir, a Hugging '
+                    'Face openai-gpt directory, OpenAI\'s GPT release or hf:ORG/NAME')
+  return directory
+
+
+def check_vocabulary(tokenizer: TextTokenizer, model_config: ModelConfig, where) -> None:
+  """Fails when text can produce ids the embedding has no row for."""
+  if tokenizer.text_vocab_size > model_config.vocab_size:
+    raise UserError(f'{where}: the tokenizer ({tokenizer.model_path.name}) has '
+                    f'{tokenizer.text_vocab_size:,} tokens but the embedding has '
+                    f'{model_config.vocab_size:,} rows; they do not belong together')
+
+
 def load_weights(source, *, tokenizer_required: bool = True, flag: str = 'source') -> Weights:
   """The decoder weights, shape and tokenizer held by `source` (see the module docstring).
 
   `flag` names where the user gave `source` (e.g. 'finetune.init'), for errors.
   """
-  directory = workdir_lib.path(source)  # a workdir may be in a bucket
-  if not directory.is_dir():
-    raise UserError(f'{flag}={source} is not a directory: pass a gpt_jax workdir, a Hugging '
-                    'Face openai-gpt directory or OpenAI\'s GPT release')
+  directory = resolve_source(source, flag)
   kind = source_kind(directory)
-  tokenizer_file = directory / workdir_lib.TOKENIZER_FILE
-  tokenizer = Tokenizer(tokenizer_file) if tokenizer_file.is_file() else None
+  tokenizer = tokenizer_in(directory)
   if tokenizer is None and tokenizer_required:
-    raise UserError(f'{directory} has no {workdir_lib.TOKENIZER_FILE}: the tokenizer the model '
-                    'was trained with is needed to read text (gpt-jax writes it into every '
-                    'workdir and export)')
+    raise UserError(f'{directory} has no tokenizer: the one the model was trained with is '
+                    f'needed to read text ({workdir_lib.TOKENIZER_FILE}, tokenizer.json, or '
+                    'vocab.json + merges.txt; gpt-jax writes it into every workdir and export)')
   params, model_config = _read(directory, kind)
+  if tokenizer is not None:
+    check_vocabulary(tokenizer, model_config, directory)
   described = {'hf': 'Hugging Face weights', 'openai': "OpenAI's released weights",
                'workdir': 'checkpoint'}[kind]
   return Weights(params, model_config, tokenizer, f'{described} in {directory}')

@@ -44,3 +44,28 @@ def prepared_local_corpus(tmp_path) -> list[str]:
   for mode in ('tokenizer', 'prepare'):
     assert cli.main([mode, '--config', 'tiny', *flags]) == 0, f'gpt-jax {mode} failed'
   return flags
+
+
+def stdlib_documents() -> list[str]:
+  """Every module docstring document of the running Python's standard library."""
+  from gpt_jax.data.builders import stdlib_docs
+  texts = [stdlib_docs.module_docstrings(path.read_bytes())
+           for _, path in stdlib_docs.stdlib_modules()]
+  return [text for text in texts if text.strip()]
+
+
+def write_gpt1_bpe(directory, documents, vocab_size: int) -> int:
+  """GPT-1-format vocab.json + merges.txt (lower-case, `</w>` suffix) trained with `tokenizers`'
+  BPE trainer on `documents`, written into `directory`; returns the vocabulary size."""
+  import tokenizers
+  from tokenizers import normalizers, pre_tokenizers, trainers
+  from tokenizers.models import BPE
+
+  trained = tokenizers.Tokenizer(BPE(unk_token='<unk>', end_of_word_suffix='</w>'))
+  trained.normalizer = normalizers.Lowercase()
+  trained.pre_tokenizer = pre_tokenizers.Whitespace()
+  trained.train_from_iterator(documents, trainers.BpeTrainer(
+      vocab_size=vocab_size, special_tokens=['<unk>'], end_of_word_suffix='</w>',
+      show_progress=False))
+  trained.model.save(str(directory))
+  return trained.get_vocab_size()

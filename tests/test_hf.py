@@ -19,6 +19,7 @@ import transformers
 from test_model_reference import SMALL, hf_logits, max_abs_diff, our_logits, random_hf_model
 
 from gpt_jax import hf
+from gpt_jax.data.tokenizer import train_tokenizer
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPT, ModelConfig, add_token_rows
 
@@ -59,11 +60,16 @@ def _save_hf_dir(model, path, *, bare_keys=False, safetensors=True, config_chang
 # ------------------------------------------------------------- Hugging Face
 
 
-def test_export_loads_in_hugging_face_without_warnings_and_gives_same_logits(tmp_path):
+@pytest.fixture(scope='module')
+def tokenizer(tmp_path_factory):
+  text = ' '.join(f'the {w} sat on the mat' for w in ('cat', 'dog', 'fox') * 40)
+  return train_tokenizer([text], tmp_path_factory.mktemp('spm') / 'spm.model', vocab_size=300,
+                         max_bytes=10**6)
+
+
+def test_export_loads_in_hugging_face_without_warnings_and_gives_same_logits(tmp_path, tokenizer):
   model_config = _small_model_config()
   params = _random_params(model_config)
-  tokenizer = tmp_path / 'spm.model'
-  tokenizer.write_bytes(b'sentencepiece model bytes')
   out = hf.export_hf_dir(params, model_config, tmp_path / 'export', tokenizer)
 
   reference, info = transformers.OpenAIGPTLMHeadModel.from_pretrained(
@@ -73,8 +79,9 @@ def test_export_loads_in_hugging_face_without_warnings_and_gives_same_logits(tmp
   diff = max_abs_diff(our_logits(params, model_config, TOKENS), hf_logits(reference, TOKENS))
   print(f'export round trip max abs logit diff: {diff:.3g}')
   assert diff <= 1e-5
-  assert (out / 'tokenizer.model').read_bytes() == b'sentencepiece model bytes'
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['export', 'spm.model']  # no temp left
+  assert (out / 'tokenizer.model').read_bytes() == tokenizer.model_path.read_bytes()
+  assert (out / 'tokenizer.json').is_file() and (out / 'tokenizer_config.json').is_file()
+  assert [p.name for p in tmp_path.iterdir()] == ['export']  # no temp left
 
 
 def test_import_of_an_in_memory_model_gives_same_logits():
@@ -246,7 +253,8 @@ def test_missing_unexpected_and_misshapen_weights_name_the_parameter(tmp_path):
     hf.load_openai_release(tmp_path / 'release', n_ctx=16, n_head=4)
 
 
-def test_export_refuses_bad_params_and_never_leaves_a_partial_directory(tmp_path, monkeypatch):
+def test_export_refuses_bad_params_and_never_leaves_a_partial_directory(tmp_path, monkeypatch,
+                                                                      tokenizer):
   model_config = _small_model_config()
   params = _random_params(model_config)
   wrong = jax.tree.map(lambda x: x, params)
@@ -256,16 +264,13 @@ def test_export_refuses_bad_params_and_never_leaves_a_partial_directory(tmp_path
   with pytest.raises(UserError, match='d_ff=64 cannot be exported'):
     hf.export_hf_dir(params, ModelConfig(**{**model_config.__dict__, 'd_ff': 64}), tmp_path / 'out')
 
-  tokenizer = tmp_path / 'spm.model'
-  tokenizer.write_bytes(b'x')
-
   def failing_copy(*args, **kwargs):
     raise OSError('disk full')
 
   monkeypatch.setattr(shutil, 'copyfile', failing_copy)
   with pytest.raises(OSError, match='disk full'):
     hf.export_hf_dir(params, model_config, tmp_path / 'out', tokenizer)
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['spm.model']  # nothing half-written
+  assert not list(tmp_path.iterdir())  # nothing half-written
   monkeypatch.undo()
 
   hf.export_hf_dir(params, model_config, tmp_path / 'out')

@@ -225,7 +225,7 @@ def export_dir(tmp_path_factory):
                                             max_bytes=10**6)
   params, model_config = hf.params_from_hf(random_hf_model(
       seed=1, std=0.15, **{**HF_CONFIG, 'vocab_size': tokenizer.vocab_size}))
-  hf.export_hf_dir(params, model_config, root / 'export', tokenizer.model_path)
+  hf.export_hf_dir(params, model_config, root / 'export', tokenizer)
   return root / 'export', tokenizer, params, model_config
 
 

@@ -1,4 +1,10 @@
-"""Sentencepiece BPE with GPT-1's special tokens, and training it on a corpus.
+"""The tokenizer interface, sentencepiece BPE with GPT-1's special tokens, and training it.
+
+`TextTokenizer` is what the rest of gpt_jax reads tokenizers through: text to
+ids and back, the special ids, a fingerprint and `copy_to` a workdir. It has two
+implementations: `Tokenizer` below (our own sentencepiece model) and
+`gpt_jax.data.hf_tokenizer.HFTokenizer` (any Hugging Face tokenizer, GPT-1's
+own BPE included).
 
 The vocabulary reserves, as sentencepiece *control* pieces, padding,
 end-of-document and the three fine-tuning tokens of the paper: start `<s>`,
@@ -16,6 +22,7 @@ Every `.model` file has a `.json` beside it recording the special-token ids,
 the vocabulary size and what it was trained on.
 """
 
+import abc
 import hashlib
 import io
 import json
@@ -38,7 +45,55 @@ CONTROL_PIECES = (EOD, START, DELIMITER, EXTRACT)
 MAX_SENTENCE_BYTES = 16384
 
 
-class Tokenizer:
+class TextTokenizer(abc.ABC):
+  """Text to ids and back, with GPT-1's fine-tuning tokens.
+
+  `start_id`, `delimiter_id` and `extract_id` (the paper's `<s>`, `$`, `<e>`)
+  are never produced by `encode`, whatever the text. `eod_id` separates
+  documents in a token stream; it is None for tokenizers without one (GPT-1's
+  BPE). `vocab_size` counts every id, special ones included; `text_vocab_size`
+  only those `encode` can produce, which a model's embedding must cover.
+  """
+
+  vocab_size: int
+  text_vocab_size: int
+  pad_id: int
+  eod_id: int | None
+  start_id: int
+  delimiter_id: int
+  extract_id: int
+  model_path: epath.Path  # the file it was read from
+
+  @property
+  def special_ids(self) -> dict[str, int | None]:
+    return dict(pad_id=self.pad_id, eod_id=self.eod_id, start_id=self.start_id,
+                delimiter_id=self.delimiter_id, extract_id=self.extract_id)
+
+  @abc.abstractmethod
+  def encode(self, text: str) -> list[int]:
+    """Ordinary ids only: special ids are unreachable from text."""
+
+  def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
+    return [self.encode(text) for text in texts]
+
+  @abc.abstractmethod
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text of `ids`; special tokens decode to nothing."""
+
+  @abc.abstractmethod
+  def id_to_piece(self, token_id: int) -> str:
+    ...
+
+  @abc.abstractmethod
+  def fingerprint(self) -> str:
+    """sha256 of the tokenizer's file: token stores built with it record this."""
+
+  @abc.abstractmethod
+  def copy_to(self, directory: str | Path) -> epath.Path:
+    """Writes the tokenizer into `directory` (a workdir), where `gpt_jax.weights` finds it."""
+
+
+class Tokenizer(TextTokenizer):
   """Encodes text to ids and back with a trained sentencepiece model file."""
 
   def __init__(self, model_path: str | Path):
@@ -48,7 +103,7 @@ class Tokenizer:
                       '`gpt-jax tokenizer --config ...` or set --config.data.tokenizer=PATH')
     # Bytes, not a file name: sentencepiece reads local files only.
     self._processor = spm.SentencePieceProcessor(model_proto=self.model_path.read_bytes())
-    self.vocab_size = self._processor.get_piece_size()
+    self.vocab_size = self.text_vocab_size = self._processor.get_piece_size()
     self.pad_id = self._control_id(PAD)
     self.eod_id, self.start_id, self.delimiter_id, self.extract_id = map(
         self._control_id, CONTROL_PIECES)
@@ -60,13 +115,7 @@ class Tokenizer:
                       'trained by `gpt-jax tokenizer` (retrain it)')
     return token_id
 
-  @property
-  def special_ids(self) -> dict[str, int]:
-    return dict(pad_id=self.pad_id, eod_id=self.eod_id, start_id=self.start_id,
-                delimiter_id=self.delimiter_id, extract_id=self.extract_id)
-
   def encode(self, text: str) -> list[int]:
-    """Ordinary pieces only: control ids are unreachable from text."""
     return self._processor.encode(text)
 
   def encode_batch(self, texts: Sequence[str], num_threads: int = 0) -> list[list[int]]:
@@ -74,14 +123,12 @@ class Tokenizer:
     return self._processor.encode(list(texts), num_threads=num_threads or os.cpu_count())
 
   def decode(self, ids: Iterable[int]) -> str:
-    """Text of `ids`; special tokens decode to nothing."""
     return self._processor.decode([int(i) for i in ids])
 
   def id_to_piece(self, token_id: int) -> str:
     return self._processor.id_to_piece(int(token_id))
 
   def fingerprint(self) -> str:
-    """sha256 of the model file: token stores built with it record this."""
     return hashlib.sha256(self.model_path.read_bytes()).hexdigest()
 
   def copy_to(self, directory: str | Path) -> epath.Path:
