@@ -68,7 +68,7 @@ def _pretrain(args, overrides) -> None:
   distributed.initialize_from_args(args)  # before anything asks JAX for its devices
   import jax
 
-  from gpt_jax import checkpoint
+  from gpt_jax import checkpoint, compile_cache
   from gpt_jax import config as config_lib
   from gpt_jax import train
   from gpt_jax.data import workflow
@@ -83,6 +83,7 @@ def _pretrain(args, overrides) -> None:
       config_lib.apply_override(config, override)
   else:
     config = config_lib.load_config(args.config, overrides)
+  compile_cache.enable(config)
   data = workflow.pretrain_data(config)
   checkpoint.check_workdir(workdir)
   log = RunLog(workdir)  # only once the inputs are known to be good: no stray workdirs
@@ -122,7 +123,7 @@ def _dry_run(args, overrides) -> None:
   print(report.table())
   if not report.fits:
     raise UserError(f'{args.config} does not fit on {args.topology}; shrink the per-chip share: '
-                    'model.remat=True, optim.grad_accum_steps > 1, or shard the state over '
+                    'model.remat=full, optim.grad_accum_steps > 1, or shard the state over '
                     'more chips with mesh.fsdp')
 
 
@@ -144,7 +145,7 @@ def _prepare(args, overrides) -> None:
 
 def _finetune(args, overrides) -> None:
   """Fine-tunes a pretrained GPT on a task (the paper's input transformations + linear head)."""
-  from gpt_jax import checkpoint
+  from gpt_jax import checkpoint, compile_cache
   from gpt_jax import config as config_lib
   from gpt_jax import distributed, finetune
   from gpt_jax.report import RunLog
@@ -153,6 +154,7 @@ def _finetune(args, overrides) -> None:
   if args.init:
     overrides = [f'finetune.init={args.init}', *overrides]
   config = config_lib.load_config(args.config, overrides)
+  compile_cache.enable(config)
   checkpoint.check_workdir(args.workdir)
   log = RunLog(args.workdir)
   try:
@@ -169,7 +171,7 @@ def _add_init_flag(parser: argparse.ArgumentParser) -> None:
 
 def _sample(args, overrides) -> None:
   """Continues prompts with a trained GPT and prints prompt + continuation for each."""
-  from gpt_jax import sample
+  from gpt_jax import compile_cache, sample
   from gpt_jax.data.tokenizer import Tokenizer
 
   if overrides:
@@ -184,6 +186,7 @@ def _sample(args, overrides) -> None:
   if not prompts:
     raise UserError('give at least one --prompt TEXT or a --prompts_file with one prompt a line')
   tokenizer = Tokenizer(args.tokenizer or workdir_path(args.workdir) / 'tokenizer.model')
+  compile_cache.enable()
   params, model_config = sample.load_decoder(args.workdir)
   continuations = sample.generate_text(
       params, model_config, tokenizer, prompts, args.max_new_tokens,

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import checkpoint, default_tasks, hf, optim, sharding, task_data, tasks
+from gpt_jax import (checkpoint, default_tasks, hf, layer_layout, optim, sharding, task_data,
+                     tasks)
 from gpt_jax import metrics as metrics_lib
 from gpt_jax.data.tokenizer import Tokenizer
 from gpt_jax.errors import UserError
@@ -74,8 +75,10 @@ def load_init(config) -> Init:
   # Fine-tuning keeps the pretrained numerics unless the config asks otherwise.
   model_config = dataclasses.replace(
       model_config, dtype=config.model.dtype, remat=config.model.remat,
-      embd_pdrop=config.model.embd_pdrop, attn_pdrop=config.model.attn_pdrop,
-      resid_pdrop=config.model.resid_pdrop)
+      scan_layers=config.model.scan_layers, embd_pdrop=config.model.embd_pdrop,
+      attn_pdrop=config.model.attn_pdrop, resid_pdrop=config.model.resid_pdrop)
+  if params is not None:  # the weights' block layout may differ from the config's
+    params = layer_layout.convert(params, model_config.scan_layers)
   return Init(model_config, tokenizer, params, source)
 
 

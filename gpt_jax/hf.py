@@ -12,7 +12,9 @@ Three formats hold the same numbers:
 
 `_LAYOUT` is the one table between the names; import, export and the release
 reader all walk it. Every importer returns `(params, ModelConfig)` with params
-as host numpy float32 arrays (the trainer shards them onto devices).
+as host numpy float32 arrays (the trainer shards them onto devices), in the
+unrolled block layout, or stacked for nn.scan with `scan_layers=True`; export
+takes either (gpt_jax.layer_layout).
 """
 
 import dataclasses
@@ -28,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.linen import meta
 
+from gpt_jax import layer_layout
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPT, ModelConfig
 from gpt_jax.paths import workdir_path
@@ -83,7 +86,8 @@ def _hf_shape(shape: tuple[int, ...], merged_dims: int) -> tuple[int, ...]:
 
 
 def _our_shapes(model_config: ModelConfig) -> dict[str, tuple[int, ...]]:
-  """Shape of every parameter of GPT(model_config), keyed by path; computes nothing."""
+  """Shape of every parameter of the unrolled GPT(model_config), keyed by path; computes nothing."""
+  model_config = dataclasses.replace(model_config, scan_layers=False)
   boxed = jax.eval_shape(lambda: GPT(model_config).init(
       jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params'])
   flat = jax.tree_util.tree_flatten_with_path(meta.unbox(boxed))[0]
@@ -158,7 +162,8 @@ def config_to_hf(model_config: ModelConfig) -> dict:
 # ---------------------------------------------------------------- import
 
 
-def params_from_hf(source, hf_config=None, *, n_special: int = 0, seed: int = 0):
+def params_from_hf(source, hf_config=None, *, n_special: int = 0, seed: int = 0,
+                   scan_layers: bool = False):
   """Converts Hugging Face openai-gpt weights into our parameter tree.
 
   Args:
@@ -169,6 +174,7 @@ def params_from_hf(source, hf_config=None, *, n_special: int = 0, seed: int = 0)
     n_special: rows to append to the token embedding for new special tokens
       (fine-tuning's start, delimiter, extract), drawn from N(0, 0.02).
     seed: seed of those rows.
+    scan_layers: return the blocks stacked for model.scan_layers=True.
 
   Returns:
     (params, model_config), vocab_size including the special rows.
@@ -180,7 +186,7 @@ def params_from_hf(source, hf_config=None, *, n_special: int = 0, seed: int = 0)
     raise UserError('params_from_hf needs the Hugging Face config to go with a state dict')
   model_config = config_from_hf(hf_config)
   params = _params_from_state({k: _to_numpy(v) for k, v in source.items()}, model_config)
-  return _with_special_rows(params, model_config, n_special, seed)
+  return _in_layout(*_with_special_rows(params, model_config, n_special, seed), scan_layers)
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -229,7 +235,13 @@ def _with_special_rows(params: dict, model_config: ModelConfig, n_special: int, 
   return params, model_config
 
 
-def load_hf_dir(path, *, n_special: int = 0, seed: int = 0):
+def _in_layout(params: dict, model_config: ModelConfig, scan_layers: bool):
+  """Imported (unrolled) params and config in the block layout the caller asked for."""
+  return (layer_layout.convert(params, scan_layers),
+          dataclasses.replace(model_config, scan_layers=scan_layers))
+
+
+def load_hf_dir(path, *, n_special: int = 0, seed: int = 0, scan_layers: bool = False):
   """Reads a local Hugging Face openai-gpt directory; returns (params, model_config).
 
   Weights come from model.safetensors, else from pytorch_model.bin, which is
@@ -252,7 +264,8 @@ def load_hf_dir(path, *, n_special: int = 0, seed: int = 0):
   else:
     raise UserError(f'{path} has neither {SAFETENSORS_FILE} nor {PYTORCH_FILE}')
   try:
-    return params_from_hf(state, hf_config, n_special=n_special, seed=seed)
+    return params_from_hf(state, hf_config, n_special=n_special, seed=seed,
+                          scan_layers=scan_layers)
   except UserError as error:
     raise UserError(f'{path}: {error}') from None
 
@@ -286,8 +299,11 @@ def _read_pytorch_bin(file: Path) -> dict:
 
 
 def state_to_hf(params, model_config: ModelConfig) -> dict[str, np.ndarray]:
-  """The OpenAIGPTLMHeadModel state dict (float32 numpy, lm_head tied so omitted)."""
-  params = jax.device_get(meta.unbox(params))
+  """The OpenAIGPTLMHeadModel state dict (float32 numpy, lm_head tied so omitted).
+
+  `params` may be in either block layout, whatever model_config.scan_layers says.
+  """
+  params = layer_layout.convert(jax.device_get(meta.unbox(params)), scanned=False)
   our_shapes = _our_shapes(model_config)
   names = set(our_shapes)
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
@@ -344,7 +360,7 @@ def export_hf_dir(params, model_config: ModelConfig, out_dir, tokenizer_model_pa
 
 
 def load_openai_release(path, *, n_ctx: int = 512, n_special: int = 0, n_head: int = 12,
-                        seed: int = 0):
+                        seed: int = 0, scan_layers: bool = False):
   """Reads OpenAI's original GPT-1 release (finetune-transformer-lm/model/).
 
   The ten `params_{i}.npy` files concatenate into one vector that
@@ -361,6 +377,7 @@ def load_openai_release(path, *, n_ctx: int = 512, n_special: int = 0, n_head: i
     n_special: new N(0, 0.02) token rows appended after the vocabulary.
     n_head: attention heads (not recorded in the files; 12 for GPT-1).
     seed: seed of the special rows.
+    scan_layers: return the blocks stacked for model.scan_layers=True.
 
   Returns:
     (params, model_config).
@@ -401,4 +418,4 @@ def load_openai_release(path, *, n_ctx: int = 512, n_special: int = 0, n_head: i
     params = _params_from_state(state, model_config)
   except UserError as error:
     raise UserError(f'{path}: {error}') from None
-  return _with_special_rows(params, model_config, n_special, seed)
+  return _in_layout(*_with_special_rows(params, model_config, n_special, seed), scan_layers)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import hf, sharding
+from gpt_jax import hf, layer_layout, sharding
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPT, ModelConfig
 from gpt_jax.paths import workdir_path
@@ -74,7 +74,7 @@ def generate(params, model_config: ModelConfig, prompts: Sequence[Sequence[int]]
   for row, prompt in enumerate(prompts):
     padded[row, padded.shape[1] - len(prompt):] = prompt
   # Training may checkpoint activations (remat); decoding has no backward pass.
-  model_config = dataclasses.replace(model_config, remat=False)
+  model_config = dataclasses.replace(model_config, remat='none')
   with _on_mesh(mesh):
     tokens, logits = _decode(
         params, padded, lengths, jax.random.key(seed), model_config=model_config,
@@ -126,15 +126,18 @@ def _config_from_params(params) -> ModelConfig:
 
   Not from the stored config: a fine-tuning run takes its model shape from
   the weights it started from and adds fine-tuning tokens to the vocabulary,
-  so its config's model section need not match.
+  so its config's model section need not match. The block layout is kept:
+  stacked parameters decode with scanned blocks.
   """
   vocab_size, n_embd = params['tokens_embed']['embedding'].shape
-  block = params['h_0']
+  scanned = layer_layout.is_scanned(params)
+  block = params[layer_layout.SCANNED] if scanned else params['h_0']
+  layers = int(scanned)  # the leading 'layers' axis of stacked kernels
   return ModelConfig(
       vocab_size=vocab_size, n_ctx=params['positions_embed']['embedding'].shape[0],
-      n_embd=n_embd, n_layer=sum(name.startswith('h_') for name in params),
-      n_head=block['attn']['c_attn']['kernel'].shape[2],
-      d_ff=block['mlp']['c_fc']['kernel'].shape[1])
+      n_embd=n_embd, n_layer=layer_layout.num_layers(params),
+      n_head=block['attn']['c_attn']['kernel'].shape[layers + 2],
+      d_ff=block['mlp']['c_fc']['kernel'].shape[layers + 1], scan_layers=scanned)
 
 
 def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
