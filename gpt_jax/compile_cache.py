@@ -3,8 +3,9 @@
 A resumed or preempted run compiles exactly the programs it compiled before;
 with the cache they are read back from disk instead of rebuilt. The directory
 is the config's top-level `compile_cache_dir` (default DEFAULT_DIR, a local
-path or gs://; '' turns the cache off). Call `enable` once per process, before
-the first compilation.
+path or gs://; '' turns the cache off). JAX's own JAX_COMPILATION_CACHE_DIR,
+when set, takes precedence. Call `enable` once per process, before the first
+compilation.
 """
 
 import os
@@ -24,6 +25,7 @@ def enable(config=None) -> str | None:
   from jax.experimental.compilation_cache import compilation_cache
 
   cache_dir = DEFAULT_DIR if config is None else config.get('compile_cache_dir', DEFAULT_DIR)
+  cache_dir = os.environ.get('JAX_COMPILATION_CACHE_DIR', cache_dir)
   if cache_dir and '://' not in cache_dir:
     cache_dir = os.path.expanduser(cache_dir)
     try:
