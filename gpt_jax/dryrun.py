@@ -25,7 +25,7 @@ from jax.experimental import topologies
 
 from gpt_jax import metrics, sharding, train
 from gpt_jax.errors import UserError
-from gpt_jax.model import ModelConfig
+from gpt_jax.model import REMAT_POLICIES, ModelConfig
 
 GiB = 2**30
 
@@ -192,3 +192,26 @@ def dry_run(config, topology: str) -> DryRunReport:
       compile_seconds=compile_seconds, temp_bytes=memory.temp_size_in_bytes,
       code_bytes=memory.generated_code_size_in_bytes, peak_bytes=memory.peak_memory_in_bytes,
       xla_flops=compiled.cost_analysis()['flops'])
+
+
+def remat_table(config, topology: str, policies=REMAT_POLICIES) -> str:
+  """Dry-runs `config` once per remat policy; a table of per-chip peak memory and FLOPs.
+
+  Policies trade memory for recomputation: XLA's FLOP count includes the
+  recomputed forward pass, so the FLOPs column shows what each policy costs.
+  """
+  lines = [f'{config.model.n_layer} layers x {config.model.n_embd}, batch '
+           f'{config.train.batch_size} x {config.train.seq_len}, scan_layers='
+           f'{config.model.scan_layers}, on {topology} (per chip)',
+           '| model.remat | peak GiB | temporaries GiB | XLA FLOPs / step | compile s |',
+           '| --- | --- | --- | --- | --- |']
+  for policy in policies:
+    variant = config.copy_and_resolve_references()
+    variant.model.remat = policy
+    report = dry_run(variant, topology)
+    if report.out_of_memory:
+      lines.append(f'| {policy} | does not fit | - | - | {report.compile_seconds:.0f} |')
+      continue
+    lines.append(f'| {policy} | {report.peak_bytes / GiB:.2f} | {report.temp_bytes / GiB:.2f} | '
+                 f'{report.xla_flops:.3e} | {report.compile_seconds:.0f} |')
+  return '\n'.join(lines)
