@@ -30,7 +30,8 @@ def main() -> None:
     parser.error(f'unrecognised arguments {unknown}; overrides look like --config.a.b=value')
   overrides = [arg[len('--config.'):] for arg in rest]
   config = config_lib.load_config(args.config, overrides)
-  print(dryrun.remat_table(config, args.topology, args.policies.split(',')), flush=True)
+  reports = dryrun.remat_reports(config, args.topology, args.policies.split(','))
+  print(dryrun.remat_table(config, args.topology, reports), flush=True)
 
 
 if __name__ == '__main__':

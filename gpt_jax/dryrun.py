@@ -120,6 +120,7 @@ class DryRunReport:
   opt_state_bytes: int  # ... and of the optimizer state (from the shardings)
   batch_bytes: int
   model_flops: float  # matmuls of the model (metrics.train_flops_per_token), no recompute
+  scan_layers: bool  # XLA's FLOP count then holds the scanned loop body once, not n_layer times
   compile_seconds: float
   temp_bytes: int | None = None  # activations and other temporaries (XLA)
   code_bytes: int | None = None  # the compiled program
@@ -147,7 +148,8 @@ class DryRunReport:
       lines.append(f'  FLOPs per step per chip: {model}')
       lines.append(f'  DOES NOT FIT: {self.out_of_memory}')
     else:
-      lines.append(f'  FLOPs per step per chip: {self.xla_flops:.3e} (XLA), {model}')
+      once = ' with the scanned block counted once' if self.scan_layers else ''
+      lines.append(f'  FLOPs per step per chip: {self.xla_flops:.3e} (XLA{once}), {model}')
       verdict = 'fits' if self.fits else 'DOES NOT FIT'
       lines.append(f'  {verdict}: peak {self.peak_bytes / GiB:.2f} GiB = '
                    f'{self.peak_bytes / self.hbm_bytes:.0%} of {self.hbm_bytes / GiB:.0f} GiB HBM')
@@ -175,7 +177,7 @@ def dry_run(config, topology: str) -> DryRunReport:
       opt_state_bytes=_bytes_per_device(state.opt_state, shardings.opt_state),
       batch_bytes=_bytes_per_device(batch, sharding.batch_sharding(mesh)),
       model_flops=(metrics.train_flops_per_token(model_config, seq_len)
-                   * batch_size * seq_len / mesh.size))
+                   * batch_size * seq_len / mesh.size), scan_layers=model_config.scan_layers)
 
   start = time.perf_counter()
   try:
@@ -194,21 +196,30 @@ def dry_run(config, topology: str) -> DryRunReport:
       xla_flops=compiled.cost_analysis()['flops'])
 
 
-def remat_table(config, topology: str, policies=REMAT_POLICIES) -> str:
-  """Dry-runs `config` once per remat policy; a table of per-chip peak memory and FLOPs.
+def remat_reports(config, topology: str, policies=REMAT_POLICIES) -> dict[str, DryRunReport]:
+  """Dry-runs `config` once per remat policy, all else unchanged."""
+  reports = {}
+  for policy in policies:
+    variant = config.copy_and_resolve_references()
+    variant.model.remat = policy
+    reports[policy] = dry_run(variant, topology)
+  return reports
+
+
+def remat_table(config, topology: str, reports: dict[str, DryRunReport]) -> str:
+  """A markdown table of per-chip peak memory and FLOPs from `remat_reports`.
 
   Policies trade memory for recomputation: XLA's FLOP count includes the
-  recomputed forward pass, so the FLOPs column shows what each policy costs.
+  recomputed forward pass, so the FLOPs column shows what each policy costs
+  (with scan_layers, for the scanned block counted once: XLA does not multiply
+  a loop body by its trip count).
   """
   lines = [f'{config.model.n_layer} layers x {config.model.n_embd}, batch '
            f'{config.train.batch_size} x {config.train.seq_len}, scan_layers='
            f'{config.model.scan_layers}, on {topology} (per chip)',
            '| model.remat | peak GiB | temporaries GiB | XLA FLOPs / step | compile s |',
            '| --- | --- | --- | --- | --- |']
-  for policy in policies:
-    variant = config.copy_and_resolve_references()
-    variant.model.remat = policy
-    report = dry_run(variant, topology)
+  for policy, report in reports.items():
     if report.out_of_memory:
       lines.append(f'| {policy} | does not fit | - | - | {report.compile_seconds:.0f} |')
       continue
