@@ -8,6 +8,9 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
+  # JAX's persistent compilation cache: a restarted run reads its compiled steps back
+  # instead of compiling them again. A local directory or gs://; '' turns it off.
+  config.compile_cache_dir = '~/.cache/gpt_jax/jax_cache'
 
   config.model = ml_collections.ConfigDict(dict(
       vocab_size=40478,  # 40,000 BPE merges + base symbols, as in the released model
@@ -22,7 +25,11 @@ def get_config() -> ml_collections.ConfigDict:
       layer_norm_epsilon=1e-5,
       dtype='float32',  # compute dtype; 'bfloat16' on TPU / GPU
       param_dtype='float32',
-      remat=False,
+      # Activations a block keeps for the backward pass; the rest is recomputed: none (keep
+      # all), full (keep the block input only), dots_saveable, dots_with_no_batch_dims_saveable,
+      # save_qkv_mlp. See the remat table in the README.
+      remat='none',
+      scan_layers=False,  # one compiled block under nn.scan, parameters stacked on 'layers'
       # 'xla' (the reference), 'dot_product_attention' (cuDNN flash attention on NVIDIA
       # GPUs) or 'splash' (Pallas, TPU); the last two need attn_pdrop=0 to train
       attention='xla',

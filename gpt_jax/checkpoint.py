@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
-from gpt_jax import sharding, workdir as workdir_lib
+from gpt_jax import layer_layout, sharding, workdir as workdir_lib
 from gpt_jax.errors import UserError, warn
 
 STATE, DATA, CONFIG = 'state', 'data', 'config'
@@ -121,6 +121,18 @@ def _shapes_by_name(tree) -> dict[str, tuple]:
   return {name: tuple(leaf.shape) for name, leaf in sharding.named_leaves(tree).items()}
 
 
+def _into_layout_of(tree, target):
+  """`tree`, read in a checkpoint's block layout, in the layout and shardings of `target`.
+
+  A checkpoint saved with model.scan_layers on restores into a run with it off
+  and back: the conversion runs on the devices, straight into the target layout.
+  """
+  if jax.tree.structure(tree) == jax.tree.structure(target):
+    return tree  # saved in the same layout
+  return jax.jit(lambda t: layer_layout.like(t, target),
+                 out_shardings=jax.tree.map(lambda t: t.sharding, target))(tree)
+
+
 class Checkpointer:
   """Saves and restores one run's checkpoints under `workdir/checkpoints`.
 
@@ -194,7 +206,8 @@ class Checkpointer:
     """The newest readable checkpoint's TrainState, laid out on `trainer`'s mesh, or None.
 
     Restoring reshards: the arrays are read straight into `trainer.state_shardings`,
-    whatever mesh they were saved from. The data iterator is moved to where the
+    whatever mesh they were saved from, and converted to the trainer's block layout
+    (model.scan_layers) if saved in the other. The data iterator is moved to where the
     checkpoint left it. Unreadable checkpoints are set aside with a warning; one
     saved from a different model shape is an error.
     """
@@ -206,9 +219,11 @@ class Checkpointer:
       except Exception as error:  # noqa: BLE001 -- any unreadable metadata is damage
         self._set_aside(step, error)
         continue
-      check_compatible(stored['params'], trainer.abstract_state.params, str(step_dir))
+      # Read in the layout it was saved in (scanned or unrolled blocks), convert after.
+      stored_target = layer_layout.like(target, stored['params'])
+      check_compatible(stored['params'], stored_target.params, str(step_dir))
       has_data = (step_dir / DATA).is_dir()
-      items = {STATE: ocp.args.StandardRestore(target)}
+      items = {STATE: ocp.args.StandardRestore(stored_target)}
       if has_data:
         items[DATA] = DataStateRestore()
       try:
@@ -217,7 +232,7 @@ class Checkpointer:
         self._set_aside(step, error)
         continue
       self._restore_data_position(data_iterator, restored[DATA] if has_data else None, step)
-      return restored[STATE]
+      return _into_layout_of(restored[STATE], target)
     return None
 
   def _restore_data_position(self, iterator, stored: dict | None, step: int) -> None:
@@ -305,7 +320,24 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
         manager, directory,
         lambda step: manager.restore(step, args=ocp.args.Composite(
             **{CONFIG: ocp.args.JsonRestore()}))[CONFIG], None)
-  return ml_collections.ConfigDict(stored)
+  return ml_collections.ConfigDict(_upgrade_config(stored))
+
+
+def _upgrade_config(stored: dict) -> dict:
+  """A stored config (JSON) with today's fields, so old workdirs resume and take overrides.
+
+  model.remat was a bool before it named a policy (True -> 'full', False -> 'none');
+  fields added since (model.scan_layers, compile_cache_dir) get their defaults.
+  """
+  from gpt_jax import compile_cache
+
+  model = stored.get('model')
+  if isinstance(model, dict):
+    if isinstance(model.get('remat'), bool):
+      model['remat'] = 'full' if model['remat'] else 'none'
+    model.setdefault('scan_layers', False)
+  stored.setdefault('compile_cache_dir', compile_cache.DEFAULT_DIR)
+  return stored
 
 
 def load_params(workdir: str | Path, target=None, step: int | None = None):
@@ -313,24 +345,26 @@ def load_params(workdir: str | Path, target=None, step: int | None = None):
 
   `target` is a tree of jax.ShapeDtypeStruct with shardings (e.g. from a
   Trainer's abstract_state.params and param_shardings): the arrays are checked
-  against it and read straight into that layout. Without it they come back as
-  host numpy arrays, for a caller that reshapes them first (e.g. adding
-  fine-tuning tokens). The optimizer state is never read.
+  against it and read straight into that layout, blocks scanned or unrolled as
+  the target has them. Without it they come back as host numpy arrays in the
+  block layout they were saved in, for a caller that reshapes them first (e.g.
+  adding fine-tuning tokens). The optimizer state is never read.
   """
   manager, directory = _read_only_manager(workdir, state_handler=ocp.PyTreeCheckpointHandler())
 
   def read(candidate):
     stored = manager.item_metadata(candidate)[STATE].tree['params']
     if target is not None:
-      check_compatible(stored, target, str(directory / str(candidate)))
-      item = target
-      restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+      item = layer_layout.like(target, stored)
+      check_compatible(stored, item, str(directory / str(candidate)))
+      restore_args = ocp.checkpoint_utils.construct_restore_args(item)
     else:
       item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored)
       restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)
     restored = manager.restore(candidate, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
         item={'params': item}, restore_args={'params': restore_args}, partial_restore=True)}))
-    return restored[STATE]['params']
+    params = restored[STATE]['params']
+    return params if target is None else _into_layout_of(params, target)
 
   with manager:
     return _first_readable(manager, directory, read, step)

@@ -104,11 +104,12 @@ def _pretrain(args, overrides) -> None:
   distributed.initialize_from_args(args)  # before anything asks JAX for its devices
   import jax
 
-  from gpt_jax import pretrain
+  from gpt_jax import compile_cache, pretrain
   from gpt_jax.data import workflow
   from gpt_jax.report import RunLog
 
   workdir = workdir_lib.path(args.workdir)  # local, or gs:// for TPU pods
+  compile_cache.enable(config)
   data = workflow.pretrain_data(config)
   workdir_lib.check_workdir(workdir, process_index=jax.process_index())
   log = RunLog(workdir)  # only once the inputs are known to be good: no stray workdirs
@@ -166,7 +167,7 @@ def _dry_run(args, overrides) -> None:
   print(report.table())
   if not report.fits:
     raise UserError(f'{args.config} does not fit on {args.topology}; shrink the per-chip share: '
-                    'model.remat=True, optim.grad_accum_steps > 1, or shard the state over '
+                    'model.remat=full, optim.grad_accum_steps > 1, or shard the state over '
                     'more chips with mesh.fsdp')
 
 
@@ -197,11 +198,12 @@ def _finetune(args, overrides) -> None:
   distributed.initialize_from_args(args)  # before anything asks JAX for its devices
   import jax
 
-  from gpt_jax import finetune
+  from gpt_jax import compile_cache, finetune
   from gpt_jax.report import RunLog
 
   if args.workdir is None:
     raise UserError('finetune needs --workdir (only --print_config runs without one)')
+  compile_cache.enable(config)
   workdir_lib.check_workdir(args.workdir, process_index=jax.process_index())
   log = RunLog(args.workdir)
   try:
@@ -219,7 +221,7 @@ def _add_init_flag(parser: argparse.ArgumentParser) -> None:
 
 def _sample(args, overrides) -> None:
   """Continues prompts with a trained GPT and prints prompt + continuation for each."""
-  from gpt_jax import sample
+  from gpt_jax import compile_cache, sample
   from gpt_jax.data.tokenizer import Tokenizer
   from gpt_jax.weights import load_weights
 
@@ -232,6 +234,7 @@ def _sample(args, overrides) -> None:
     prompts += [line for line in path.read_text().splitlines() if line.strip()]
   if not prompts:
     raise UserError('give at least one --prompt TEXT or a --prompts_file with one prompt a line')
+  compile_cache.enable()
   weights = load_weights(args.workdir, tokenizer_required=args.tokenizer is None,
                          flag='--workdir')
   tokenizer = Tokenizer(args.tokenizer) if args.tokenizer else weights.tokenizer

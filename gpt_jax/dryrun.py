@@ -24,7 +24,7 @@ from jax.experimental import topologies
 
 from gpt_jax import flops, sharding, train
 from gpt_jax.errors import UserError
-from gpt_jax.model import ModelConfig
+from gpt_jax.model import REMAT_POLICIES, ModelConfig
 
 GiB = 2**30
 
@@ -112,6 +112,7 @@ class DryRunReport:
   opt_state_bytes: int  # ... and of the optimizer state (from the shardings)
   batch_bytes: int
   model_flops: float  # matmuls of the model (flops.train_flops_per_token), no recompute
+  scan_layers: bool  # XLA's FLOP count then holds the scanned loop body once, not n_layer times
   compile_seconds: float
   temp_bytes: int | None = None  # activations and other temporaries (XLA)
   code_bytes: int | None = None  # the compiled program
@@ -139,7 +140,8 @@ class DryRunReport:
       lines.append(f'  FLOPs per step per chip: {model}')
       lines.append(f'  DOES NOT FIT: {self.out_of_memory}')
     else:
-      lines.append(f'  FLOPs per step per chip: {self.xla_flops:.3e} (XLA), {model}')
+      once = ' with the scanned block counted once' if self.scan_layers else ''
+      lines.append(f'  FLOPs per step per chip: {self.xla_flops:.3e} (XLA{once}), {model}')
       verdict = 'fits' if self.fits else 'DOES NOT FIT'
       lines.append(f'  {verdict}: peak {self.peak_bytes / GiB:.2f} GiB = '
                    f'{self.peak_bytes / self.hbm_bytes:.0%} of {self.hbm_bytes / GiB:.0f} GiB HBM')
@@ -167,7 +169,7 @@ def dry_run(config, topology: str) -> DryRunReport:
       opt_state_bytes=sharding.tree_bytes(state.opt_state, shardings.opt_state),
       batch_bytes=sharding.tree_bytes(batch, sharding.batch_sharding(mesh)),
       model_flops=(flops.train_flops_per_token(model_config, seq_len)
-                   * batch_size * seq_len / mesh.size))
+                   * batch_size * seq_len / mesh.size), scan_layers=model_config.scan_layers)
 
   start = time.perf_counter()
   try:
@@ -184,3 +186,35 @@ def dry_run(config, topology: str) -> DryRunReport:
       compile_seconds=compile_seconds, temp_bytes=memory.temp_size_in_bytes,
       code_bytes=memory.generated_code_size_in_bytes, peak_bytes=memory.peak_memory_in_bytes,
       xla_flops=compiled.cost_analysis()['flops'])
+
+
+def remat_reports(config, topology: str, policies=REMAT_POLICIES) -> dict[str, DryRunReport]:
+  """Dry-runs `config` once per remat policy, all else unchanged."""
+  reports = {}
+  for policy in policies:
+    variant = config.copy_and_resolve_references()
+    variant.model.remat = policy
+    reports[policy] = dry_run(variant, topology)
+  return reports
+
+
+def remat_table(config, topology: str, reports: dict[str, DryRunReport]) -> str:
+  """A markdown table of per-chip peak memory and FLOPs from `remat_reports`.
+
+  Policies trade memory for recomputation: XLA's FLOP count includes the
+  recomputed forward pass, so the FLOPs column shows what each policy costs
+  (with scan_layers, for the scanned block counted once: XLA does not multiply
+  a loop body by its trip count).
+  """
+  lines = [f'{config.model.n_layer} layers x {config.model.n_embd}, batch '
+           f'{config.train.batch_size} x {config.train.seq_len}, scan_layers='
+           f'{config.model.scan_layers}, on {topology} (per chip)',
+           '| model.remat | peak GiB | temporaries GiB | XLA FLOPs / step | compile s |',
+           '| --- | --- | --- | --- | --- |']
+  for policy, report in reports.items():
+    if report.out_of_memory:
+      lines.append(f'| {policy} | does not fit | - | - | {report.compile_seconds:.0f} |')
+      continue
+    lines.append(f'| {policy} | {report.peak_bytes / GiB:.2f} | {report.temp_bytes / GiB:.2f} | '
+                 f'{report.xla_flops:.3e} | {report.compile_seconds:.0f} |')
+  return '\n'.join(lines)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import checkpoint, loop, optim, sharding, workdir as workdir_lib
+from gpt_jax import checkpoint, layer_layout, loop, optim, sharding, workdir as workdir_lib
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPTForTask
 from gpt_jax.report import RunLog
@@ -54,9 +54,13 @@ def load_init(config) -> Weights:
   # Fine-tuning keeps the pretrained shape; numerics and dropout come from the config.
   model_config = dataclasses.replace(
       weights.model_config, dtype=config.model.dtype, remat=config.model.remat,
-      embd_pdrop=config.model.embd_pdrop, attn_pdrop=config.model.attn_pdrop,
-      resid_pdrop=config.model.resid_pdrop, attention=config.model.attention)
-  return dataclasses.replace(weights, model_config=model_config)
+      scan_layers=config.model.scan_layers, embd_pdrop=config.model.embd_pdrop,
+      attn_pdrop=config.model.attn_pdrop, resid_pdrop=config.model.resid_pdrop,
+      attention=config.model.attention)
+  params = weights.params
+  if params is not None:  # the weights' block layout may differ from the config's
+    params = layer_layout.convert(params, model_config.scan_layers)
+  return dataclasses.replace(weights, params=params, model_config=model_config)
 
 
 @dataclasses.dataclass

@@ -12,9 +12,12 @@ Three formats hold the same numbers:
 
 `_LAYOUT` is the one table between the names; import, export and the release
 reader all walk it. Every importer returns `(params, ModelConfig)` with params
-as host numpy float32 arrays (the trainer shards them onto devices).
+as host numpy float32 arrays (the trainer shards them onto devices), in the
+unrolled block layout (gpt_jax.weights converts for nn.scan); export takes
+either layout (gpt_jax.layer_layout).
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -27,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax.linen import meta
 
+from gpt_jax import layer_layout, workdir as workdir_lib
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPT, ModelConfig
-from gpt_jax import workdir as workdir_lib
 
 SAFETENSORS_FILE = 'model.safetensors'
 PYTORCH_FILE = 'pytorch_model.bin'
@@ -81,7 +84,8 @@ def _hf_shape(shape: tuple[int, ...], merged_dims: int) -> tuple[int, ...]:
 
 
 def _our_shapes(model_config: ModelConfig) -> dict[str, tuple[int, ...]]:
-  """Shape of every parameter of GPT(model_config), keyed by path; computes nothing."""
+  """Shape of every parameter of the unrolled GPT(model_config), keyed by path; computes nothing."""
+  model_config = dataclasses.replace(model_config, scan_layers=False)
   boxed = jax.eval_shape(lambda: GPT(model_config).init(
       jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params'])
   flat = jax.tree_util.tree_flatten_with_path(meta.unbox(boxed))[0]
@@ -267,8 +271,11 @@ def _read_pytorch_bin(file: Path) -> dict:
 
 
 def state_to_hf(params, model_config: ModelConfig) -> dict[str, np.ndarray]:
-  """The OpenAIGPTLMHeadModel state dict (float32 numpy, lm_head tied so omitted)."""
-  params = jax.device_get(meta.unbox(params))
+  """The OpenAIGPTLMHeadModel state dict (float32 numpy, lm_head tied so omitted).
+
+  `params` may be in either block layout, whatever model_config.scan_layers says.
+  """
+  params = layer_layout.convert(jax.device_get(meta.unbox(params)), scanned=False)
   our_shapes = _our_shapes(model_config)
   names = set(our_shapes)
   flat = jax.tree_util.tree_flatten_with_path(params)[0]

@@ -12,10 +12,23 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from gpt_jax import attention
 from gpt_jax.dropout import Dropout
 from gpt_jax.errors import UserError
+
+# Remat policies by name: what a block saves from its forward pass for the backward
+# pass. 'none' saves everything (no remat); 'full' saves only the block's input.
+# The dots policies save matmul outputs (with_no_batch_dims: the projections, not the
+# attention scores); save_qkv_mlp saves just the two widest projections, named below.
+_POLICIES = {
+    'full': None,
+    'dots_saveable': jax.checkpoint_policies.dots_saveable,
+    'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    'save_qkv_mlp': jax.checkpoint_policies.save_only_these_names('qkv', 'mlp_hidden'),
+}
+REMAT_POLICIES = ('none', *_POLICIES)
 
 # GPT-1 initialises every weight from N(0, 0.02) and every bias to zero.
 _weight_init = nn.initializers.normal(stddev=0.02)
@@ -38,8 +51,20 @@ class ModelConfig:
   layer_norm_epsilon: float = 1e-5
   dtype: str = 'float32'  # compute dtype of activations and matmuls
   param_dtype: str = 'float32'
-  remat: bool = False  # recompute each block's activations in the backward pass
+  # What each block keeps for the backward pass (REMAT_POLICIES); the rest is recomputed.
+  # Stored configs from before policies had a bool: True means 'full', False 'none'.
+  remat: str = 'none'
+  # Run the blocks under nn.scan: one compiled block, parameters stacked on a leading
+  # 'layers' axis under `h` (see gpt_jax.layer_layout) instead of `h_0` ... `h_{n-1}`.
+  scan_layers: bool = False
   attention: str = 'xla'  # the attention kernel: one of gpt_jax.attention.IMPLEMENTATIONS
+
+  def __post_init__(self):
+    if isinstance(self.remat, bool):
+      object.__setattr__(self, 'remat', 'full' if self.remat else 'none')
+    if self.remat not in REMAT_POLICIES:
+      raise UserError(f'model.remat={self.remat!r} is not a remat policy; use one of: '
+                      f'{", ".join(REMAT_POLICIES)}')
 
   @property
   def head_dim(self) -> int:
@@ -149,6 +174,7 @@ class CausalSelfAttention(nn.Module):
                  cfg.dtype, cfg.param_dtype, name='c_attn')(x)
     qkv = nn.with_logical_constraint(
         qkv, ('activation_batch', 'activation_length', None, 'activation_heads', None))
+    qkv = checkpoint_name(qkv, 'qkv')  # kept by the save_qkv_mlp remat policy
     query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     mask = None  # causal over the tokens of this call
     if cache_mask is not None:
@@ -177,6 +203,7 @@ class MLP(nn.Module):
                cfg.dtype, cfg.param_dtype, name='c_fc')(x)
     h = nn.with_logical_constraint(
         h, ('activation_batch', 'activation_length', 'activation_mlp'))
+    h = checkpoint_name(h, 'mlp_hidden')  # kept by the save_qkv_mlp remat policy
     h = nn.gelu(h, approximate=True)
     h = Linear((cfg.d_ff,), (cfg.n_embd,), ('mlp', 'embed'),
                cfg.dtype, cfg.param_dtype, name='c_proj')(h)
@@ -198,6 +225,31 @@ class Block(nn.Module):
         x, ('activation_batch', 'activation_length', 'activation_embed'))
 
 
+class _ScanStep(Block):
+  """A Block with nn.scan's (carry, output) signature: the hidden state is the carry."""
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool, cache_mask=None):
+    return super().__call__(x, deterministic, cache_mask), None
+
+
+def _blocks(cfg: ModelConfig):
+  """The n_layer blocks: a list of Blocks, or one scanned module with stacked variables."""
+  block = _ScanStep if cfg.scan_layers else Block
+  if cfg.remat != 'none':
+    # static_argnums counts `self`: argument 2 is `deterministic`. Under scan the
+    # loop body already keeps XLA from merging the recomputation away.
+    block = nn.remat(block, static_argnums=(2,), policy=_POLICIES[cfg.remat],
+                     prevent_cse=not cfg.scan_layers)
+  if not cfg.scan_layers:
+    return [block(cfg, name=f'h_{i}') for i in range(cfg.n_layer)]
+  return nn.scan(
+      block, length=cfg.n_layer, variable_axes={'params': 0, 'cache': 0},
+      split_rngs={'params': True, 'dropout': True},
+      in_axes=(nn.broadcast, nn.broadcast),  # deterministic, cache_mask
+      metadata_params={nn.PARTITION_NAME: 'layers'})(cfg, name='h')
+
+
 class GPT(nn.Module):
   """GPT-1: token + learned position embeddings, n_layer post-LN blocks, tied output.
 
@@ -215,9 +267,14 @@ class GPT(nn.Module):
         cfg.n_ctx, cfg.n_embd, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
         embedding_init=_partitioned(_weight_init, ('position', 'embed')))
     self.drop = Dropout(cfg.embd_pdrop)
-    # static_argnums counts `self`: argument 2 is `deterministic`.
-    block = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
-    self.h = [block(cfg, name=f'h_{i}') for i in range(cfg.n_layer)]
+    self.h = _blocks(cfg)
+
+  def _run_blocks(self, x, deterministic: bool, cache_mask=None):
+    if self.config.scan_layers:
+      return self.h(x, deterministic, cache_mask)[0]
+    for block in self.h:
+      x = block(x, deterministic, cache_mask)
+    return x
 
   def hidden_states(self, tokens, deterministic: bool = True):
     """Final hidden states (batch, length, n_embd) of the last block."""
@@ -229,9 +286,7 @@ class GPT(nn.Module):
     x = nn.with_logical_constraint(
         x, ('activation_batch', 'activation_length', 'activation_embed'))
     x = self.drop(x, deterministic=deterministic)
-    for block in self.h:
-      x = block(x, deterministic)
-    return x
+    return self._run_blocks(x, deterministic)
 
   def logits(self, hidden):
     """Language-model logits through the transposed token embedding, in float32."""
@@ -251,9 +306,7 @@ class GPT(nn.Module):
     x = self.tokens_embed(tokens) + self.positions_embed(positions)
     x = nn.with_logical_constraint(
         x, ('activation_batch', 'activation_length', 'activation_embed'))
-    for block in self.h:
-      x = block(x, True, cache_mask)
-    return self.logits(x[:, -1])
+    return self.logits(self._run_blocks(x, True, cache_mask)[:, -1])
 
 
 # How GPTForTask reads the sequences of one example (gpt_jax.tasks maps task kinds onto these):

@@ -71,7 +71,7 @@ def generate(params, model_config: ModelConfig, prompts: Sequence[Sequence[int]]
   for row, prompt in enumerate(prompts):
     padded[row, padded.shape[1] - len(prompt):] = prompt
   # Training may checkpoint activations (remat); decoding has no backward pass.
-  model_config = dataclasses.replace(model_config, remat=False)
+  model_config = dataclasses.replace(model_config, remat='none')
   with sharding.use_mesh(mesh):
     tokens, logits = _decode(
         params, padded, lengths, jax.random.key(seed), model_config=model_config,

@@ -37,6 +37,7 @@ LOGICAL_RULES = (
     ('head_dim', None),
     ('mlp', 'tensor'),
     ('classes', None),
+    ('layers', None),  # the stacked blocks of model.scan_layers: every device holds every layer's shard
 )
 
 

@@ -22,7 +22,7 @@ import dataclasses
 
 import jax
 
-from gpt_jax import hf, workdir as workdir_lib
+from gpt_jax import hf, layer_layout, workdir as workdir_lib
 from gpt_jax.data.hf_tokenizer import tokenizer_in
 from gpt_jax.data.tokenizer import TextTokenizer
 from gpt_jax.errors import UserError
@@ -58,15 +58,18 @@ def config_from_params(params) -> ModelConfig:
 
   Not from a stored config: a fine-tuning run takes its model shape from the
   weights it started from and adds fine-tuning tokens to the vocabulary, so
-  its config's model section need not match.
+  its config's model section need not match. The block layout is kept:
+  stacked parameters run with scanned blocks.
   """
   vocab_size, n_embd = params['tokens_embed']['embedding'].shape
-  block = params['h_0']
+  scanned = layer_layout.is_scanned(params)
+  block = params[layer_layout.SCANNED] if scanned else params['h_0']
+  layers = int(scanned)  # the leading 'layers' axis of stacked kernels
   return ModelConfig(
       vocab_size=vocab_size, n_ctx=params['positions_embed']['embedding'].shape[0],
-      n_embd=n_embd, n_layer=sum(name.startswith('h_') for name in params),
-      n_head=block['attn']['c_attn']['kernel'].shape[2],
-      d_ff=block['mlp']['c_fc']['kernel'].shape[1])
+      n_embd=n_embd, n_layer=layer_layout.num_layers(params),
+      n_head=block['attn']['c_attn']['kernel'].shape[layers + 2],
+      d_ff=block['mlp']['c_fc']['kernel'].shape[layers + 1], scan_layers=scanned)
 
 
 def _read(directory, kind: str) -> tuple[dict, ModelConfig]:

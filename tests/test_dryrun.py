@@ -69,6 +69,20 @@ def test_small_config_compiles_for_v5e_2x2_and_fits(monkeypatch, capsys):
 
 
 @needs_libtpu
+def test_remat_policies_trade_activation_memory_for_recomputed_flops():
+  config = tiny_config(n_layer=4, scan_layers=True)
+  config.train.update(batch_size=32, seq_len=32)
+  reports = dryrun.remat_reports(config, 'v5e:2x2', ['none', 'save_qkv_mlp', 'full'])
+  none, named, full = reports['none'], reports['save_qkv_mlp'], reports['full']
+  assert full.peak_bytes < none.peak_bytes  # fewer saved activations ...
+  assert none.xla_flops < named.xla_flops < full.xla_flops  # ... more forward work redone
+  table = dryrun.remat_table(config, 'v5e:2x2', reports)
+  rows = [line for line in table.splitlines()[3:] if line.startswith('| ')]  # after the headers
+  assert [row.split(' | ')[0] for row in rows] == ['| none', '| save_qkv_mlp', '| full']
+  assert 'scan_layers=True' in table
+
+
+@needs_libtpu
 def test_a_model_too_big_for_the_chip_is_reported_as_not_fitting(monkeypatch, capsys):
   # A 4M x 1024 float32 embedding (16 GiB) with its Adam moments, replicated on
   # every chip of a data-parallel mesh.
