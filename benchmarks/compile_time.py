@@ -4,7 +4,8 @@
 
 Each variant (model.scan_layers False, True) runs in a fresh process with the
 persistent compilation cache off, so nothing is reused; reports seconds to
-build the trainer and lower + compile its train step, the median of --steps
+build the trainer and lower + compile its train step (wall and CPU time: CPU
+time is the steadier figure on a shared machine), the median of --steps
 train steps after that, and the process's peak RSS.
 """
 
@@ -33,12 +34,12 @@ def _compile(config_name: str, batch: int, scan_layers: bool, steps: int, queue)
   config = load_config(config_name, [f'model.scan_layers={scan_layers}'])
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   seq_len = config.train.seq_len
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   _, trainer = train.make_pretrainer(ModelConfig.from_config(config.model), config.optim, mesh,
                                      seq_len, 100)
   step = trainer.lower_train_step(
       jax.ShapeDtypeStruct((batch, seq_len + 1), jnp.int32)).compile()
-  seconds = time.perf_counter() - start
+  seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
   with trainer.activation_sharding():
     state = trainer.init(jax.random.key(0))
   tokens = np.random.default_rng(0).integers(0, config.model.vocab_size, (batch, seq_len + 1))
@@ -50,7 +51,7 @@ def _compile(config_name: str, batch: int, scan_layers: bool, steps: int, queue)
       state, metrics = step(state, batch_array)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - begin)
-  queue.put((seconds, statistics.median(times) if times else float('nan'),
+  queue.put((seconds, cpu_seconds, statistics.median(times) if times else float('nan'),
              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20))
 
 
@@ -68,10 +69,10 @@ def main() -> None:
       process = context.Process(target=_compile,
                                 args=(args.config, args.batch, scan_layers, args.steps, queue))
       process.start()
-      seconds, step_seconds, peak_gib = queue.get()
+      seconds, cpu_seconds, step_seconds, peak_gib = queue.get()
       process.join()
       print(f'round {round_}: {args.config} scan_layers={scan_layers}: compiled in '
-            f'{seconds:.1f} s, step {step_seconds:.3f} s, peak RSS {peak_gib:.2f} GiB',
+            f'{seconds:.1f} s ({cpu_seconds:.1f} s of CPU time), step {step_seconds:.3f} s, peak RSS {peak_gib:.2f} GiB',
             flush=True)
 
 
