@@ -155,15 +155,22 @@ def _profile_window(text: str | None) -> tuple[int, int] | None:
   return start, count
 
 
+# mode -> (dry-run function name in gpt_jax.dryrun, an example config)
+_DRY_RUNS = {'pretrain': ('dry_run', 'configs/gpt1_v5e_8.py'),
+             'finetune': ('finetune_dry_run', 'finetune/race_middle')}
+
+
 def _dry_run(args, overrides) -> None:
-  """Compiles the pretraining step for a TPU slice this machine lacks; fails if it won't fit."""
+  """Compiles the mode's train step for a TPU slice this machine lacks; fails if it won't fit."""
   from gpt_jax import config as config_lib
   from gpt_jax import dryrun
 
+  function, example = _DRY_RUNS[args.mode]
   if not (args.dry_run and args.topology and args.config):
     raise UserError('a dry run needs --dry_run, --topology and --config, e.g. '
-                    'gpt-jax pretrain --config configs/gpt1_v5e_8.py --dry_run --topology v5e:2x4')
-  report = dryrun.dry_run(config_lib.load_config(args.config, overrides), args.topology)
+                    f'gpt-jax {args.mode} --config {example} --dry_run --topology v5e:2x4')
+  report = getattr(dryrun, function)(config_lib.load_config(args.config, overrides),
+                                     args.topology)
   print(report.table())
   if not report.fits:
     raise UserError(f'{args.config} does not fit on {args.topology}; shrink the per-chip share: '
@@ -189,6 +196,9 @@ def _prepare(args, overrides) -> None:
 
 def _finetune(args, overrides) -> None:
   """Fine-tunes a pretrained GPT on a task (the paper's input transformations + linear head)."""
+  if args.dry_run or args.topology:
+    _dry_run(args, overrides)
+    return
   if args.init:
     overrides = [f'finetune.init={args.init}', *overrides]
   config = _resolved_config(args, overrides)
@@ -366,7 +376,7 @@ MODES = {
     'finetune': (_finetune, 'fine-tune on a classification / entailment / similarity / '
                  'multiple-choice task',
                  [_add_config_flags, functools.partial(_add_workdir_flag, required=False),
-                  _add_init_flag, _add_distributed_flags]),
+                  _add_init_flag, _add_dry_run_flags, _add_distributed_flags]),
     'sample': (_sample, 'continue text prompts with a trained GPT (KV-cache decoding)',
                [_add_sample_flags]),
     'eval': (_eval, 'loss, perplexity and bits per byte of a model on a corpus split or a file',

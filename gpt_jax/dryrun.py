@@ -1,4 +1,4 @@
-"""Compile the real sharded train step for a TPU slice this machine does not have.
+"""Compile the real sharded train step (pretraining or fine-tuning) for a TPU slice not at hand.
 
 libtpu describes any TPU topology (`v5e:2x4`, `v4:2x2x1`, ...) as compile-only
 devices. We lay the config's mesh over them, lower the Trainer's jitted train
@@ -7,6 +7,7 @@ read XLA's per-chip memory and FLOP estimates, so a config can be checked
 before paying for a slice. Needs libtpu (`pip install "gpt_jax[tpu]"`), no TPU.
 
     gpt-jax pretrain --config configs/gpt1_v5e_8.py --dry_run --topology v5e:2x4
+    gpt-jax finetune --config finetune/race_middle --dry_run --topology v5e:2x4
 """
 
 import dataclasses
@@ -25,6 +26,7 @@ from jax.experimental import topologies
 from gpt_jax import flops, sharding, train
 from gpt_jax.errors import UserError
 from gpt_jax.model import REMAT_POLICIES, ModelConfig
+from gpt_jax.tasks.load import load_task_shape
 
 GiB = 2**30
 
@@ -161,15 +163,55 @@ def dry_run(config, topology: str) -> DryRunReport:
   _, trainer = train.make_pretrainer(model_config, config.optim, mesh, seq_len,
                                      max(int(config.train.num_steps), 1))
   batch = jax.ShapeDtypeStruct((batch_size, seq_len + 1), jnp.int32)
+  return _compile_and_measure(trainer, batch, topology, generation,
+                              flops.train_flops_per_token(model_config, seq_len)
+                              * batch_size * seq_len, model_config.scan_layers)
+
+
+def finetune_dry_run(config, topology: str) -> DryRunReport:
+  """Compiles `config`'s fine-tuning step for `topology`, for batches of task.max_len tokens.
+
+  The model's shape comes from config.model (a real run takes it from
+  finetune.init), the task's from the registry or its files (the data need not
+  be prepared). Bucketed batches are never longer than max_len, so this is the
+  largest step the run compiles.
+  """
+  devices, generation = topology_devices(topology)
+  model_config = ModelConfig.from_config(config.model)
+  max_len = config.task.max_len if config.task.max_len > 0 else model_config.n_ctx
+  if max_len > model_config.n_ctx:
+    raise UserError(f'task.max_len={max_len} exceeds model.n_ctx={model_config.n_ctx}')
+  mesh = sharding.make_mesh(config.mesh, devices)
+  batch_size = config.train.batch_size
+  sharding.check_batch(batch_size, mesh)
+  task_shape = load_task_shape(config.task)
+  _, trainer = train.make_finetuner(model_config, task_shape, config, mesh, total_steps=1)
+  tokens = task_shape.input_shape(batch_size, max_len)
+  label = jnp.float32 if task_shape.regression else jnp.int32
+  batch = {'tokens': jax.ShapeDtypeStruct(tokens, jnp.int32),
+           'lm_mask': jax.ShapeDtypeStruct(tokens, jnp.int32),
+           'extract_index': jax.ShapeDtypeStruct(tokens[:-1], jnp.int32),
+           **{key: jax.ShapeDtypeStruct((batch_size,), dtype) for key, dtype in
+              (('label', label), ('valid', jnp.int32), ('position', jnp.int32))}}
+  return _compile_and_measure(trainer, batch, topology, generation,
+                              flops.train_flops_per_token(model_config, max_len)
+                              * math.prod(tokens), model_config.scan_layers)
+
+
+def _compile_and_measure(trainer: train.Trainer, batch, topology: str,
+                         generation: TpuGeneration, model_flops: float,
+                         scan_layers: bool) -> DryRunReport:
+  """Compiles the trainer's step for the abstract `batch` and reads XLA's per-chip figures."""
+  mesh = trainer.mesh
   state, shardings = trainer.abstract_state, trainer.state_shardings
   report = functools.partial(
-      DryRunReport, topology=topology, device_kind=devices[0].device_kind, num_chips=mesh.size,
-      mesh_shape=dict(mesh.shape), hbm_bytes=generation.hbm_bytes,
+      DryRunReport, topology=topology, device_kind=mesh.devices.flat[0].device_kind,
+      num_chips=mesh.size, mesh_shape=dict(mesh.shape), hbm_bytes=generation.hbm_bytes,
       param_bytes=sharding.tree_bytes(state.params, shardings.params),
       opt_state_bytes=sharding.tree_bytes(state.opt_state, shardings.opt_state),
-      batch_bytes=sharding.tree_bytes(batch, sharding.batch_sharding(mesh)),
-      model_flops=(flops.train_flops_per_token(model_config, seq_len)
-                   * batch_size * seq_len / mesh.size), scan_layers=model_config.scan_layers)
+      batch_bytes=sharding.tree_bytes(
+          batch, jax.tree.map(lambda _: sharding.batch_sharding(mesh), batch)),
+      model_flops=model_flops / mesh.size, scan_layers=scan_layers)
 
   start = time.perf_counter()
   try:

@@ -15,10 +15,9 @@ import json
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import checkpoint, layer_layout, loop, optim, sharding, workdir as workdir_lib
+from gpt_jax import checkpoint, layer_layout, loop, sharding, workdir as workdir_lib
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPTForTask
 from gpt_jax.report import RunLog
@@ -27,7 +26,7 @@ from gpt_jax.tasks import transforms
 from gpt_jax.tasks.batches import batches
 from gpt_jax.tasks.load import load_task
 from gpt_jax.tasks.task import Task
-from gpt_jax.train import Trainer
+from gpt_jax.train import Trainer, make_finetuner
 from gpt_jax.weights import Weights, load_weights, with_token_ids
 
 # GLUE's server wants label names for these tasks and 0/1 for the other classification tasks.
@@ -69,6 +68,7 @@ class _Run:
   weights: Weights
   train_examples: list | object
   max_len: int
+  bucket: int  # batches are padded to a multiple of this (see tasks.batches); 0: to max_len
   steps_per_epoch: int
   total_steps: int
   model: GPTForTask
@@ -99,16 +99,9 @@ def _set_up(config) -> _Run:
                     f'train.batch_size={config.train.batch_size}')
   total_steps = (config.train.num_steps if config.train.num_steps > 0
                  else math.ceil(config.train.num_epochs * steps_per_epoch))
-  model = GPTForTask(model_config, task.head_layout, task.num_outputs, config.finetune.clf_pdrop)
-  shape = task.input_shape(1, max_len)
-  tx, schedule = optim.make_optimizer(config.optim, total_steps)
-  trainer = Trainer(
-      init_params=lambda rng: model.init(rng, jnp.zeros(shape, jnp.int32),
-                                         jnp.zeros(shape[:-1], jnp.int32))['params'],
-      loss_fn=transforms.finetune_loss_fn(model, config.finetune.lm_coef, task.regression),
-      tx=tx, schedule=schedule, mesh=mesh, grad_accum_steps=config.optim.grad_accum_steps)
-  return _Run(task, weights, train_examples, max_len, steps_per_epoch, total_steps, model,
-              trainer)
+  model, trainer = make_finetuner(model_config, task.shape, config, mesh, total_steps)
+  return _Run(task, weights, train_examples, max_len, config.task.bucket, steps_per_epoch,
+              total_steps, model, trainer)
 
 
 def _initial_state(run: _Run, config):
@@ -139,7 +132,7 @@ def _predict_split(predict, params, run: _Run, examples,
   """(predictions, labels) for every example of one split, in the split's order."""
   outputs, labels, positions = [], [], []
   encoded = batches(examples, run.task.kind, run.weights.tokenizer, run.max_len,
-                    batch_size // jax.process_count(), pad_last=True,
+                    batch_size // jax.process_count(), bucket=run.bucket, pad_last=True,
                     shard=(jax.process_index(), jax.process_count()))
   with run.trainer.activation_sharding():
     for batch in encoded:
@@ -196,7 +189,8 @@ class _TruncationCount:
 def _train_batches(run: _Run, config, start: int) -> _TruncationCount:
   return _TruncationCount(batches(
       run.train_examples, run.task.kind, run.weights.tokenizer, run.max_len,
-      config.train.batch_size // jax.process_count(), shuffle_seed=config.train.seed,
+      config.train.batch_size // jax.process_count(), bucket=run.bucket,
+      shuffle_seed=config.train.seed,
       num_epochs=math.ceil(run.total_steps / run.steps_per_epoch),
       shard=(jax.process_index(), jax.process_count()), start=start))
 

@@ -349,6 +349,19 @@ class GPTForTask(nn.Module):
 
   def __call__(self, tokens, extract_index, deterministic: bool = True,
                with_lm_logits: bool = True):
+    logits, hidden = self.task_logits_and_hidden(tokens, extract_index, deterministic)
+    return logits, self.lm_logits(hidden) if with_lm_logits else None
+
+  def lm_logits(self, hidden):
+    """Language-model logits (..., vocab) of final hidden states (..., n_embd)."""
+    return self.transformer.logits(hidden)
+
+  def task_logits_and_hidden(self, tokens, extract_index, deterministic: bool = True):
+    """The task head's logits, and the final hidden states (*tokens.shape, n_embd).
+
+    For a loss that makes LM logits only a few positions at a time (see
+    gpt_jax.tasks.transforms.lm_loss) instead of all of them at once.
+    """
     sequence_axes = 0 if self.layout == 'single' else 1
     if tokens.ndim != 2 + sequence_axes or extract_index.shape != tokens.shape[:-1]:
       raise UserError(f'a {self.layout} head expects tokens of rank {2 + sequence_axes} and '
@@ -367,10 +380,7 @@ class GPTForTask(nn.Module):
     logits = logits.astype(jnp.float32)
     if self.layout == 'choices':
       logits = logits[..., 0]  # one score per choice; the softmax runs over choices
-    lm_logits = None
-    if with_lm_logits:
-      lm_logits = self.transformer.logits(hidden).reshape(*tokens.shape, -1)
-    return logits, lm_logits
+    return logits, hidden.reshape(*tokens.shape, hidden.shape[-1])
 
 
 def add_token_rows(params, n_new: int, rng: jax.Array):

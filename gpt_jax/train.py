@@ -1,4 +1,4 @@
-"""Train state, the Trainer (jitted sharded train/eval steps) and the pretraining objective.
+"""Train state, the Trainer (jitted sharded steps), the pretraining and fine-tuning trainers.
 
 Steps are pure functions of (state, batch), compiled once with explicit
 input/output shardings; the state argument is donated so parameters and
@@ -16,7 +16,9 @@ import optax
 
 from gpt_jax import optim, sharding
 from gpt_jax.errors import UserError
-from gpt_jax.model import GPT, ModelConfig
+from gpt_jax.model import GPT, GPTForTask, ModelConfig
+from gpt_jax.tasks import transforms
+from gpt_jax.tasks.task import TaskShape
 
 
 @flax.struct.dataclass
@@ -56,6 +58,25 @@ def make_pretrainer(model_config: ModelConfig, optim_config, mesh: jax.sharding.
       init_params=lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32))['params'],
       loss_fn=lm_loss_fn(model), tx=tx, schedule=schedule, mesh=mesh,
       grad_accum_steps=optim_config.grad_accum_steps)
+  return model, trainer
+
+
+def make_finetuner(model_config: ModelConfig, task_shape: TaskShape, config,
+                   mesh: jax.sharding.Mesh, total_steps: int) -> tuple[GPTForTask, 'Trainer']:
+  """The GPTForTask and its fine-tuning Trainer (the paper's L_task + lm_coef x L_LM).
+
+  `config` supplies the optim section and finetune.{clf_pdrop, lm_coef, lm_chunk}.
+  """
+  model = GPTForTask(model_config, task_shape.head_layout, task_shape.num_outputs,
+                     config.finetune.clf_pdrop)
+  shape = task_shape.input_shape(1, model_config.n_ctx)  # any length: parameters don't depend on it
+  tx, schedule = optim.make_optimizer(config.optim, total_steps)
+  trainer = Trainer(
+      init_params=lambda rng: model.init(rng, jnp.zeros(shape, jnp.int32),
+                                         jnp.zeros(shape[:-1], jnp.int32))['params'],
+      loss_fn=transforms.finetune_loss_fn(model, config.finetune.lm_coef, task_shape.regression,
+                                          config.finetune.lm_chunk),
+      tx=tx, schedule=schedule, mesh=mesh, grad_accum_steps=config.optim.grad_accum_steps)
   return model, trainer
 
 

@@ -35,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
       labels='',  # local: the class labels, comma-separated ('': those of the train file)
       regression=False,  # a score instead of classes (STS-B; local similarity tasks)
       max_len=-1,  # tokens per sequence; -1: the model's n_ctx
+      # Each batch is padded to its longest sequence rounded up to a multiple of this (at most
+      # max_len / bucket step shapes compile); 0: every batch padded to max_len.
+      bucket=64,
       max_train_examples=-1,  # -1: every training example; N: the first N (a smoke run)
       # Offline default tasks only:
       seed=0,  # which examples, wrong texts and answer positions; not the split
@@ -44,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
       init='',  # a pretraining workdir or a Hugging Face directory (--init)
       random_init=False,  # True: init's shape and tokenizer, random weights (the paper's ablation)
       lm_coef=0.5,  # weight of the auxiliary language-model loss; 0 leaves it out
+      lm_chunk=128,  # LM logits are made this many positions per sequence at a time (memory)
       clf_pdrop=0.1,  # dropout before the classifier
       eval_batch_size=64,
   ))

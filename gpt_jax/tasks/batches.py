@@ -1,4 +1,11 @@
-"""Batches of encoded task examples for the fine-tuning loop, sharded over processes."""
+"""Batches of encoded task examples for the fine-tuning loop, sharded over processes.
+
+Each batch is padded only as far as its longest sequence, rounded up to a
+multiple of `bucket` tokens (and never beyond max_len), so a compiled step
+exists for at most max_len / bucket lengths and a batch of short sentences does
+not pay for max_len. OpenAI's original code trimmed each task to its longest
+example; buckets go further, batch by batch.
+"""
 
 from collections.abc import Iterator, Sequence
 
@@ -10,12 +17,35 @@ from gpt_jax.tasks.task import check_kind
 from gpt_jax.tasks.transforms import Tokenizer, encode_example
 
 
+def bucket_length(longest: int, bucket: int, max_len: int) -> int:
+  """The padded length of a batch whose longest sequence has `longest` tokens.
+
+  bucket <= 0 pads every batch to max_len.
+  """
+  if bucket <= 0:
+    return max_len
+  return min(-(-longest // bucket) * bucket, max_len)
+
+
+def pad_to_length(example: dict[str, np.ndarray], length: int,
+                  pad_id: int) -> dict[str, np.ndarray]:
+  """`example` (from encode_example) with its sequences padded on the right to `length`."""
+  extra = length - example['tokens'].shape[-1]
+  widths = [(0, 0)] * (example['tokens'].ndim - 1) + [(0, extra)]
+  return {**example, 'tokens': np.pad(example['tokens'], widths, constant_values=pad_id),
+          'lm_mask': np.pad(example['lm_mask'], widths)}
+
+
 def batches(examples: Sequence[dict], kind: str, tokenizer: Tokenizer, max_len: int,
-            batch_size: int, *, shuffle_seed: int | None = None, num_epochs: int = 1,
-            pad_last: bool = False, shard: tuple[int, int] = (0, 1), start: int = 0
-            ) -> Iterator[dict[str, np.ndarray]]:
+            batch_size: int, *, bucket: int = 64, shuffle_seed: int | None = None,
+            num_epochs: int = 1, pad_last: bool = False, shard: tuple[int, int] = (0, 1),
+            start: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """This process's batches of encoded examples (transforms.encode_example), as dicts of arrays.
 
+  Sequences are cut to max_len and padded to `bucket_length(longest, bucket,
+  max_len)`, the longest over the *global* batch, so that every process's rows
+  share one shape (each process therefore encodes every row of a global batch
+  and keeps its own).
   Training: pass `shuffle_seed` (a fresh order every epoch); the rows that do
   not fill a last global batch are dropped. Evaluation: `pad_last=True` keeps
   every example and fills the last batch with copies whose `valid` is 0.
@@ -38,14 +68,15 @@ def batches(examples: Sequence[dict], kind: str, tokenizer: Tokenizer, max_len: 
   if not num_batches:
     raise UserError(f'{len(examples)} examples make no batch of {global_batch}; '
                     'lower the batch size or add examples')
-  rows = range(index, num_batches * global_batch, count)  # this process's rows
-  for first in range(start * batch_size, len(rows), batch_size):
+  for first in range(start * global_batch, num_batches * global_batch, global_batch):
     encoded = []
-    for row in rows[first:first + batch_size]:
+    for row in range(first, first + global_batch):
       position = order[row % len(order)]
-      example = encode_example(kind, examples[position], tokenizer, max_len)
+      example = encode_example(kind, examples[position], tokenizer, max_len, length=0)
       example['position'] = np.int32(position)
       if row >= len(order):  # padding of the last batch
         example.update(valid=np.int32(0), truncated=np.int32(0))
       encoded.append(example)
-    yield {key: np.stack([example[key] for example in encoded]) for key in encoded[0]}
+    length = bucket_length(max(e['tokens'].shape[-1] for e in encoded), bucket, max_len)
+    mine = [pad_to_length(e, length, tokenizer.pad_id) for e in encoded[index::count]]
+    yield {key: np.stack([example[key] for example in mine]) for key in mine[0]}

@@ -2,7 +2,7 @@
 
 from gpt_jax.errors import UserError
 from gpt_jax.tasks import files, registry, stdlib
-from gpt_jax.tasks.task import Task
+from gpt_jax.tasks.task import Task, TaskShape
 
 
 def _local_task(task_config) -> Task:
@@ -37,3 +37,14 @@ def load_task(task_config) -> Task:
   raise UserError(f'unknown task.name {name!r}; use a registry task '
                   f'({", ".join(registry.TFDS_TASKS)}), an offline default task '
                   f'({", ".join(stdlib.DEFAULT_TASKS)}) or local (your own files)')
+
+
+def load_task_shape(task_config) -> TaskShape:
+  """The model and batch shapes of the task a config names.
+
+  A registry task's come from the registry, so a dry run needs no prepared
+  dataset; the other sources are read (they are local).
+  """
+  if task_config.name in registry.REGISTRY_NAMES:
+    return registry.tfds_task_shape(registry.REGISTRY_NAMES[task_config.name])
+  return load_task(task_config).shape

@@ -31,7 +31,7 @@ import tensorflow_datasets as tfds
 import tensorflow_datasets.text  # noqa: F401  registers the legacy builders, among them 'glue'
 
 from gpt_jax.errors import UserError
-from gpt_jax.tasks.task import Task
+from gpt_jax.tasks.task import Task, TaskShape
 
 
 # ---------------------------------------------------------------------------
@@ -61,6 +61,7 @@ class TfdsTask:
   test: tuple[str, ...] = ('test',)
   regression: bool = False
   submission_files: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  choices: int = 0  # multiple choice: candidates per example (the shapes, without the data)
   # record -> its examples; None maps `fields` and 'label' one to one.
   convert: Callable[[dict], list[dict]] | None = None
 
@@ -132,12 +133,12 @@ TFDS_TASKS = {
                         {'premise': 'premise', 'hypothesis': 'hypothesis'},
                         ('entails', 'neutral'), ('accuracy',)),
     'race_middle': TfdsTask('race/middle', 'multiple_choice', {}, None, ('accuracy',),
-                            validation=('dev',), convert=_race_examples),
+                            validation=('dev',), convert=_race_examples, choices=4),
     'race_high': TfdsTask('race/high', 'multiple_choice', {}, None, ('accuracy',),
-                          validation=('dev',), convert=_race_examples),
+                          validation=('dev',), convert=_race_examples, choices=4),
     'story_cloze': TfdsTask('story_cloze/2016', 'multiple_choice', {}, None, ('accuracy',),
                             train='validation[:90%]', validation=('validation[90%:]',),
-                            convert=_story_cloze_examples),
+                            convert=_story_cloze_examples, choices=2),
 }
 
 
@@ -201,6 +202,14 @@ def load_tfds_task(name: str, data_dir: str | None = None) -> Task:
               validation={split: source(split) for split in spec.validation},
               test={split: source(split) for split in spec.test},
               regression=spec.regression, submission_files=dict(spec.submission_files))
+
+
+def tfds_task_shape(name: str) -> TaskShape:
+  """The registry task's model and batch shapes, without opening its (maybe unprepared) data."""
+  spec = TFDS_TASKS[name]
+  num_outputs = 1 if spec.regression or spec.labels is None else len(spec.labels)
+  sequences = {'similarity': (2,), 'multiple_choice': (spec.choices,)}.get(spec.kind, ())
+  return TaskShape(spec.kind, num_outputs, sequences, spec.regression)
 
 
 # Registry keys by their TFDS names too: 'glue/sst2' is 'sst2', 'sci_tail' is 'scitail'.

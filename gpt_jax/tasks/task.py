@@ -37,6 +37,24 @@ def check_kind(kind: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class TaskShape:
+  """What a task's model and batch shapes depend on; no examples (e.g. for a dry run)."""
+
+  kind: str
+  num_outputs: int  # outputs of the linear head (see Task.num_outputs)
+  sequences_per_example: tuple[int, ...] = ()  # () one sequence, (2,) both orders, (n,) choices
+  regression: bool = False
+
+  @property
+  def head_layout(self) -> str:
+    return HEAD_LAYOUTS[self.kind]
+
+  def input_shape(self, batch_size: int, length: int) -> tuple[int, ...]:
+    """Shape of a batch of token sequences for this task's model."""
+    return (batch_size, *self.sequences_per_example, length)
+
+
+@dataclasses.dataclass(frozen=True)
 class Task:
   """A fine-tuning task's data and how to score it."""
 
@@ -68,6 +86,10 @@ class Task:
       return (len(self.train[0]['choices']),)
     return ()
 
+  @property
+  def shape(self) -> TaskShape:
+    return TaskShape(self.kind, self.num_outputs, self.sequences_per_example(), self.regression)
+
   def input_shape(self, batch_size: int, max_len: int) -> tuple[int, ...]:
     """Shape of a batch of token sequences for this task's model."""
-    return (batch_size, *self.sequences_per_example(), max_len)
+    return self.shape.input_shape(batch_size, max_len)

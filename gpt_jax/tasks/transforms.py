@@ -1,14 +1,16 @@
 """The paper's four input transformations, and the fine-tuning objective on them.
 
-Every example becomes one or more token sequences of a fixed length `max_len`
-(Radford et al. 2018, figure 1):
+Every example becomes one or more token sequences of at most `max_len` tokens
+(Radford et al. 2018, figure 1), padded to a common `length`:
 
-  classification    <s> text <e>                                tokens (max_len,)
-  entailment        <s> premise $ hypothesis <e>                tokens (max_len,)
-  similarity        <s> A $ B <e>  and  <s> B $ A <e>           tokens (2, max_len)
-  multiple_choice   <s> context $ choice_k <e>, one per choice  tokens (n_choices, max_len)
+  classification    <s> text <e>                                tokens (length,)
+  entailment        <s> premise $ hypothesis <e>                tokens (length,)
+  similarity        <s> A $ B <e>  and  <s> B $ A <e>           tokens (2, length)
+  multiple_choice   <s> context $ choice_k <e>, one per choice  tokens (n_choices, length)
 
-Sequences are padded with the tokenizer's pad id after `<e>`. The model reads
+Sequences are padded with the tokenizer's pad id after `<e>`: to max_len, or
+(`length=0`) only as far as the example's longest sequence, which
+`tasks.batches` then pads to its batch's bucket (`pad_to_length`). The model reads
 its final hidden state at `extract_index`, the position of `<e>`. `lm_mask`
 marks every real token after `<s>`, up to and including `<e>`: the tokens the
 auxiliary language-model loss predicts.
@@ -19,6 +21,7 @@ Examples are plain dicts (see gpt_jax.tasks.task).
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -76,23 +79,30 @@ def _fit(segments, max_len: int, keep_tail: Sequence[bool]):
   return cut, keep != [len(s) for s in segments]
 
 
-def _sequence(segments, max_len: int, tokenizer: Tokenizer):
-  """<s> segment_0 $ segment_1 ... <e>, padded: (tokens, extract_index, lm_mask)."""
+def _ids(segments, tokenizer: Tokenizer) -> list[int]:
+  """<s> segment_0 $ segment_1 ... <e>."""
   ids = [tokenizer.start_id, *segments[0]]
   for segment in segments[1:]:
     ids += [tokenizer.delimiter_id, *segment]
   ids.append(tokenizer.extract_id)
-  tokens = np.full(max_len, tokenizer.pad_id, np.int32)
+  return ids
+
+
+def _sequence(ids, length: int, pad_id: int):
+  """`ids` padded to `length`: (tokens, extract_index, lm_mask)."""
+  tokens = np.full(length, pad_id, np.int32)
   tokens[:len(ids)] = ids
-  lm_mask = np.zeros(max_len, np.int32)
+  lm_mask = np.zeros(length, np.int32)
   lm_mask[1:len(ids)] = 1
   return tokens, np.int32(len(ids) - 1), lm_mask
 
 
-def encode_example(kind: str, example: Mapping, tokenizer: Tokenizer,
-                   max_len: int) -> dict[str, np.ndarray]:
+def encode_example(kind: str, example: Mapping, tokenizer: Tokenizer, max_len: int,
+                   length: int | None = None) -> dict[str, np.ndarray]:
   """One example as model inputs: tokens, extract_index, lm_mask, label, valid, truncated.
 
+  Sequences are padded to `length` tokens (None: max_len; 0: the longest of
+  this example's sequences, no padding beyond what it needs).
   Over-long text is cut, never `<s>`, `$` or `<e>`: segments share the room
   longest first (see `share_budget`) and keep their beginning, except a
   multiple-choice context, which keeps its end (where a question sits, right
@@ -117,8 +127,10 @@ def encode_example(kind: str, example: Mapping, tokenizer: Tokenizer,
       truncated |= cut
   else:
     check_kind(kind)
+  ids = [_ids(segments, tokenizer) for segments in sequences]
+  length = max_len if length is None else length or max(len(i) for i in ids)
   tokens, extract_index, lm_mask = (np.stack(parts) for parts in zip(
-      *(_sequence(s, max_len, tokenizer) for s in sequences)))
+      *(_sequence(i, length, tokenizer.pad_id) for i in ids)))
   if kind in ('classification', 'entailment'):  # one sequence: no sequence axis
     tokens, extract_index, lm_mask = tokens[0], extract_index[0], lm_mask[0]
   label = np.asarray(example.get('label', -1))
@@ -147,43 +159,73 @@ def task_loss(task_logits, labels, weights, regression: bool):
   return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
 
 
-def lm_loss(lm_logits, tokens, lm_mask, weights):
+def lm_loss(logits_fn: Callable, hidden, tokens, lm_mask, weights, chunk: int = 128):
   """Next-token loss on each sequence's `lm_mask` tokens: a mean per sequence, then over sequences.
+
+  `hidden` holds the final hidden states (*tokens.shape, n_embd) and
+  `logits_fn` turns hidden states into LM logits. They are computed `chunk`
+  positions of every sequence at a time, and recomputed in the backward pass,
+  so no (sequences x length x vocab) buffer ever exists: at the paper's RACE
+  recipe (32 x 4 x 512 x 40,478) it would be 10.6 GB of float32 before the
+  gradients. Padding positions are masked out of the loss.
 
   Per-sequence means weigh a short example like a long one, as the original
   release's fine-tuning code does. `weights` holds one weight per example.
   """
-  length, vocab = tokens.shape[-1], lm_logits.shape[-1]
-  losses = optax.softmax_cross_entropy_with_integer_labels(
-      lm_logits[..., :-1, :].reshape(-1, length - 1, vocab).astype(jnp.float32),
-      tokens[..., 1:].reshape(-1, length - 1))
-  mask = lm_mask[..., 1:].reshape(-1, length - 1).astype(jnp.float32)
-  per_sequence = (losses * mask).sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
+  length = tokens.shape[-1]
+  hidden = hidden.reshape(-1, length, hidden.shape[-1])
+  # Position t predicts token t + 1; the last position predicts nothing.
+  targets = jnp.pad(tokens.reshape(-1, length)[:, 1:], ((0, 0), (0, 1)))
+  mask = jnp.pad(lm_mask.reshape(-1, length)[:, 1:], ((0, 0), (0, 1))).astype(jnp.float32)
+  chunk = min(chunk, length)
+  num_chunks = -(-length // chunk)
+  extra = num_chunks * chunk - length
+
+  def by_chunk(x):  # (sequences, length, ...) -> (chunks, sequences, chunk, ...)
+    x = jnp.pad(x, ((0, 0), (0, extra)) + ((0, 0),) * (x.ndim - 2))
+    return jnp.moveaxis(x.reshape(x.shape[0], num_chunks, chunk, *x.shape[2:]), 1, 0)
+
+  @jax.checkpoint  # keep only the chunk's inputs for the backward pass, not its logits
+  def chunk_losses(hidden_chunk, target_chunk, mask_chunk):
+    losses = optax.softmax_cross_entropy_with_integer_labels(
+        logits_fn(hidden_chunk).astype(jnp.float32), target_chunk)
+    return (losses * mask_chunk).sum(-1)
+
+  def add_chunk(total, chunk_inputs):
+    return total + chunk_losses(*chunk_inputs), None
+
+  sums, _ = jax.lax.scan(add_chunk, jnp.zeros(hidden.shape[0], jnp.float32),
+                         (by_chunk(hidden), by_chunk(targets), by_chunk(mask)))
+  per_sequence = sums / jnp.maximum(mask.sum(-1), 1.0)
   # Every sequence of an example (2 orders, n choices) carries the example's weight.
   sequence_weights = jnp.broadcast_to(
       weights.reshape(weights.shape + (1,) * (tokens.ndim - 2)), tokens.shape[:-1]).reshape(-1)
   return (per_sequence * sequence_weights).sum() / jnp.maximum(sequence_weights.sum(), 1.0)
 
 
-def finetune_loss_fn(model, lm_coef: float = 0.5, regression: bool = False) -> Callable:
+def finetune_loss_fn(model, lm_coef: float = 0.5, regression: bool = False,
+                     lm_chunk: int = 128) -> Callable:
   """The paper's fine-tuning objective L_task + lm_coef * L_LM, as a Trainer loss_fn.
 
   `model` is a `model.GPTForTask`; batches are dicts from `encode_example`.
   Rows whose `valid` is 0 (padding of a last eval batch) count for nothing.
-  lm_coef=0 skips the language-model logits altogether.
+  lm_coef=0 skips the language-model logits altogether; `lm_chunk` positions
+  per sequence get their logits at a time (see `lm_loss`).
   Returns loss_fn(params, batch, rng, deterministic) -> (loss, {'task_loss', 'lm_loss'}).
   """
 
   def loss_fn(params, batch, rng, deterministic):
-    task_logits, lm_logits = model.apply(
+    task_logits, hidden = model.apply(
         {'params': params}, batch['tokens'], batch['extract_index'],
-        deterministic=deterministic, with_lm_logits=lm_coef > 0,
-        rngs=None if deterministic else {'dropout': rng})
+        deterministic=deterministic, rngs=None if deterministic else {'dropout': rng},
+        method='task_logits_and_hidden')
     weights = batch['valid'].astype(jnp.float32)
     loss = task_loss(task_logits, batch['label'], weights, regression)
     aux = {'task_loss': loss}
     if lm_coef > 0:
-      aux['lm_loss'] = lm_loss(lm_logits, batch['tokens'], batch['lm_mask'], weights)
+      aux['lm_loss'] = lm_loss(
+          lambda h: model.apply({'params': params}, h, method='lm_logits'), hidden,
+          batch['tokens'], batch['lm_mask'], weights, lm_chunk)
       loss = loss + lm_coef * aux['lm_loss']
     return loss, aux
 
