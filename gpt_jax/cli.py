@@ -28,9 +28,9 @@ Run `gpt-jax <mode> --help` for the flags of one mode and the config sections it
 _SECTIONS = {
     'tokenizer': 'model.vocab_size, data',
     'prepare': 'model.vocab_size, data',
-    'pretrain': 'model, train, optim, data, mesh, checkpoint',
+    'pretrain': 'model, train, optim, data, mesh, checkpoint, report',
     'finetune': 'model (numerics and dropout; the shape comes from --init), train, optim, task, '
-                'finetune, mesh, checkpoint',
+                'finetune, mesh, checkpoint, report',
 }
 
 
@@ -104,14 +104,15 @@ def _pretrain(args, overrides) -> None:
   distributed.initialize_from_args(args)  # before anything asks JAX for its devices
   import jax
 
-  from gpt_jax import pretrain
+  from gpt_jax import pretrain, tracking
   from gpt_jax.data import workflow
   from gpt_jax.report import RunLog
 
   workdir = workdir_lib.path(args.workdir)  # local, or gs:// for TPU pods
   data = workflow.pretrain_data(config)
   workdir_lib.check_workdir(workdir, process_index=jax.process_index())
-  log = RunLog(workdir)  # only once the inputs are known to be good: no stray workdirs
+  # Only once the inputs are known to be good: no stray workdirs.
+  log = RunLog(workdir, trackers=tracking.trackers(config, workdir))
   if jax.process_index() == 0:
     data.tokenizer.copy_to(workdir)  # the run can always decode its own ids
   try:
@@ -197,13 +198,13 @@ def _finetune(args, overrides) -> None:
   distributed.initialize_from_args(args)  # before anything asks JAX for its devices
   import jax
 
-  from gpt_jax import finetune
+  from gpt_jax import finetune, tracking
   from gpt_jax.report import RunLog
 
   if args.workdir is None:
     raise UserError('finetune needs --workdir (only --print_config runs without one)')
   workdir_lib.check_workdir(args.workdir, process_index=jax.process_index())
-  log = RunLog(args.workdir)
+  log = RunLog(args.workdir, trackers=tracking.trackers(config, args.workdir))
   try:
     result = finetune.run_finetuning(config, args.workdir, log)
   finally:
