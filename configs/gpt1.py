@@ -92,4 +92,12 @@ def get_config() -> ml_collections.ConfigDict:
       seed=0,  # order and boundaries of the training windows
       num_threads=2,  # grain reader threads
   ))
+
+  # Where runs report besides metrics.jsonl and TensorBoard (written by process 0 only).
+  config.report = ml_collections.ConfigDict(dict(
+      wandb_project='',  # a Weights & Biases project: logs the config once, metrics every log
+      wandb_entity='',  # W&B team or user ('': your default)
+      wandb_name='',  # run name ('': the workdir's name)
+      wandb_mode='',  # 'online', 'offline' (sync later with `wandb sync`) or '': W&B's default
+  ))
   return config

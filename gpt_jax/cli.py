@@ -28,9 +28,9 @@ Run `gpt-jax <mode> --help` for the flags of one mode and the config sections it
 _SECTIONS = {
     'tokenizer': 'model.vocab_size, data',
     'prepare': 'model.vocab_size, data',
-    'pretrain': 'model, train, optim, data, mesh, checkpoint',
+    'pretrain': 'model, train, optim, data, mesh, checkpoint, report',
     'finetune': 'model (numerics and dropout; the shape comes from --init), train, optim, task, '
-                'finetune, mesh, checkpoint',
+                'finetune, mesh, checkpoint, report',
 }
 
 
@@ -104,7 +104,7 @@ def _pretrain(args, overrides) -> None:
   distributed.initialize_from_args(args)  # before anything asks JAX for its devices
   import jax
 
-  from gpt_jax import compile_cache, pretrain
+  from gpt_jax import compile_cache, pretrain, tracking
   from gpt_jax.data import workflow
   from gpt_jax.report import RunLog
 
@@ -112,7 +112,8 @@ def _pretrain(args, overrides) -> None:
   compile_cache.enable(config)
   data = workflow.pretrain_data(config)
   workdir_lib.check_workdir(workdir, process_index=jax.process_index())
-  log = RunLog(workdir)  # only once the inputs are known to be good: no stray workdirs
+  # Only once the inputs are known to be good: no stray workdirs.
+  log = RunLog(workdir, trackers=tracking.trackers(config, workdir))
   if jax.process_index() == 0:
     data.tokenizer.copy_to(workdir)  # the run can always decode its own ids
   try:
@@ -208,14 +209,14 @@ def _finetune(args, overrides) -> None:
   distributed.initialize_from_args(args)  # before anything asks JAX for its devices
   import jax
 
-  from gpt_jax import compile_cache, finetune
+  from gpt_jax import compile_cache, finetune, tracking
   from gpt_jax.report import RunLog
 
   if args.workdir is None:
     raise UserError('finetune needs --workdir (only --print_config runs without one)')
   compile_cache.enable(config)
   workdir_lib.check_workdir(args.workdir, process_index=jax.process_index())
-  log = RunLog(args.workdir)
+  log = RunLog(args.workdir, trackers=tracking.trackers(config, args.workdir))
   try:
     result = finetune.run_finetuning(config, args.workdir, log)
   finally:
@@ -270,40 +271,98 @@ def _export(args, overrides) -> None:
 
 
 def _eval(args, overrides) -> None:
-  """Scores a language model on a corpus split or a text/jsonl file: loss, perplexity, bits/byte."""
+  """Scores a model: loss, perplexity and bits per byte on text; a task zero-shot (the paper's
+  probes); or a fine-tuning workdir on any split or file of its task, with the task's metrics."""
   import json
 
+  if bool(args.workdir) == bool(args.init):
+    raise UserError('eval needs exactly one of --workdir (a gpt_jax run) or --init (any weights)')
+  from gpt_jax import distributed
+  distributed.initialize_from_args(args)  # before anything asks JAX for its devices
   import jax
 
-  from gpt_jax import checkpoint, evaluation, sharding
+  from gpt_jax import checkpoint
+  stored = checkpoint.load_config(args.workdir) if args.workdir else None
+  if args.zero_shot:
+    result = _eval_zero_shot(args, overrides)
+  elif stored is not None and 'task' in stored:  # a fine-tuning workdir
+    result = _eval_finetuned(args, overrides, stored)
+  else:
+    result = _eval_text(args, overrides, stored)
+  out = workdir_lib.path(args.out or workdir_lib.path(args.workdir or '.') / 'eval.json')
+  if jax.process_index() == 0:
+    out.write_text(json.dumps(result, indent=2) + '\n')
+  if 'splits' in result:
+    for split, scores in result['splits'].items():
+      print(f'{result["task"]} {split}: ' + ' | '.join(
+          f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k, v in scores.items()))
+    print(f'wrote {out}')
+  else:
+    print(f'loss {result["loss"]:.4f} | perplexity {result["perplexity"]:.2f} | bits per byte '
+          f'{result["bits_per_byte"]:.4f} | {result["tokens_scored"]:,} tokens | wrote {out}')
+
+
+def _eval_text(args, overrides, config) -> dict:
+  """Loss, perplexity and bits per byte on a corpus split or a text/jsonl file."""
+  from gpt_jax import evaluation, sharding
   from gpt_jax.scoring import Scorer
   from gpt_jax.weights import load_weights
 
   _no_overrides('eval', overrides)
-  if bool(args.workdir) == bool(args.init):
-    raise UserError('eval needs exactly one of --workdir (a gpt_jax run) or --init (any weights)')
   weights = load_weights(args.workdir or args.init, flag='--workdir' if args.workdir else '--init')
-  config = checkpoint.load_config(args.workdir) if args.workdir else None
   if args.text:
     tokens, text_bytes = evaluation.token_stream(weights.tokenizer,
                                                  evaluation.read_documents(args.text))
   elif config is not None:
-    tokens, text_bytes = _corpus_split(config, weights.tokenizer, args.split)
+    tokens, text_bytes = _corpus_split(config, weights.tokenizer, args.split or 'validation')
   else:
     raise UserError('--init has no corpus of its own: give --text FILE (.txt or .jsonl)')
-  seq_len = args.seq_len or (config.train.seq_len if config else weights.model_config.n_ctx)
-  if seq_len > weights.model_config.n_ctx:
-    raise UserError(f'--seq_len {seq_len} exceeds the model context {weights.model_config.n_ctx}')
+  seq_len = _eval_seq_len(args, weights, config.train.seq_len if config else 0)
   mesh = sharding.make_mesh(config.mesh if config else dict(data=-1, fsdp=1, tensor=1))
   scorer = Scorer(weights.params, weights.model_config, mesh, args.batch_size, seq_len)
   result = evaluation.evaluate_stream(scorer, tokens, text_bytes, stride=args.stride or seq_len,
                                       max_windows=args.max_windows)
-  result.update(source=weights.source, text=args.text or f'{args.split} split')
-  out = workdir_lib.path(args.out or workdir_lib.path(args.workdir or '.') / 'eval.json')
-  if jax.process_index() == 0:
-    out.write_text(json.dumps(result, indent=2) + '\n')
-  print(f'loss {result["loss"]:.4f} | perplexity {result["perplexity"]:.2f} | bits per byte '
-        f'{result["bits_per_byte"]:.4f} | {result["tokens_scored"]:,} tokens | wrote {out}')
+  return {**result, 'source': weights.source,
+          'text': args.text or f'{args.split or "validation"} split'}
+
+
+def _eval_seq_len(args, weights, default: int) -> int:
+  seq_len = args.seq_len or default or weights.model_config.n_ctx
+  if seq_len > weights.model_config.n_ctx:
+    raise UserError(f'--seq_len {seq_len} exceeds the model context {weights.model_config.n_ctx}')
+  return seq_len
+
+
+def _eval_zero_shot(args, overrides) -> dict:
+  """The paper's zero-shot probe of the --config task on the language model alone."""
+  from gpt_jax import config as config_lib
+  from gpt_jax import evaluation, sharding
+  from gpt_jax.weights import load_weights
+
+  if not args.config:
+    raise UserError('--zero_shot needs --config naming the task (finetune/sst2, finetune/local '
+                    'with --config.task.validation=FILE --config.task.verbalizer=...)')
+  config = config_lib.load_config(args.config, overrides)
+  weights = load_weights(args.workdir or args.init, flag='--workdir' if args.workdir else '--init')
+  result = evaluation.zero_shot_task(
+      weights, config, sharding.make_mesh(config.mesh), batch_size=args.batch_size,
+      seq_len=_eval_seq_len(args, weights, 0), split=args.split, task_file=args.task_file)
+  return {**result, 'source': weights.source}
+
+
+def _eval_finetuned(args, overrides, config) -> dict:
+  """A fine-tuning workdir's best checkpoint on its task's splits or a task file."""
+  from gpt_jax import config as config_lib
+  from gpt_jax import evaluation, sharding
+
+  if args.config:
+    raise UserError('a fine-tuning --workdir brings its own task config; override fields with '
+                    '--config.task.FIELD=VALUE, or add --zero_shot for the zero-shot probe')
+  for override in overrides:
+    config_lib.apply_override(config, override)
+  return evaluation.finetuned_task(
+      workdir_lib.path(args.workdir), config, sharding.make_mesh(config.mesh),
+      batch_size=args.batch_size, split=args.split, task_file=args.task_file)
 
 
 def _corpus_split(config, tokenizer, split: str):
@@ -323,14 +382,21 @@ def _corpus_split(config, tokenizer, split: str):
 def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--workdir', help='gpt_jax workdir: its model, tokenizer, corpus and mesh')
   parser.add_argument('--init', help='any weights: Hugging Face dir, OpenAI release, hf:ORG/NAME')
-  parser.add_argument('--split', default='validation', help='corpus split of --workdir\'s run')
+  parser.add_argument('--split', help="corpus split of --workdir's run (default validation); "
+                      "with a task: one of its splits (default: every validation split)")
   parser.add_argument('--text', help='a .txt file (one document) or .jsonl ("text" per line)')
+  parser.add_argument('--zero_shot', action='store_true', help='score the --config task with '
+                      'the language model alone (the paper\'s zero-shot probes)')
+  parser.add_argument('--config', help='the task of --zero_shot (finetune/sst2, finetune/local)')
+  parser.add_argument('--task_file', help='a task file (.jsonl/.csv/.tsv) to score instead of '
+                      'the task\'s splits (fine-tuning workdirs and --zero_shot)')
   parser.add_argument('--seq_len', type=int, default=0,
                       help='window length (default: the run\'s train.seq_len, else n_ctx)')
   parser.add_argument('--stride', type=int, default=0,
                       help='tokens between window starts (default seq_len: no overlap)')
   parser.add_argument('--max_windows', type=int, default=0, help='score only the first N windows')
-  parser.add_argument('--batch_size', type=int, default=8, help='windows per device batch')
+  parser.add_argument('--batch_size', type=int, default=8,
+                      help='rows per batch (windows, answers or examples)')
   parser.add_argument('--out', help='where to write eval.json (default WORKDIR/eval.json)')
 
 
@@ -379,8 +445,8 @@ MODES = {
                   _add_init_flag, _add_dry_run_flags, _add_distributed_flags]),
     'sample': (_sample, 'continue text prompts with a trained GPT (KV-cache decoding)',
                [_add_sample_flags]),
-    'eval': (_eval, 'loss, perplexity and bits per byte of a model on a corpus split or a file',
-             [_add_eval_flags]),
+    'eval': (_eval, 'loss, perplexity and bits per byte on text; zero-shot task probes; a '
+             'fine-tuned model on its task', [_add_eval_flags, _add_distributed_flags]),
     'export': (_export, 'write a workdir as a Hugging Face openai-gpt directory (safetensors)',
                [_add_export_flags]),
 }

@@ -1,4 +1,9 @@
-"""`gpt-jax eval`: loss, perplexity and bits per byte of a language model on text.
+"""`gpt-jax eval`: a language model on text, a task zero-shot, or a fine-tuned model on its task.
+
+`evaluate_stream` scores text (below); `zero_shot_task` runs the paper's
+zero-shot probes (gpt_jax.zero_shot) on a task's splits; `finetuned_task`
+scores a fine-tuning workdir's best checkpoint on any split or task file with
+the task's metrics (gpt_jax.predict).
 
 Text is one token stream (documents joined by the end-of-document token when
 the tokenizer has one, as the token store joins them), read in windows of
@@ -19,6 +24,7 @@ from collections.abc import Iterable
 import numpy as np
 import tqdm
 
+from gpt_jax import workdir as workdir_lib
 from gpt_jax.errors import UserError
 from gpt_jax.scoring import Scorer
 
@@ -72,8 +78,6 @@ def evaluate_stream(scorer: Scorer, tokens: np.ndarray, text_bytes: int, *, stri
 
 def read_documents(path) -> list[str]:
   """A .jsonl file's "text" fields (one document a line), or a text file as one document."""
-  from gpt_jax import workdir as workdir_lib
-
   path = workdir_lib.path(path)
   if not path.is_file():
     raise UserError(f'--text {path} does not exist')
@@ -100,3 +104,71 @@ def token_stream(tokenizer, documents: Iterable[str]) -> tuple[np.ndarray, int]:
       ids.append(tokenizer.eod_id)
     text_bytes += len(document.encode('utf-8'))
   return np.asarray(ids, np.int32), text_bytes
+
+
+def task_splits(task, split: str | None = None, task_file: str | None = None) -> dict:
+  """{name: examples} to score: a file read as the task's examples, one named split, or
+  every validation split."""
+  if task_file:
+    from gpt_jax.tasks import files
+    examples, _ = files.read_examples(task_file, task.kind, task.labels, task.regression)
+    return {workdir_lib.path(task_file).name: examples}
+  named = {**task.test, **task.validation}
+  if split is None:
+    return dict(task.validation)
+  if split not in named:
+    raise UserError(f'--split {split}: {task.name} has the splits {sorted(named)}; or give '
+                    '--task_file FILE')
+  return {split: named[split]}
+
+
+def zero_shot_task(weights, config, mesh, *, batch_size: int, seq_len: int, split=None,
+                   task_file=None) -> dict:
+  """The paper's zero-shot probe of config.task on the language model `weights`."""
+  from gpt_jax import zero_shot
+  from gpt_jax.tasks.load import load_task
+
+  task = load_task(config.task, needs_train=False)
+  probe = zero_shot.probe_for(task, config.task)
+  scorer = Scorer(weights.params, weights.model_config, mesh, batch_size, seq_len)
+  splits = zero_shot.evaluate(scorer, weights.tokenizer, task, probe,
+                              task_splits(task, split, task_file))
+  return {'task': task.name, 'zero_shot': probe.method, 'splits': splits}
+
+
+def finetuned_task(workdir, config, mesh, *, batch_size: int, split=None,
+                   task_file=None) -> dict:
+  """A fine-tuning workdir's task metrics (its best checkpoint) on splits or a task file."""
+  import dataclasses
+
+  import jax
+  import jax.numpy as jnp
+
+  from gpt_jax import checkpoint, sharding
+  from gpt_jax.data.hf_tokenizer import tokenizer_in
+  from gpt_jax.model import GPTForTask
+  from gpt_jax.predict import TaskPredictor
+  from gpt_jax.tasks.load import load_task
+  from gpt_jax.weights import config_from_params
+
+  task = load_task(config.task)
+  summary = workdir / workdir_lib.SUMMARY_FILE
+  best_step = json.loads(summary.read_text())['best_step'] if summary.exists() else None
+  params = checkpoint.load_params(workdir, step=best_step)
+  model_config = dataclasses.replace(config_from_params(params['transformer']),
+                                     dtype=config.model.dtype)
+  max_len = config.task.max_len if config.task.max_len > 0 else model_config.n_ctx
+  model = GPTForTask(model_config, task.head_layout, task.num_outputs, clf_pdrop=0.0)
+  shape = task.input_shape(1, max_len)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape, jnp.int32),
+                                               jnp.zeros(shape[:-1], jnp.int32))['params'])
+  shardings = sharding.param_shardings(abstract, mesh)
+  predictor = TaskPredictor(model, shardings, mesh, task, tokenizer_in(workdir), max_len,
+                            config.task.get('bucket', 0))
+  params = jax.device_put(params, shardings)
+  scores = {}
+  for name, examples in task_splits(task, split, task_file).items():
+    scores[name], _ = predictor.score(params, examples, batch_size)
+    if not scores[name]:
+      raise UserError(f'{name} has no labels to score {task.name} against')
+  return {'task': task.name, 'best_step': best_step, 'splits': scores}

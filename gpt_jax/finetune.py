@@ -15,11 +15,11 @@ import json
 import math
 
 import jax
-import numpy as np
 
 from gpt_jax import checkpoint, layer_layout, loop, sharding, workdir as workdir_lib
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPTForTask
+from gpt_jax.predict import TaskPredictor
 from gpt_jax.report import RunLog
 from gpt_jax.tasks import metrics as task_metrics
 from gpt_jax.tasks import transforms
@@ -116,43 +116,9 @@ def _initial_state(run: _Run, config):
                                   'classifier': state.params['classifier']}, rng)
 
 
-def _predict_fn(run: _Run):
-  """Jitted (params, batch) -> (task logits, label, position, valid), replicated everywhere."""
-  trainer, predict_logits = run.trainer, transforms.predict_fn(run.model)
-  with trainer.activation_sharding():
-    return jax.jit(
-        lambda params, batch: (predict_logits(params, batch), batch['label'], batch['position'],
-                               batch['valid']),
-        in_shardings=(trainer.param_shardings, sharding.batch_sharding(trainer.mesh)),
-        out_shardings=sharding.replicated(trainer.mesh))
-
-
-def _predict_split(predict, params, run: _Run, examples,
-                   batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """(predictions, labels) for every example of one split, in the split's order."""
-  outputs, labels, positions = [], [], []
-  encoded = batches(examples, run.task.kind, run.weights.tokenizer, run.max_len,
-                    batch_size // jax.process_count(), bucket=run.bucket, pad_last=True,
-                    shard=(jax.process_index(), jax.process_count()))
-  with run.trainer.activation_sharding():
-    for batch in encoded:
-      batch = {k: sharding.global_batch(v, run.trainer.mesh) for k, v in batch.items()
-               if k != 'truncated'}
-      logits, label, position, valid = predict(params, batch)
-      keep = np.asarray(valid).astype(bool)
-      outputs.append(np.asarray(logits)[keep])
-      labels.append(np.asarray(label)[keep])
-      positions.append(np.asarray(position)[keep])
-  order = np.argsort(np.concatenate(positions))
-  predictions = transforms.predictions(np.concatenate(outputs)[order], run.task.regression)
-  return predictions, np.concatenate(labels)[order]
-
-
-def _score(task: Task, predictions, labels) -> dict:
-  """The task's metrics on one split, or {} when it is unlabelled."""
-  if (labels == -1).all():
-    return {}
-  return task_metrics.task_metrics(task.metrics, predictions, labels)
+def _predictor(run: _Run) -> TaskPredictor:
+  return TaskPredictor(run.model, run.trainer.param_shardings, run.trainer.mesh, run.task,
+                       run.weights.tokenizer, run.max_len, run.bucket)
 
 
 def write_predictions(path, task: Task, examples, predictions) -> None:
@@ -209,13 +175,12 @@ def _train(run: _Run, config, workdir, log: RunLog) -> tuple[loop.Outcome, int, 
   checkpoint's (step, validation metrics).
   """
   trainer, task = run.trainer, run.task
-  predict = _predict_fn(run)
+  predictor = _predictor(run)
 
   def evaluate(params, step):
     scores = {}
     for split, examples in task.validation.items():
-      split_scores = _score(task, *_predict_split(predict, params, run, examples,
-                                                  config.finetune.eval_batch_size))
+      split_scores, _ = predictor.score(params, examples, config.finetune.eval_batch_size)
       scores.update({f'{split}_{name}': value for name, value in split_scores.items()})
     log.scalars(step, {'epoch': step / run.steps_per_epoch, **scores}, split='validation')
     return scores
@@ -257,10 +222,9 @@ def _predict_tests(run: _Run, config, workdir, best_step: int) -> list:
       workdir, target=sharding.abstract_with_shardings(trainer.abstract_state.params,
                                                        trainer.param_shardings),
       step=best_step)
-  predict, written = _predict_fn(run), []
+  predictor, written = _predictor(run), []
   for split, examples in task.test.items():
-    predictions, _ = _predict_split(predict, best_params, run, examples,
-                                    config.finetune.eval_batch_size)
+    predictions, _ = predictor.predict(best_params, examples, config.finetune.eval_batch_size)
     if jax.process_index() == 0:
       name = task.submission_files.get(split, f'{task.name.replace("/", "_")}_{split}.tsv')
       write_predictions(workdir / name, task, examples, predictions)

@@ -46,8 +46,10 @@ class RunLog:
   a run killed without closing loses the records since it started there.
   """
 
-  def __init__(self, workdir: str | Path | None, stream=None, progress: bool | None = None):
+  def __init__(self, workdir: str | Path | None, stream=None, progress: bool | None = None,
+               trackers=()):
     self._enabled = jax.process_index() == 0
+    self._trackers = list(trackers)  # e.g. gpt_jax.tracking.WandbTracker
     self._stream = stream
     self._workdir = workdir_lib.path(workdir) if workdir is not None else None
     self._progress = progress  # None: a bar only when the output is a terminal
@@ -104,9 +106,14 @@ class RunLog:
       for name, value in values.items():
         if isinstance(value, (int, float)):
           self._tensorboard.add_scalar(f'{split}/{name}', value, step)
+    for tracker in self._trackers:
+      tracker.log(step, split, values)
 
   def close(self) -> None:
-    """Flushes everything and draws the curves PNG."""
+    """Flushes everything, closes the trackers and draws the curves PNG."""
+    for tracker in self._trackers:
+      tracker.close()
+    self._trackers = []
     if self._bar is not None:
       self._bar.close()
       self._bar = None

@@ -1,10 +1,13 @@
 """Token log-probabilities of a language model, batched and jitted on the device mesh.
 
-The one forward pass that evaluation (`gpt_jax.evaluation`) scores text with:
-rows of tokens in, each next token's log-probability (and whether it was the
-model's greedy choice) out. Parameters are placed on the mesh by the model's
-logical axis names, rows are split over data x fsdp, and every call runs at one
-fixed shape (the last batch padded with empty rows), so a pass compiles once.
+The one forward pass that evaluation (`gpt_jax.evaluation`), the zero-shot
+probes (`gpt_jax.zero_shot`) and the lm-evaluation-harness adapter
+(`gpt_jax.harness`) score text with: rows of tokens in, each next token's
+log-probability (and whether it was the model's greedy choice) out. Parameters
+are placed on the mesh by the model's logical axis names, rows are split over
+data x fsdp, and every call runs at a fixed batch size (the last batch padded
+with empty rows) and a width rounded up to a multiple of `WIDTH_MULTIPLE`, so a
+pass compiles once per width.
 """
 
 import flax.linen as nn
@@ -13,7 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax import sharding
+from gpt_jax.errors import UserError
 from gpt_jax.model import GPT, ModelConfig
+
+WIDTH_MULTIPLE = 64  # short rows (zero-shot answers) are scored at a width rounded up to this
 
 
 class Scorer:
@@ -26,8 +32,7 @@ class Scorer:
     model = GPT(model_config)
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0),
                                                  jnp.zeros((1, length), jnp.int32))['params'])
-    sharding.check_divisible(abstract, mesh)
-    param_shardings = sharding.logical_to_mesh(nn.get_partition_spec(abstract), mesh)
+    param_shardings = sharding.param_shardings(abstract, mesh)
     self.params = jax.device_put(nn.unbox(params), param_shardings)
 
     def score(params, rows):
@@ -42,21 +47,66 @@ class Scorer:
                           out_shardings=(replicated, replicated))
 
   def score(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(log-probabilities, greedy flags), both (len(rows), length), for int rows (n, length + 1).
+    """(log-probabilities, greedy flags), both (n, width - 1), for int rows (n, width).
 
-    Rows shorter than length + 1 are the caller's to pad (padded targets score
-    garbage that the caller ignores).
+    width is at most length + 1. Each row's padding is the caller's to choose
+    and to ignore: padded targets score garbage.
     """
     rows = np.asarray(rows, np.int32)
+    width = rows.shape[1]
+    if not 1 < width <= self.length + 1:
+      raise ValueError(f'rows of {width} tokens; the scorer takes 2 to {self.length + 1}')
+    padded_width = min(-(-(width - 1) // WIDTH_MULTIPLE) * WIDTH_MULTIPLE, self.length) + 1
     log_probs, greedy = [], []
     with sharding.use_mesh(self.mesh):
       for begin in range(0, len(rows), self.batch_size):
         batch = rows[begin:begin + self.batch_size]
-        filled = np.zeros((self.batch_size, self.length + 1), np.int32)
-        filled[:len(batch)] = batch
-        picked, is_greedy = self._score(self.params, sharding.global_batch(filled, self.mesh))
-        log_probs.append(np.asarray(picked)[:len(batch)])
-        greedy.append(np.asarray(is_greedy)[:len(batch)])
+        filled = np.zeros((self.batch_size, padded_width), np.int32)
+        filled[:len(batch), :width] = batch
+        picked, is_greedy = self._score(self.params, self._process_rows(filled))
+        log_probs.append(np.asarray(picked)[:len(batch), :width - 1])
+        greedy.append(np.asarray(is_greedy)[:len(batch), :width - 1])
     if not log_probs:
-      return np.zeros((0, self.length), np.float32), np.zeros((0, self.length), bool)
+      return np.zeros((0, width - 1), np.float32), np.zeros((0, width - 1), bool)
     return np.concatenate(log_probs), np.concatenate(greedy)
+
+  def _process_rows(self, batch: np.ndarray) -> jax.Array:
+    """The global batch array, fed by each process with the rows its devices hold.
+
+    Every process holds the whole batch (all read the same text), so a
+    multi-process run only has to pick its share.
+    """
+    indices = sharding.batch_sharding(self.mesh).addressable_devices_indices_map(batch.shape)
+    rows = sorted({row for index in indices.values() for row in range(len(batch))[index[0]]})
+    return sharding.global_batch(batch[rows], self.mesh)
+
+
+def score_continuations(scorer: Scorer, requests) -> list[tuple[float, int, bool]]:
+  """(summed log-probability, tokens, all greedy) of each continuation after its context.
+
+  `requests` holds (context ids, continuation ids) pairs; each context must
+  hold at least one token (a caller without context puts a prefix token
+  there). A sequence longer than the scorer's window keeps its last tokens,
+  as lm-evaluation-harness does. Requests are scored longest first, so rows of
+  similar lengths share a batch and a compiled width.
+  """
+  limit = scorer.length + 1
+  for context, continuation in requests:
+    if not context or len(continuation) >= limit:
+      raise UserError(f'cannot score {len(continuation)} token(s) after a context of '
+                      f'{len(context)}: the context needs a token and the continuation '
+                      f'at most {limit - 1}')
+  order = sorted(range(len(requests)), key=lambda i: -sum(map(len, requests[i])))
+  results = [None] * len(requests)
+  for begin in range(0, len(order), scorer.batch_size):
+    chunk = order[begin:begin + scorer.batch_size]
+    sequences = [(list(requests[i][0]) + list(requests[i][1]))[-limit:] for i in chunk]
+    rows = np.zeros((len(chunk), max(2, max(map(len, sequences)))), np.int32)
+    for row, sequence in enumerate(sequences):
+      rows[row, :len(sequence)] = sequence
+    log_probs, greedy = scorer.score(rows)
+    for row, (i, sequence) in enumerate(zip(chunk, sequences)):
+      count, end = len(requests[i][1]), len(sequence) - 1  # targets end - count .. end - 1
+      picked = log_probs[row, end - count:end].astype(np.float64)
+      results[i] = (float(picked.sum()), count, bool(greedy[row, end - count:end].all()))
+  return results

@@ -79,6 +79,12 @@ def logical_to_mesh(specs, mesh: Mesh):
   return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
 
 
+def param_shardings(abstract_boxed_params, mesh: Mesh):
+  """The mesh shardings of a model's parameters, from their logical axis names (checked to divide)."""
+  check_divisible(abstract_boxed_params, mesh)
+  return logical_to_mesh(nn.get_partition_spec(abstract_boxed_params), mesh)
+
+
 def check_divisible(abstract_boxed_params, mesh: Mesh) -> None:
   """Fails, naming parameter, dimension and mesh axis, if a parameter cannot be split evenly."""
   specs = nn.get_partition_spec(abstract_boxed_params)

@@ -1,8 +1,11 @@
 """Small shared builders for tests."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from gpt_jax.configs import tiny
 from gpt_jax import train
@@ -12,7 +15,7 @@ from gpt_jax.model import ModelConfig
 def tiny_config(**model_overrides) -> ml_collections.ConfigDict:
   """The tiny config shrunk further, with a byte-sized vocabulary."""
   config = tiny.get_config()
-  config.model.update(vocab_size=64, n_ctx=32, n_embd=32, n_head=4, d_ff=64)
+  config.model.update(vocab_size=64, n_ctx=32, n_embd=32, n_head=4, d_ff=128)
   config.model.update(**model_overrides)
   config.train.update(batch_size=8, seq_len=16)
   return config
@@ -69,3 +72,63 @@ def write_gpt1_bpe(directory, documents, vocab_size: int) -> int:
       show_progress=False))
   trained.model.save(str(directory))
   return trained.get_vocab_size()
+
+
+def _layer_norm(x, scale, bias, eps):
+  mean = x.mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps) * scale + bias
+
+
+def numpy_log_probs(params, config, tokens: np.ndarray) -> np.ndarray:
+  """GPT-1's forward pass in float64 (post-LN, tanh GELU, tied output): log p(next token)."""
+  p = {k: v for k, v in params.items()}
+  x = (p['tokens_embed']['embedding'][tokens]
+       + p['positions_embed']['embedding'][:tokens.shape[-1]]).astype(np.float64)
+  length = tokens.shape[-1]
+  causal = np.tril(np.ones((length, length), bool))
+  for i in range(config.n_layer):
+    block = {k: {n: np.asarray(a, np.float64) for n, a in v.items()} for k, v in
+             {'attn': p[f'h_{i}']['attn']['c_attn'], 'proj': p[f'h_{i}']['attn']['c_proj'],
+              'fc': p[f'h_{i}']['mlp']['c_fc'], 'out': p[f'h_{i}']['mlp']['c_proj'],
+              'ln_1': p[f'h_{i}']['ln_1'], 'ln_2': p[f'h_{i}']['ln_2']}.items()}
+    q, k, v = np.moveaxis(np.einsum('te,eshd->sthd', x, block['attn']['kernel'])
+                          + block['attn']['bias'][:, None], 1, 2)  # (heads, t, d) each
+    scores = np.where(causal, q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1]), -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    attended = (weights / weights.sum(-1, keepdims=True)) @ v
+    attn = np.einsum('htd,hde->te', attended, block['proj']['kernel']) + block['proj']['bias']
+    n = _layer_norm(x + attn, block['ln_1']['scale'], block['ln_1']['bias'],
+                    config.layer_norm_epsilon)
+    h = n @ block['fc']['kernel'] + block['fc']['bias']
+    h = 0.5 * h * (1 + np.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3)))
+    x = _layer_norm(n + h @ block['out']['kernel'] + block['out']['bias'],
+                    block['ln_2']['scale'], block['ln_2']['bias'], config.layer_norm_epsilon)
+  logits = x @ np.asarray(p['tokens_embed']['embedding'], np.float64).T
+  logits -= logits.max(-1, keepdims=True)
+  return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+
+
+def random_lm_dir(directory, scale: float = 8.0):
+  """A small random GPT with a GPT-1-format BPE, written as a Hugging Face directory (what
+  `--init` reads). Weights are scaled up from N(0, 0.02) so the next-token distributions
+  are far from uniform and answers differ clearly in likelihood."""
+  from pathlib import Path
+
+  import flax.linen as nn
+
+  from gpt_jax import hf
+  from gpt_jax.data.hf_tokenizer import read_gpt1_bpe
+  from gpt_jax.model import GPT
+
+  directory = Path(directory)
+  bpe = directory.parent / f'{directory.name}_bpe'
+  bpe.mkdir()
+  write_gpt1_bpe(bpe, stdlib_documents()[:100], 400)
+  tokenizer = read_gpt1_bpe(bpe / 'vocab.json', bpe / 'merges.txt')
+  config = ModelConfig(vocab_size=tokenizer.vocab_size, n_ctx=64, n_embd=32, n_layer=2,
+                       n_head=4, d_ff=128)
+  params = GPT(config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))['params']
+  params = jax.tree.map(lambda x: np.asarray(x) * scale, nn.unbox(params))
+  hf.export_hf_dir(params, config, directory, tokenizer)
+  return directory
+

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import prepared_local_corpus
+from helpers import numpy_log_probs, prepared_local_corpus
 
 from gpt_jax import checkpoint, cli, evaluation
 from gpt_jax.errors import UserError
@@ -29,40 +29,6 @@ def run(tmp_path_factory):
   return root / 'run'
 
 
-def _layer_norm(x, scale, bias, eps):
-  mean = x.mean(-1, keepdims=True)
-  return (x - mean) / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps) * scale + bias
-
-
-def _numpy_log_probs(params, config, tokens: np.ndarray) -> np.ndarray:
-  """GPT-1's forward pass in float64 (post-LN, tanh GELU, tied output): log p(next token)."""
-  p = {k: v for k, v in params.items()}
-  x = (p['tokens_embed']['embedding'][tokens]
-       + p['positions_embed']['embedding'][:tokens.shape[-1]]).astype(np.float64)
-  length = tokens.shape[-1]
-  causal = np.tril(np.ones((length, length), bool))
-  for i in range(config.n_layer):
-    block = {k: {n: np.asarray(a, np.float64) for n, a in v.items()} for k, v in
-             {'attn': p[f'h_{i}']['attn']['c_attn'], 'proj': p[f'h_{i}']['attn']['c_proj'],
-              'fc': p[f'h_{i}']['mlp']['c_fc'], 'out': p[f'h_{i}']['mlp']['c_proj'],
-              'ln_1': p[f'h_{i}']['ln_1'], 'ln_2': p[f'h_{i}']['ln_2']}.items()}
-    q, k, v = np.moveaxis(np.einsum('te,eshd->sthd', x, block['attn']['kernel'])
-                          + block['attn']['bias'][:, None], 1, 2)  # (heads, t, d) each
-    scores = np.where(causal, q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1]), -np.inf)
-    weights = np.exp(scores - scores.max(-1, keepdims=True))
-    attended = (weights / weights.sum(-1, keepdims=True)) @ v
-    attn = np.einsum('htd,hde->te', attended, block['proj']['kernel']) + block['proj']['bias']
-    n = _layer_norm(x + attn, block['ln_1']['scale'], block['ln_1']['bias'],
-                    config.layer_norm_epsilon)
-    h = n @ block['fc']['kernel'] + block['fc']['bias']
-    h = 0.5 * h * (1 + np.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3)))
-    x = _layer_norm(n + h @ block['out']['kernel'] + block['out']['bias'],
-                    block['ln_2']['scale'], block['ln_2']['bias'], config.layer_norm_epsilon)
-  logits = x @ np.asarray(p['tokens_embed']['embedding'], np.float64).T
-  logits -= logits.max(-1, keepdims=True)
-  return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-
-
 def test_eval_equals_pretrainings_final_eval_loss_and_numpy(run, capsys):
   windows = EVAL_BATCHES * BATCH
   assert cli.main(['eval', '--workdir', str(run), '--max_windows', str(windows)]) == 0
@@ -79,7 +45,7 @@ def test_eval_equals_pretrainings_final_eval_loss_and_numpy(run, capsys):
   nats = 0.0
   for start in range(0, windows * 32, 32):
     window = np.asarray(store_tokens[start:start + 33])
-    log_probs = _numpy_log_probs(weights.params, weights.model_config, window[:-1])
+    log_probs = numpy_log_probs(weights.params, weights.model_config, window[:-1])
     nats -= log_probs[np.arange(32), window[1:]].sum()
   assert result['loss'] == pytest.approx(nats / (windows * 32), rel=1e-5)
   expected_bpb = nats / math.log(2) / (text_bytes * windows * 32 / (len(store_tokens) - 1))

@@ -42,6 +42,12 @@ def get_config() -> ml_collections.ConfigDict:
       # Offline default tasks only:
       seed=0,  # which examples, wrong texts and answer positions; not the split
       max_eval_examples=-1,  # -1: all; N: the first N of validation and of test
+      # Zero-shot probes (gpt-jax eval --zero_shot; see gpt_jax/zero_shot.py):
+      prompt='',  # what the model reads, with {field} slots, e.g. '{text} very' ('': the fields)
+      verbalizer='',  # classes as words after the prompt: 'negative:terrible,positive:great'
+      zero_shot_score='mean',  # an answer's token log-probabilities: 'mean' (paper) or 'sum'
+      acceptability=False,  # CoLA-style: the text's mean token log-probability, thresholded
+      acceptability_threshold=float('nan'),  # NaN: keep the training labels' positive share
   ))
   config.finetune = ml_collections.ConfigDict(dict(
       init='',  # a pretraining workdir or a Hugging Face directory (--init)

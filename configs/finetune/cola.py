@@ -6,4 +6,5 @@ from gpt_jax.configs.finetune import base
 def get_config():
   config = base.get_config()
   config.task.name = 'cola'
+  config.task.acceptability = True  # the zero-shot probe: thresholded mean log-probability
   return config

@@ -107,12 +107,43 @@ def _has_label(row) -> bool:
   return row.get('label') not in (None, '')
 
 
-def load_local_task(kind: str, train: str, validation: str, test: str | None = None, *,
+def read_examples(path, kind: str, labels: tuple[str, ...] | None = None,
+                  regression: bool = False, split: str = 'test',
+                  first_choices: tuple[str, int] | None = None) -> tuple[list[dict], tuple | None]:
+  """The examples of one split file, labels mapped as the task's (`labels`: its classes).
+
+  Only a test split may leave labels out (they become -1). `first_choices` is
+  (where, how many) of a multiple-choice example read before, which every
+  example must match; returned updated for the next file.
+  """
+  examples = []
+  for index, (where, row) in enumerate(_read_rows(path)):
+    example = {field: _choices(row, where) if field == 'choices'
+               else _text(row, field, where, kind) for field in FIELDS[kind]}
+    if kind == 'multiple_choice':
+      first_choices = first_choices or (where, len(example['choices']))
+      if len(example['choices']) != first_choices[1]:
+        raise UserError(f'{where}: {len(example["choices"])} choices, but {first_choices[0]} '
+                        f'has {first_choices[1]}; every example needs the same number')
+    if _has_label(row):
+      example['label'] = _label(row['label'], where, kind, labels, regression,
+                                len(example.get('choices', ())))
+    elif split == 'test':
+      example['label'] = -1.0 if regression else -1
+    else:
+      raise UserError(f'{where}: field "label" is missing ({split} examples need one)')
+    examples.append({**example, 'index': index})
+  return examples, first_choices
+
+
+def load_local_task(kind: str, train: str | None, validation: str, test: str | None = None, *,
                     labels: tuple[str, ...] | None = None, regression: bool = False,
                     metrics: tuple[str, ...] | None = None, name: str = 'local') -> Task:
   """A Task from the user's files; see the module docstring for their schema.
 
   `metrics` defaults to ('pearson', 'spearman') for regression, else ('accuracy',).
+  Without a train file (zero-shot probes score no training data) class tasks
+  need `labels`.
   """
   check_kind(kind)
   classes = not regression and kind != 'multiple_choice'
@@ -121,38 +152,24 @@ def load_local_task(kind: str, train: str, validation: str, test: str | None = N
   if labels is not None and not classes:
     raise UserError('labels only apply to class labels; regression and multiple-choice '
                     'tasks take numbers')
+  if classes and labels is None and not train:
+    raise UserError('a task without a train file needs its class labels: task.labels=a,b,...')
   metrics = tuple(metrics or (('pearson', 'spearman') if regression else ('accuracy',)))
   unknown = [m for m in metrics if m not in TASK_METRICS]
   if unknown:
     raise UserError(f'unknown metric(s) {unknown}; known: {list(TASK_METRICS)}')
 
-  files = {'train': train, 'validation': validation, 'test': test}
-  rows = {split: _read_rows(path) for split, path in files.items() if path}
   if classes and labels is None:
-    labels = tuple(sorted({str(row['label']) for _, row in rows['train'] if _has_label(row)}))
+    labels = tuple(sorted({str(row['label']) for _, row in _read_rows(train) if _has_label(row)}))
   labels = tuple(str(label) for label in labels) if classes else None
-
-  examples, first_choices = {}, None  # (where, how many) of the first multiple-choice example
-  for split, split_rows in rows.items():
-    examples[split] = []
-    for index, (where, row) in enumerate(split_rows):
-      example = {field: _choices(row, where) if field == 'choices'
-                 else _text(row, field, where, kind) for field in FIELDS[kind]}
-      if kind == 'multiple_choice':
-        first_choices = first_choices or (where, len(example['choices']))
-        if len(example['choices']) != first_choices[1]:
-          raise UserError(f'{where}: {len(example["choices"])} choices, but {first_choices[0]} '
-                          f'has {first_choices[1]}; every example needs the same number')
-      if _has_label(row):
-        example['label'] = _label(row['label'], where, kind, labels, regression,
-                                  len(example.get('choices', ())))
-      elif split == 'test':
-        example['label'] = -1.0 if regression else -1
-      else:
-        raise UserError(f'{where}: field "label" is missing ({split} examples need one)')
-      examples[split].append({**example, 'index': index})
-
-  return Task(name=name, kind=kind, labels=labels, metrics=metrics, train=examples['train'],
+  files = {'train': train, 'validation': validation, 'test': test}
+  examples, first_choices = {}, None
+  for split, path in files.items():
+    if path:
+      examples[split], first_choices = read_examples(path, kind, labels, regression, split,
+                                                     first_choices)
+  return Task(name=name, kind=kind, labels=labels, metrics=metrics,
+              train=examples.get('train', []),
               validation={'validation': examples['validation']},
               test={'test': examples['test']} if 'test' in examples else {},
               regression=regression)

@@ -5,29 +5,35 @@ from gpt_jax.tasks import files, registry, stdlib
 from gpt_jax.tasks.task import Task, TaskShape
 
 
-def _local_task(task_config) -> Task:
-  missing = [field for field in ('kind', 'train', 'validation') if not task_config[field]]
+def _local_task(task_config, needs_train: bool) -> Task:
+  needed = ('kind', 'train', 'validation') if needs_train else ('kind', 'validation')
+  missing = [field for field in needed if not task_config[field]]
   if missing:
     raise UserError(f'task.name=local needs task.{", task.".join(missing)}: the task kind and '
                     'the files of each split (see configs/finetune/local.py)')
   labels = tuple(label.strip() for label in task_config.labels.split(',')
                  ) if task_config.labels else None
+  verbalizer = task_config.get('verbalizer', '')
+  if labels is None and verbalizer and not task_config.train:  # the verbaliser names the classes
+    labels = tuple(pair.split(':')[0].strip() for pair in verbalizer.split(','))
   return files.load_local_task(
-      task_config.kind, task_config.train, task_config.validation, task_config.test or None,
-      labels=labels, regression=task_config.regression)
+      task_config.kind, task_config.train or None, task_config.validation,
+      task_config.test or None, labels=labels, regression=task_config.regression)
 
 
-def load_task(task_config) -> Task:
+def load_task(task_config, needs_train: bool = True) -> Task:
   """The task a config's `task` section names (fields: configs/finetune/base.py).
 
   task.name is a registry task ('sst2' or 'glue/sst2', read from task.data_dir),
   'local' (the user's files: task.kind, train, validation, test, labels,
   regression; see gpt_jax/tasks/files.py), or an offline default task
   (gpt_jax/tasks/stdlib.py; optional task.seed and task.max_eval_examples).
+  With `needs_train=False` (zero-shot probes) a local task may leave out its
+  train file; its classes then come from task.labels or task.verbalizer.
   """
   name = task_config.name
   if name == 'local':
-    return _local_task(task_config)
+    return _local_task(task_config, needs_train)
   if name in stdlib.DEFAULT_TASKS:
     return stdlib.load_default_task(
         name, seed=task_config.get('seed', 0), max_train_examples=task_config.max_train_examples,
