@@ -140,7 +140,8 @@ class CausalSelfAttention(nn.Module):
   """Multi-head attention with a fused [q | k | v] projection and a causal mask.
 
   With a `cache_mask` (decoding, see `GPT.decode`) the keys and values also go
-  to a KeyValueCache, and queries attend to everything cached so far.
+  to a KeyValueCache, and queries attend to everything cached so far. The
+  attention itself is `config.attention`'s kernel (gpt_jax/attention.py).
   """
 
   config: ModelConfig
