@@ -121,9 +121,14 @@ class Linear(nn.Module):
                       self.out_shape, self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     contract = len(self.in_shape)
+    # The leading (batch, length) dims flattened into one: the weight gradient then
+    # contracts a single dimension, which XLA's CPU dot takes as it is; contracting
+    # (batch, length) it first copies the output gradient into a transposed layout.
+    leading = x.shape[:x.ndim - contract]
+    x = x.reshape(-1, *self.in_shape)
     y = jax.lax.dot_general(
-        x, kernel, ((tuple(range(x.ndim - contract, x.ndim)), tuple(range(contract))), ((), ())))
-    return y + bias
+        x, kernel, ((tuple(range(1, contract + 1)), tuple(range(contract))), ((), ())))
+    return y.reshape(*leading, *self.out_shape) + bias
 
 
 class KeyValueCache(nn.Module):
@@ -159,7 +164,8 @@ class CausalSelfAttention(nn.Module):
   """Multi-head attention with a fused [q | k | v] projection and a causal mask.
 
   With a `cache_mask` (decoding, see `GPT.decode`) the keys and values also go
-  to a KeyValueCache, and queries attend to everything cached so far.
+  to a KeyValueCache, and queries attend to everything cached so far. The
+  attention itself is `config.attention`'s kernel (gpt_jax/attention.py).
   """
 
   config: ModelConfig
@@ -290,7 +296,9 @@ class GPT(nn.Module):
 
   def logits(self, hidden):
     """Language-model logits through the transposed token embedding, in float32."""
-    return self.tokens_embed.attend(hidden).astype(jnp.float32)
+    # Flattened to (tokens, n_embd) for the embedding's gradient, as in Linear.
+    logits = self.tokens_embed.attend(hidden.reshape(-1, hidden.shape[-1]))
+    return logits.reshape(*hidden.shape[:-1], -1).astype(jnp.float32)
 
   def __call__(self, tokens, deterministic: bool = True):
     return self.logits(self.hidden_states(tokens, deterministic))
