@@ -77,3 +77,13 @@ def _on_tpu_vm() -> bool:
   # reading it touches no devices.
   from jax._src import cloud_tpu_init
   return bool(getattr(cloud_tpu_init, 'running_in_cloud_tpu_vm', False))
+
+
+def barrier(name: str, timeout_s: int = 24 * 3600) -> None:
+  """Returns once every process of the run has called barrier(name); nothing in a one-process
+  run. The long default timeout covers a process tokenising its share of a large corpus."""
+  import jax
+  if jax.process_count() == 1:
+    return
+  from orbax.checkpoint import multihost
+  multihost.sync_global_processes(name, timeout=timeout_s)

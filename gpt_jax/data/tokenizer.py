@@ -22,13 +22,12 @@ import json
 import os
 import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import sentencepiece as spm
 from etils import epath
 
 from gpt_jax.errors import UserError
-from gpt_jax.paths import workdir_path
+from gpt_jax.paths import as_path
 
 PAD, UNK, EOD, START, DELIMITER, EXTRACT = '<pad>', '<unk>', '<|endoftext|>', '<s>', '<$>', '<e>'
 # Fixed ids: pad 0, unk 1, then the control pieces in this order (2..5).
@@ -41,8 +40,8 @@ MAX_SENTENCE_BYTES = 16384
 class Tokenizer:
   """Encodes text to ids and back with a trained sentencepiece model file."""
 
-  def __init__(self, model_path: str | Path):
-    self.model_path = workdir_path(model_path)  # may be in a bucket workdir
+  def __init__(self, model_path: str | epath.Path):
+    self.model_path = as_path(model_path)  # may be in a bucket
     if not self.model_path.is_file():
       raise UserError(f'tokenizer model {self.model_path} does not exist; train one with '
                       '`gpt-jax tokenizer --config ...` or set --config.data.tokenizer=PATH')
@@ -84,9 +83,9 @@ class Tokenizer:
     """sha256 of the model file: token stores built with it record this."""
     return hashlib.sha256(self.model_path.read_bytes()).hexdigest()
 
-  def copy_to(self, directory: str | Path) -> epath.Path:
+  def copy_to(self, directory: str | epath.Path) -> epath.Path:
     """Copies the model and its id record into `directory` (a workdir) as tokenizer.*."""
-    directory = workdir_path(directory)
+    directory = as_path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / 'tokenizer.model'
     self.model_path.copy(target, overwrite=True)
@@ -94,12 +93,12 @@ class Tokenizer:
     return target
 
 
-def record_path(model_path: str | Path) -> epath.Path:
+def record_path(model_path: str | epath.Path) -> epath.Path:
   """The JSON beside a .model file that records its special ids and provenance."""
-  return workdir_path(model_path).with_suffix('.json')
+  return as_path(model_path).with_suffix('.json')
 
 
-def read_record(model_path: str | Path) -> dict | None:
+def read_record(model_path: str | epath.Path) -> dict | None:
   path = record_path(model_path)
   return json.loads(path.read_text()) if path.is_file() else None
 
@@ -116,7 +115,7 @@ def _sentences(document: str) -> Iterable[str]:
       yield paragraph
 
 
-def train_tokenizer(documents: Iterable[str], model_path: str | Path, vocab_size: int, *,
+def train_tokenizer(documents: Iterable[str], model_path: str | epath.Path, vocab_size: int, *,
                     max_bytes: int, description: str = '', progress=None,
                     num_threads: int = 0) -> Tokenizer:
   """Trains a BPE model of `vocab_size` pieces on up to `max_bytes` of `documents`.
@@ -126,7 +125,7 @@ def train_tokenizer(documents: Iterable[str], model_path: str | Path, vocab_size
   atomically (nothing is written if training fails). `progress` (e.g. a tqdm
   bar) is advanced by the bytes read.
   """
-  model_path = Path(model_path)
+  model_path = as_path(model_path)
   corpus_bytes = 0
 
   def sentences():
