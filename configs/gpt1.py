@@ -82,7 +82,7 @@ def get_config() -> ml_collections.ConfigDict:
       tokenizer='',  # sentencepiece .model ('': named after corpus and vocab_size in data_dir)
       tokenizer_max_bytes=100_000_000,  # text read to train the tokenizer
       store='',  # token store directory ('': named after corpus and tokenizer in data_dir)
-      shard_mb=256,  # text per token-store shard (the unit of parallel preparation)
+      shard_mb=256.0,  # MiB of text per token-store shard (the unit of parallel preparation)
       prepare_workers=0,  # local tokenizing processes for `gpt-jax prepare` (0: one per core)
       seed=0,  # order and boundaries of the training windows
       num_threads=2,  # grain reader threads (each prepares a batch)

@@ -31,7 +31,7 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
 from gpt_jax.errors import UserError
-from gpt_jax.paths import is_local, workdir_path
+from gpt_jax.paths import check_writable, is_local, workdir_path
 
 STATE, DATA, CONFIG = 'state', 'data', 'config'
 CHECKPOINTS = 'checkpoints'  # under the workdir
@@ -104,16 +104,9 @@ def _item_handlers() -> dict:
 # Up-front checks.
 
 def check_workdir(workdir: str | Path, bytes_needed: int = 0) -> None:
-  """Fails in one line, before any training, if `workdir` cannot be written or is too full."""
-  workdir = workdir_path(workdir)
-  probe = workdir / f'.write_test.{jax.process_index()}'
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    probe.write_text('')
-    probe.unlink()
-  except OSError as error:
-    raise UserError(f'workdir {workdir} is not writable ({error.strerror or error}); fix its '
-                    'permissions or pass another --workdir') from None
+  """Fails in one line, before any training, if `workdir` cannot be written (a missing bucket
+  included) or is too full."""
+  workdir = check_writable(workdir, 'workdir')
   if not is_local(workdir):
     return  # a bucket reports no free space (disk_usage reads a local filesystem only)
   free = shutil.disk_usage(workdir).free

@@ -11,7 +11,6 @@ import argparse
 import functools
 import os
 import sys
-from pathlib import Path
 
 from gpt_jax.errors import UserError
 from gpt_jax.paths import workdir_path
@@ -129,16 +128,20 @@ def _dry_run(args, overrides) -> None:
 def _tokenizer(args, overrides) -> None:
   """Trains the config's BPE tokenizer (model.vocab_size pieces) on its corpus (data.corpus)."""
   from gpt_jax import config as config_lib
+  from gpt_jax import distributed
   from gpt_jax.data import workflow
 
+  distributed.initialize_from_args(args)  # several processes: process 0 trains, all wait
   workflow.train_tokenizer(config_lib.load_config(args.config, overrides))
 
 
 def _prepare(args, overrides) -> None:
   """Tokenises the config's corpus once into a token store that pretraining reads."""
   from gpt_jax import config as config_lib
+  from gpt_jax import distributed
   from gpt_jax.data import workflow
 
+  distributed.initialize_from_args(args)  # several processes: each writes its share of shards
   workflow.prepare(config_lib.load_config(args.config, overrides))
 
 
@@ -177,7 +180,7 @@ def _sample(args, overrides) -> None:
                     'model comes from --workdir')
   prompts = list(args.prompt or [])
   if args.prompts_file:
-    path = Path(args.prompts_file)
+    path = workdir_path(args.prompts_file)
     if not path.is_file():
       raise UserError(f'--prompts_file {path} does not exist')
     prompts += [line for line in path.read_text().splitlines() if line.strip()]
@@ -234,9 +237,9 @@ def _add_sample_flags(parser: argparse.ArgumentParser) -> None:
 # mode name -> (function, help, flag adders)
 MODES = {
     'tokenizer': (_tokenizer, 'train the BPE tokenizer of a config on its corpus',
-                  [_add_config_flags]),
+                  [_add_config_flags, _add_distributed_flags]),
     'prepare': (_prepare, 'tokenise the corpus of a config into its token store',
-                [_add_config_flags]),
+                [_add_config_flags, _add_distributed_flags]),
     'pretrain': (_pretrain, 'pretrain a GPT on a text corpus (next-token prediction)',
                  [_add_resumable_config_flags,
                   functools.partial(_add_workdir_flag, required=False), _add_dry_run_flags,

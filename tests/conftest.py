@@ -4,6 +4,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 # Must happen before JAX is imported anywhere.
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
@@ -11,3 +13,20 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'configs'))  # lets tests `import tiny` etc.
+
+
+@pytest.fixture(scope='session')
+def gcs():
+  """fake-gcs-server on 127.0.0.1 for the session; this process's GCS clients point at it."""
+  from fake_gcs import FakeGcs
+  server = FakeGcs()
+  server.start()
+  saved = {name: os.environ.get(name) for name in server.env}
+  os.environ.update(server.env)
+  yield server
+  for name, value in saved.items():
+    if value is None:
+      os.environ.pop(name, None)
+    else:
+      os.environ[name] = value
+  server.stop()

@@ -27,7 +27,7 @@ import sentencepiece as spm
 from etils import epath
 
 from gpt_jax.errors import UserError
-from gpt_jax.paths import as_path
+from gpt_jax.paths import as_path, is_local
 
 PAD, UNK, EOD, START, DELIMITER, EXTRACT = '<pad>', '<unk>', '<|endoftext|>', '<s>', '<$>', '<e>'
 # Fixed ids: pad 0, unk 1, then the control pieces in this order (2..5).
@@ -159,9 +159,12 @@ def train_tokenizer(documents: Iterable[str], model_path: str | epath.Path, voca
                     f'of {description or "text"}: {reason} (set --config.model.vocab_size)'
                     ) from None
   model_path.parent.mkdir(parents=True, exist_ok=True)
-  partial = model_path.with_name(model_path.name + '.partial')
-  partial.write_bytes(model.getvalue())
-  partial.replace(model_path)
+  if is_local(model_path):  # an object in a bucket appears whole or not at all; a file does not
+    partial = model_path.with_name(model_path.name + '.partial')
+    partial.write_bytes(model.getvalue())
+    partial.replace(model_path)
+  else:
+    model_path.write_bytes(model.getvalue())
   tokenizer = Tokenizer(model_path)
   record = dict(vocab_size=tokenizer.vocab_size, **tokenizer.special_ids,
                 pieces={name: tokenizer.id_to_piece(i) for name, i in tokenizer.special_ids.items()},

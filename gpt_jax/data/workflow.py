@@ -55,10 +55,11 @@ def train_tokenizer(config, log: Callable[[str], None] = print) -> tokenizer_lib
   the one already trained with the same corpus and size. Several processes: process 0
   trains, the others wait for it and load the result."""
   corpus = corpora.open_corpus(config.data)
-  corpus.prepare()
   path = tokenizer_path(config, corpus)
   if jax.process_index() == 0:
     check_writable(path.parent, 'tokenizer directory')
+  corpus.prepare()
+  if jax.process_index() == 0:
     tokenizer = _train_or_reuse_tokenizer(config, corpus, path, log)
   distributed.barrier('gpt_jax_tokenizer_trained')
   return tokenizer if jax.process_index() == 0 else tokenizer_lib.Tokenizer(path)
