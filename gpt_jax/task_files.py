@@ -21,11 +21,11 @@ example has the same number of choices. A test file may leave `label` out
 import csv
 import json
 import re
-from pathlib import Path
 
 from gpt_jax import metrics as metrics_lib
 from gpt_jax import tasks
 from gpt_jax.errors import UserError
+from gpt_jax.paths import as_path
 from gpt_jax.task_data import Task
 
 _CHOICE_COLUMN = re.compile(r'choice_(\d+)')
@@ -33,7 +33,7 @@ _CHOICE_COLUMN = re.compile(r'choice_(\d+)')
 
 def _read_rows(path) -> list[tuple[str, dict]]:
   """(file:line, row) for every example of a .jsonl / .csv / .tsv file."""
-  path = Path(path)
+  path = as_path(path)  # local or in a bucket
   if not path.is_file():
     raise UserError(f'task file {path} not found')
   suffix = path.suffix.lower()
