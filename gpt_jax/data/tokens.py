@@ -84,7 +84,10 @@ class LocalTokens(_ShardedTokens):
                   np.zeros(0, self.dtype) for f, n in zip(files, sizes)]
 
   def _read_windows(self, starts, length):
-    return [self._window(start, length) for start in starts]
+    shards = np.searchsorted(self._ends, starts, side='right')
+    return [self._maps[shard][start - self._starts[shard]:start - self._starts[shard] + length]
+            if start + length <= self._ends[shard] else self._window(start, length)
+            for start, shard in zip(starts, shards)]
 
   def _window(self, start: int, length: int) -> np.ndarray:
     pieces = [self._maps[shard][first:last]
