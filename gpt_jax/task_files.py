@@ -19,6 +19,7 @@ example has the same number of choices. A test file may leave `label` out
 """
 
 import csv
+import io
 import json
 import re
 
@@ -38,7 +39,8 @@ def _read_rows(path) -> list[tuple[str, dict]]:
     raise UserError(f'task file {path} not found')
   suffix = path.suffix.lower()
   rows = []
-  with path.open(encoding='utf-8', newline='') as f:
+  # Bytes decoded here: a bucket's text mode cannot keep CSV's quoted line breaks (newline='').
+  with io.StringIO(path.read_bytes().decode('utf-8'), newline='') as f:
     if suffix == '.jsonl':
       for number, line in enumerate(f, 1):
         if not line.strip():

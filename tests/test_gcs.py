@@ -15,7 +15,7 @@ from etils import epath
 
 from gpt_jax import checkpoint, cli
 from gpt_jax import config as config_lib
-from gpt_jax.data import pipeline, workflow
+from gpt_jax.data import corpora, workflow
 from gpt_jax.data import store as store_lib
 from gpt_jax.errors import UserError
 from gpt_jax.report import RunLog
@@ -106,3 +106,19 @@ def test_missing_bucket_is_one_line_before_any_work(tmp_path, gcs, capsys):
   err = capsys.readouterr().err
   assert err.startswith('gpt-jax: error: tokenizer directory gs://no-such-bucket-') and (
       'does not exist' in err) and err.count('\n') == 1  # before the corpus is even read
+
+
+def test_local_text_files_read_from_a_bucket(tmp_path, gcs):
+  bucket = epath.Path(gcs.bucket())
+  for i, text in enumerate(TEXTS[:6]):
+    (bucket / 'books' / f'{i}.txt').write_text(text)
+  (bucket / 'books' / 'more' / 'rest.jsonl').write_text(
+      ''.join(json.dumps({'text': text}) + '\n' for text in TEXTS[6:12]))
+  (bucket / 'books' / 'notes.md').write_text('not a corpus file')
+  for glob, expected in ((f'{bucket}/books', TEXTS[:12]), (f'{bucket}/books/*.txt', TEXTS[:6])):
+    config = make_config(tmp_path, tmp_path / 'data', f'data.text_glob={glob}')
+    corpus = corpora.open_corpus(config.data)
+    corpus.prepare()
+    found = [text for split in ('train', 'validation') for batch in corpus.documents(split)
+             for text in batch]
+    assert sorted(found) == sorted(expected)

@@ -4,7 +4,7 @@ Two JAX processes of 4 CPU devices each, as two TPU VM workers would be, with th
 tokenizer, token store, workdir and task files all in one bucket:
 tokenizer -> prepare (each process writes its shards) -> pretrain, SIGKILLed
 mid-run and rerun -> final parameters bitwise equal to an uninterrupted run;
-then fine-tune from the bucket and sample from it.
+then fine-tune from the bucket, sample from it and export into it.
 """
 
 import json
@@ -20,7 +20,7 @@ import numpy as np
 from etils import epath
 
 from test_multiprocess import _free_port, _wait_for_success
-from gpt_jax import checkpoint, cli
+from gpt_jax import checkpoint, cli, hf
 from gpt_jax import config as config_lib
 from gpt_jax.data import corpora, workflow
 from gpt_jax.report import read_metrics
@@ -28,7 +28,7 @@ from gpt_jax.report import read_metrics
 TEXTS = [f'document {i}: ' + 'the quick brown fox jumps over the lazy dog. ' * (5 + i % 7)
          for i in range(60)]
 MODEL = ['--config.model.vocab_size=320', '--config.model.n_layer=1', '--config.model.n_embd=32',
-         '--config.model.n_head=2', '--config.model.d_ff=64', '--config.model.n_ctx=16']
+         '--config.model.n_head=2', '--config.model.d_ff=128', '--config.model.n_ctx=16']
 TRAIN = ['--config.train.batch_size=8', '--config.train.seq_len=16', '--config.train.num_steps=8',
          '--config.train.log_every=1', '--config.train.eval_every=8',
          '--config.train.eval_batches=1', '--config.checkpoint.every_steps=2',
@@ -70,7 +70,7 @@ def _kill_after_first_checkpoint(procs, checkpoints: str) -> None:
     proc.wait()
 
 
-def test_two_processes_prepare_train_resume_finetune_sample_in_a_bucket(tmp_path, gcs):
+def test_two_processes_prepare_train_resume_finetune_sample_in_a_bucket(tmp_path, gcs, capsys):
   bucket = gcs.bucket()
   env = {**os.environ, **gcs.env}
   corpus = tmp_path / 'corpus.jsonl'
@@ -127,8 +127,12 @@ def test_two_processes_prepare_train_resume_finetune_sample_in_a_bucket(tmp_path
                    '--config.train.num_epochs=1.0', '--config.mesh.fsdp=1',
                    '--config.mesh.data=-1']) == 0
   assert (epath.Path(f'{bucket}/finetune') / 'summary.json').exists()
-  sampled = subprocess.run(_cli('sample', '--workdir', f'{bucket}/full', '--prompt', 'the quick',
-                                '--max_new_tokens', '8', '--temperature', '0'),
-                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-  assert sampled.returncode == 0, sampled.stderr[-2000:]
-  assert sampled.stdout.startswith('the quick') and len(sampled.stdout) > len('the quick\n')
+  capsys.readouterr()
+  assert cli.main(['sample', '--workdir', f'{bucket}/full', '--prompt', 'the quick',
+                   '--max_new_tokens', '8', '--temperature', '0']) == 0
+  sampled = capsys.readouterr().out
+  assert sampled.startswith('the quick') and len(sampled) > len('the quick\n')
+  assert cli.main(['export', '--workdir', f'{bucket}/full', '--out', f'{bucket}/hf']) == 0
+  exported, _ = hf.load_hf_dir(f'{bucket}/hf')
+  np.testing.assert_array_equal(exported['tokens_embed']['embedding'],
+                                np.asarray(full['tokens_embed']['embedding']))
