@@ -86,6 +86,8 @@ def get_config() -> ml_collections.ConfigDict:
       prepare_workers=0,  # local tokenizing processes for `gpt-jax prepare` (0: one per core)
       seed=0,  # order and boundaries of the training windows
       num_threads=2,  # grain reader threads (each prepares a batch)
-      read_concurrency=64,  # range requests in flight per process, for a store in a bucket
+      # Range requests in flight per process for a store in a bucket (more reader threads
+      # are started to keep them busy, up to 16).
+      read_concurrency=256,
   ))
   return config

@@ -78,13 +78,12 @@ class TokenStore:
   def num_tokens(self, split: str) -> int:
     return self.meta['splits'][split]['tokens']
 
-  def tokens(self, split: str, concurrency: int = 64, filesystem=None):
+  def tokens(self, split: str, filesystem=None):
     """A reader of the split's windows: memory maps when local, range requests in a bucket
-    (`concurrency` at a time; `filesystem` replaces the fsspec filesystem)."""
+    (`filesystem` replaces the fsspec filesystem)."""
     shards = self.meta['splits'][split]['shards']
     return tokens_lib.open_tokens([self.directory / shard['file'] for shard in shards],
-                                  [shard['tokens'] for shard in shards], self.dtype,
-                                  concurrency, filesystem)
+                                  [shard['tokens'] for shard in shards], self.dtype, filesystem)
 
   def counts(self, split: str) -> np.ndarray:
     with (self.directory / 'counts.npy').open('rb') as file:

@@ -9,15 +9,14 @@ tokens of the split are their concatenation. Readers cut windows
                  cache does the rest (what every local run uses)
   RemoteTokens   shard files in object storage (gs://, s3://, ... through fsspec),
                  each window one byte-range request; a batch's windows are
-                 requested concurrently, so a batch costs about one round trip,
-                 not batch_size of them. Nothing is copied to local disk.
+                 requested together (concurrently by gcsfs), so a batch costs about
+                 one round trip, not batch_size of them. Nothing is copied to disk.
 
 `read(starts, length)` returns int32 (len(starts), length): the same numbers
 from every reader of the same tokens.
 """
 
 import abc
-import concurrent.futures
 from collections.abc import Sequence
 
 import numpy as np
@@ -96,34 +95,32 @@ class LocalTokens(_ShardedTokens):
 
 
 class RemoteTokens(_ShardedTokens):
-  """Shard files in object storage, read by byte ranges, `concurrency` requests at a time.
+  """Shard files in object storage, read by byte ranges.
 
   `filesystem` is an fsspec filesystem (gcsfs for gs://); `files` are its paths.
+  A batch's ranges go out in one `cat_ranges` call, which an asynchronous
+  filesystem such as gcsfs sends concurrently: the batch costs one round trip.
   """
 
-  def __init__(self, filesystem, files: Sequence[str], sizes: Sequence[int], dtype: np.dtype,
-               concurrency: int = 64):
+  def __init__(self, filesystem, files: Sequence[str], sizes: Sequence[int], dtype: np.dtype):
     super().__init__(sizes, dtype)
     self._fs, self._files = filesystem, list(files)
-    self._pool = concurrent.futures.ThreadPoolExecutor(concurrency,
-                                                       thread_name_prefix='token_reader')
 
   def _read_windows(self, starts, length):
-    requests = [[self._pool.submit(self._range, shard, first, last)
-                 for shard, first, last in self._pieces(start, min(start + length, len(self)))]
-                for start in starts]
+    pieces = [list(self._pieces(start, min(start + length, len(self)))) for start in starts]
+    flat = [piece for window in pieces for piece in window]
+    size = self.dtype.itemsize
+    data = iter(self._fs.cat_ranges([self._files[shard] for shard, _, _ in flat],
+                                    [first * size for _, first, _ in flat],
+                                    [last * size for _, _, last in flat]))
     windows = []
-    for pieces in requests:
-      arrays = [np.frombuffer(future.result(), self.dtype) for future in pieces]
+    for window in pieces:
+      arrays = [np.frombuffer(next(data), self.dtype) for _ in window]
       windows.append(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
     return windows
 
-  def _range(self, shard: int, first: int, last: int) -> bytes:
-    size = self.dtype.itemsize
-    return self._fs.cat_file(self._files[shard], start=first * size, end=last * size)
 
-
-def open_tokens(files: Sequence, sizes: Sequence[int], dtype: np.dtype, concurrency: int = 64,
+def open_tokens(files: Sequence, sizes: Sequence[int], dtype: np.dtype,
                 filesystem=None) -> _ShardedTokens:
   """The right reader for shard `files` (epath paths or URLs): memory maps for local files,
   range requests otherwise. `filesystem` overrides the fsspec filesystem (e.g. to add
@@ -132,5 +129,5 @@ def open_tokens(files: Sequence, sizes: Sequence[int], dtype: np.dtype, concurre
     return LocalTokens(files, sizes, dtype)
   import fsspec  # pylint: disable=import-outside-toplevel
   located = [fsspec.core.url_to_fs(str(f)) for f in files]
-  filesystem = filesystem or located[0][0]
-  return RemoteTokens(filesystem, [path for _, path in located], sizes, dtype, concurrency)
+  filesystem = filesystem or (located[0][0] if located else fsspec.filesystem('file'))
+  return RemoteTokens(filesystem, [path for _, path in located], sizes, dtype)

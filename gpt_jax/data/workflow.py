@@ -33,7 +33,7 @@ from gpt_jax.data import corpora, pipeline
 from gpt_jax.data import store as store_lib
 from gpt_jax.data import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
-from gpt_jax.paths import as_path, check_writable
+from gpt_jax.paths import as_path, check_writable, is_local
 
 
 def tokenizer_path(config, corpus: corpora.Corpus) -> epath.Path:
@@ -127,6 +127,16 @@ def prepare(config, log: Callable[[str], None] = print) -> store_lib.TokenStore:
   return store
 
 
+def reader_threads(config, batch_size: int, local: bool) -> int:
+  """grain reader threads: data.num_threads, or for a store in a bucket enough threads (each
+  waiting on one batch's round trip) to keep data.read_concurrency requests in flight."""
+  if local:
+    return config.data.num_threads
+  # Configs saved before data.read_concurrency existed resume with its default.
+  wanted = -(-config.data.get('read_concurrency', 256) // batch_size)
+  return max(config.data.num_threads, min(wanted, 16))
+
+
 @dataclasses.dataclass
 class PretrainData:
   """What the pretraining loop consumes, for this JAX process."""
@@ -154,10 +164,9 @@ def pretrain_data(config) -> PretrainData:
                     f'processes ({process_count})')
   shard = dict(seq_len=config.train.seq_len, batch_size=batch_size // process_count,
                process_index=jax.process_index(), process_count=process_count)
-  # Configs saved before data.read_concurrency existed resume with its default.
-  concurrency = config.data.get('read_concurrency', 64)
-  train = pipeline.train_batches(store.tokens('train', concurrency), seed=config.data.seed,
-                                 num_threads=config.data.num_threads, **shard)
-  evaluation = pipeline.eval_batches(store.tokens('validation', concurrency),
+  train = pipeline.train_batches(
+      store.tokens('train'), seed=config.data.seed,
+      num_threads=reader_threads(config, shard['batch_size'], is_local(directory)), **shard)
+  evaluation = pipeline.eval_batches(store.tokens('validation'),
                                      num_batches=config.train.eval_batches, **shard)
   return PretrainData(tokenizer, store, train, lambda: evaluation, store.num_tokens('train'))
