@@ -56,8 +56,7 @@ def train_tokenizer(config, log: Callable[[str], None] = print) -> tokenizer_lib
   trains, the others wait for it and load the result."""
   corpus = corpora.open_corpus(config.data)
   path = tokenizer_path(config, corpus)
-  if jax.process_index() == 0:
-    check_writable(path.parent, 'tokenizer directory')
+  check_writable(path.parent, 'tokenizer directory')  # every process: each fails in one line
   corpus.prepare()
   if jax.process_index() == 0:
     tokenizer = _train_or_reuse_tokenizer(config, corpus, path, log)
@@ -107,8 +106,7 @@ def prepare(config, log: Callable[[str], None] = print) -> store_lib.TokenStore:
   corpus.prepare()
   tokenizer = _load_tokenizer(config, corpus)
   directory = store_path(config, corpus, tokenizer)
-  if jax.process_index() == 0:
-    check_writable(directory, 'token store')
+  check_writable(directory, 'token store')  # every process: none waits for a failed one
   workers = config.data.prepare_workers or os.cpu_count()
   start = time.perf_counter()
   store, reused = store_lib.build_store(
