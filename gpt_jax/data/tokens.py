@@ -57,7 +57,8 @@ class _ShardedTokens(abc.ABC):
     while start < stop:
       first = start - int(self._starts[shard])
       last = min(stop, int(self._ends[shard])) - int(self._starts[shard])
-      yield shard, first, last
+      if last > first:  # an empty shard (documents of blank text only) holds no piece
+        yield shard, first, last
       start = int(self._ends[shard])
       shard += 1
 
