@@ -19,12 +19,14 @@ import jax
 import numpy as np
 from etils import epath
 
-from test_multiprocess import _free_port, _wait_for_success
+from test_multiprocess import _free_port
 from gpt_jax import checkpoint, cli, hf
 from gpt_jax import config as config_lib
 from gpt_jax.data import corpora, workflow
 from gpt_jax.report import read_metrics
 
+# A hung collective or request fails the test; generous, as the suite shares two cores.
+TIMEOUT_S = 300
 TEXTS = [f'document {i}: ' + 'the quick brown fox jumps over the lazy dog. ' * (5 + i % 7)
          for i in range(60)]
 MODEL = ['--config.model.vocab_size=320', '--config.model.n_layer=1', '--config.model.n_embd=32',
@@ -49,8 +51,29 @@ def _start(argv_of, env, cwd) -> list[subprocess.Popen]:
                            text=True) for i in range(2)]
 
 
+def _wait(procs: list[subprocess.Popen]) -> list[str]:
+  """Each process's output once all exited 0; on a failure or a hang, all killed and their
+  output's tails in the message."""
+  outputs = []
+  try:
+    for proc in procs:
+      try:
+        out, _ = proc.communicate(timeout=TIMEOUT_S)
+      except subprocess.TimeoutExpired as timeout:
+        raise AssertionError(f'hung for {TIMEOUT_S}s: ' +
+                             (timeout.output or b'').decode(errors='replace')[-3000:]) from None
+      assert proc.returncode == 0, out[-3000:]
+      outputs.append(out)
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  return outputs
+
+
 def _run_two(args, env, cwd) -> list[str]:
-  return _wait_for_success(_start(lambda i: _cli(*args), env, cwd))
+  return _wait(_start(lambda i: _cli(*args), env, cwd))
 
 
 def _kill_after_first_checkpoint(procs, checkpoints: str) -> None:
