@@ -84,13 +84,21 @@ def get_config() -> ml_collections.ConfigDict:
       text_key='',  # TFDS feature holding the text ('': book_text for pg19, else text)
       validation_split='',  # TFDS split to evaluate on ('': validation, else test, else held out)
       validation_fraction=0.05,  # documents held out when the corpus has no validation split
-      data_dir='',  # TFDS data_dir, also holding tokenizers and stores ('': ~/tensorflow_datasets)
+      data_dir='',  # TFDS data_dir, also holding tokenizers and stores ('': ~/tensorflow_datasets);
+      # may be a bucket (gs://...): tokenizers and stores go there, TFDS datasets are then read
+      # from tfds_dir
+      tfds_dir='',  # local TFDS data_dir when data_dir is a bucket ('': ~/tensorflow_datasets)
       download=False,  # let TFDS download and prepare a catalogue corpus (needs internet)
       tokenizer='',  # sentencepiece .model ('': named after corpus and vocab_size in data_dir)
       tokenizer_max_bytes=100_000_000,  # text read to train the tokenizer
       store='',  # token store directory ('': named after corpus and tokenizer in data_dir)
+      shard_mb=256.0,  # MiB of text per token-store shard (the unit of parallel preparation)
+      prepare_workers=0,  # local tokenizing processes for `gpt-jax prepare` (0: one per core)
       seed=0,  # order and boundaries of the training windows
-      num_threads=2,  # grain reader threads
+      num_threads=2,  # grain reader threads (each prepares a batch)
+      # Range requests in flight per process for a store in a bucket (more reader threads
+      # are started to keep them busy, up to 16).
+      read_concurrency=256,
   ))
 
   # Where runs report besides metrics.jsonl and TensorBoard (written by process 0 only).

@@ -97,11 +97,12 @@ def _pretrain(args, overrides) -> None:
   if args.dry_run or args.topology:
     _dry_run(args, overrides)
     return
+  from gpt_jax import distributed
+  # Before anything asks JAX for its devices (reading a stored config does).
+  distributed.initialize_from_args(args)
   config = _pretrain_config(args, overrides)
   if config is None:
     return
-  from gpt_jax import distributed
-  distributed.initialize_from_args(args)  # before anything asks JAX for its devices
   import jax
 
   from gpt_jax import compile_cache, pretrain, tracking
@@ -111,7 +112,7 @@ def _pretrain(args, overrides) -> None:
   workdir = workdir_lib.path(args.workdir)  # local, or gs:// for TPU pods
   compile_cache.enable(config)
   data = workflow.pretrain_data(config)
-  workdir_lib.check_workdir(workdir, process_index=jax.process_index())
+  workdir_lib.check_workdir(workdir)
   # Only once the inputs are known to be good: no stray workdirs.
   log = RunLog(workdir, trackers=tracking.trackers(config, workdir))
   if jax.process_index() == 0:
@@ -183,7 +184,9 @@ def _tokenizer(args, overrides) -> None:
   """Trains the config's BPE tokenizer (model.vocab_size pieces) on its corpus (data.corpus)."""
   config = _resolved_config(args, overrides)
   if config is not None:
+    from gpt_jax import distributed
     from gpt_jax.data import workflow
+    distributed.initialize_from_args(args)  # several processes: process 0 trains, all wait
     workflow.train_tokenizer(config)
 
 
@@ -191,7 +194,9 @@ def _prepare(args, overrides) -> None:
   """Tokenises the config's corpus once into a token store that pretraining reads."""
   config = _resolved_config(args, overrides)
   if config is not None:
+    from gpt_jax import distributed
     from gpt_jax.data import workflow
+    distributed.initialize_from_args(args)  # several processes: each writes its share of shards
     workflow.prepare(config)
 
 
@@ -215,7 +220,7 @@ def _finetune(args, overrides) -> None:
   if args.workdir is None:
     raise UserError('finetune needs --workdir (only --print_config runs without one)')
   compile_cache.enable(config)
-  workdir_lib.check_workdir(args.workdir, process_index=jax.process_index())
+  workdir_lib.check_workdir(args.workdir)
   log = RunLog(args.workdir, trackers=tracking.trackers(config, args.workdir))
   try:
     result = finetune.run_finetuning(config, args.workdir, log)
@@ -432,9 +437,9 @@ def _add_sample_flags(parser: argparse.ArgumentParser) -> None:
 # mode name -> (function, help, flag adders)
 MODES = {
     'tokenizer': (_tokenizer, 'train the BPE tokenizer of a config on its corpus',
-                  [_add_config_flags]),
+                  [_add_config_flags, _add_distributed_flags]),
     'prepare': (_prepare, 'tokenise the corpus of a config into its token store',
-                [_add_config_flags]),
+                [_add_config_flags, _add_distributed_flags]),
     'pretrain': (_pretrain, 'pretrain a GPT on a text corpus (next-token prediction)',
                  [_add_resumable_config_flags,
                   functools.partial(_add_workdir_flag, required=False), _add_dry_run_flags,

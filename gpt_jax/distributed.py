@@ -77,3 +77,13 @@ def _in_a_cluster() -> bool:
   if int(os.environ.get('SLURM_NTASKS', '1')) > 1 and 'SLURM_STEP_NODELIST' in os.environ:
     return True
   return int(os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
+
+
+def barrier(name: str, timeout_s: int = 24 * 3600) -> None:
+  """Returns once every process of the run has called barrier(name); nothing in a one-process
+  run. The long default timeout covers a process tokenising its share of a large corpus."""
+  import jax
+  if jax.process_count() == 1:
+    return
+  from orbax.checkpoint import multihost
+  multihost.sync_global_processes(name, timeout=timeout_s)

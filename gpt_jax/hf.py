@@ -18,16 +18,17 @@ either layout (gpt_jax.layer_layout).
 """
 
 import dataclasses
+import io
 import json
 import os
 import re
 import shutil
 import tempfile
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax.linen import meta
 
 from gpt_jax import layer_layout, workdir as workdir_lib
@@ -215,12 +216,13 @@ def _params_from_state(state: dict[str, np.ndarray], model_config: ModelConfig) 
 
 
 def load_hf_dir(path):
-  """Reads a local Hugging Face openai-gpt directory; returns (params, model_config).
+  """Reads a Hugging Face openai-gpt directory (local or in a bucket); returns
+  (params, model_config).
 
   Weights come from model.safetensors, else from pytorch_model.bin, which is
   read with `torch.load(weights_only=True)`: plain tensors only, no code runs.
   """
-  path = Path(path)
+  path = workdir_lib.path(path)
   if not path.is_dir():
     raise UserError(f'Hugging Face model directory {path} does not exist')
   config_file = path / CONFIG_FILE
@@ -242,23 +244,27 @@ def load_hf_dir(path):
     raise UserError(f'{path}: {error}') from None
 
 
-def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
+def _read_safetensors(file: epath.Path) -> dict[str, np.ndarray]:
   from safetensors import SafetensorError, safe_open
+  from safetensors.numpy import load
   try:
+    if not workdir_lib.is_local(file):  # safe_open memory-maps local files only
+      return load(file.read_bytes())
     with safe_open(str(file), framework='np') as f:
       return {key: f.get_tensor(key) for key in f.keys()}
   except (SafetensorError, OSError, KeyError) as error:  # KeyError: a dtype numpy lacks
     raise UserError(f'cannot read {file}: {error}') from None
 
 
-def _read_pytorch_bin(file: Path) -> dict:
+def _read_pytorch_bin(file: epath.Path) -> dict:
   try:
     import torch
   except ImportError:
     raise UserError(f'reading {file} needs PyTorch (pip install torch); or convert the '
                     f'directory to {SAFETENSORS_FILE}') from None
   try:
-    state = torch.load(file, map_location='cpu', weights_only=True)
+    state = torch.load(file if workdir_lib.is_local(file) else io.BytesIO(file.read_bytes()),
+                       map_location='cpu', weights_only=True)
   except Exception as error:  # pickle refusals come as several exception types
     raise UserError(f'cannot read {file} as a plain tensor state dict ({error}); '
                     'arbitrary pickled code is never loaded') from None
@@ -294,46 +300,58 @@ def state_to_hf(params, model_config: ModelConfig) -> dict[str, np.ndarray]:
   return state
 
 
-def export_hf_dir(params, model_config: ModelConfig, out_dir, tokenizer=None) -> Path:
+def export_hf_dir(params, model_config: ModelConfig, out_dir, tokenizer=None) -> epath.Path:
   """Writes config.json + model.safetensors (+ the tokenizer) for Hugging Face.
 
   `transformers.OpenAIGPTLMHeadModel.from_pretrained(out_dir)` loads the result,
   and with a `tokenizer` (any gpt_jax tokenizer) `AutoTokenizer.from_pretrained`
   too: tokenizer.json + tokenizer_config.json, plus our sentencepiece
   tokenizer.model when that is what it is. Files are written to a temporary
-  sibling directory that is renamed into place at the end, so a failure never
-  leaves a half-written `out_dir`.
+  local directory first. A local `out_dir` is that directory renamed into
+  place; a bucket's gets the files copied in with config.json last, which is
+  what makes it a model directory: a failure never leaves a loadable
+  half-written `out_dir`.
   """
   from safetensors.numpy import save_file
 
   from gpt_jax.data import hf_tokenizer
 
-  out_dir = Path(out_dir)
+  out_dir = workdir_lib.path(out_dir)
   if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
     raise UserError(f'export directory {out_dir} already exists and is not empty; '
                     'choose another path or remove it')
   hf_config = config_to_hf(model_config)
   state = state_to_hf(params, model_config)
   out_dir.parent.mkdir(parents=True, exist_ok=True)
-  staging = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
+  staging = epath.Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent
+                                        if workdir_lib.is_local(out_dir) else None))
   try:
-    save_file(state, staging / SAFETENSORS_FILE, metadata={'format': 'pt'})
-    (staging / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + '\n')
+    save_file(state, str(staging / SAFETENSORS_FILE), metadata={'format': 'pt'})
     if tokenizer is not None:
       if not isinstance(tokenizer, hf_tokenizer.HFTokenizer):  # sentencepiece: keep the original
         tokenizer.model_path.copy(staging / workdir_lib.TOKENIZER_FILE)  # workdir: maybe gs://
       hf_tokenizer.write_for_hf(tokenizer, staging)
-    staging.chmod(0o755)  # mkdtemp makes it private to the user
-    if out_dir.exists():
-      out_dir.rmdir()  # empty, checked above
-    os.replace(staging, out_dir)
-  except BaseException:
+    (staging / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + '\n')
+    if workdir_lib.is_local(out_dir):
+      os.chmod(staging, 0o755)  # mkdtemp makes it private to the user
+      if out_dir.exists():
+        out_dir.rmdir()  # empty, checked above
+      os.replace(staging, out_dir)
+    else:
+      names = sorted(p.name for p in staging.iterdir() if p.name != CONFIG_FILE)
+      for name in [*names, CONFIG_FILE]:  # config.json last
+        (staging / name).copy(out_dir / name)
+  finally:
     shutil.rmtree(staging, ignore_errors=True)
-    raise
   return out_dir
 
 
 # ---------------------------------------------------------------- original release
+
+
+def _load_npy(file: epath.Path) -> np.ndarray:
+  with file.open('rb') as f:
+    return np.load(f, allow_pickle=False)
 
 
 def load_openai_release(path, *, n_ctx: int | None = None, n_head: int = 12):
@@ -356,7 +374,7 @@ def load_openai_release(path, *, n_ctx: int | None = None, n_head: int = 12):
   Returns:
     (params, model_config).
   """
-  path = Path(path)
+  path = workdir_lib.path(path)
   if not path.is_dir():
     raise UserError(f'OpenAI release directory {path} does not exist')
   files = [path / 'params_shapes.json'] + [path / f'params_{i}.npy' for i in range(10)]
@@ -373,7 +391,7 @@ def load_openai_release(path, *, n_ctx: int | None = None, n_head: int = 12):
   if not 0 < n_ctx <= n_positions:
     raise UserError(f'n_ctx={n_ctx} must be between 1 and the release\'s {n_positions} positions')
 
-  flat = np.concatenate([np.load(f, allow_pickle=False).reshape(-1) for f in files[1:]])
+  flat = np.concatenate([_load_npy(f).reshape(-1) for f in files[1:]])
   sizes = [int(np.prod(s)) for s in shapes]
   if flat.size != sum(sizes):
     raise UserError(f'the params_*.npy files hold {flat.size} numbers but params_shapes.json '

@@ -70,8 +70,7 @@ def _set_up(config, workdir, train_tokens: int | None) -> _Run:
   sharding.check_batch(config.train.batch_size, mesh)
   _, trainer = make_pretrainer(model_config, config.optim, mesh, seq_len, total_steps)
   # Two checkpoints' worth: the one being written and the last complete one.
-  workdir_lib.check_workdir(workdir, 2 * checkpoint.checkpoint_bytes(trainer.abstract_state),
-                            jax.process_index())
+  workdir_lib.check_workdir(workdir, 2 * checkpoint.checkpoint_bytes(trainer.abstract_state))
   return _Run(model_config, trainer, total_steps, config.train.batch_size * seq_len)
 
 

@@ -42,18 +42,20 @@ class RunLog:
 
   A bucket workdir (`gs://...`) cannot be appended to, so its metrics.jsonl,
   TensorBoard events and curves are written in a local staging directory
-  (starting from the workdir's metrics.jsonl, if any) and uploaded by `close()`;
-  a run killed without closing loses the records since it started there.
+  (starting from the workdir's metrics.jsonl, if any) and uploaded whenever
+  `upload_every_s` seconds have passed at a logged step, and by `close()`: a run
+  killed outright loses at most that window of records.
   """
 
   def __init__(self, workdir: str | Path | None, stream=None, progress: bool | None = None,
-               trackers=()):
+               trackers=(), upload_every_s: float = 60.0):
     self._enabled = jax.process_index() == 0
     self._trackers = list(trackers)  # e.g. gpt_jax.tracking.WandbTracker
     self._stream = stream
     self._workdir = workdir_lib.path(workdir) if workdir is not None else None
     self._progress = progress  # None: a bar only when the output is a terminal
     self._file = self._tensorboard = self._bar = None
+    self._upload_every_s, self._uploaded_at = upload_every_s, time.monotonic()
     if self._workdir is not None and self._enabled:
       self._workdir.mkdir(parents=True, exist_ok=True)
       self._local = self._workdir
@@ -108,6 +110,14 @@ class RunLog:
           self._tensorboard.add_scalar(f'{split}/{name}', value, step)
     for tracker in self._trackers:
       tracker.log(step, split, values)
+    if (self._file and self._local != self._workdir and
+        time.monotonic() - self._uploaded_at >= self._upload_every_s):
+      self._tensorboard.flush()
+      self._upload()
+
+  def _upload(self) -> None:
+    _upload(self._local, self._workdir)
+    self._uploaded_at = time.monotonic()
 
   def close(self) -> None:
     """Flushes everything, closes the trackers and draws the curves PNG."""
@@ -125,7 +135,8 @@ class RunLog:
       self._file = None
       plot_curves(self._local / METRICS_FILE, self._local / CURVES_FILE)
       if self._local != self._workdir:
-        _upload(self._local, self._workdir)
+        self._upload()
+        self._local.rmtree()
 
   def drop_after(self, step: int) -> None:
     """Forgets metrics.jsonl records past `step`: a resumed run logs those steps again.
@@ -151,15 +162,13 @@ def _record_step(line: str) -> float:
     return float('inf')
 
 
-def _upload(local: epath.Path, workdir: epath.Path) -> None:
-  """Copies the staged files into the bucket workdir (replacing its metrics.jsonl) and
-  removes the staging directory."""
+def _upload(local: epath.Path, target: epath.Path) -> None:
+  """Copies the staged files into the bucket directory `target`, replacing older copies."""
   for root, _, files in local.walk():
-    target_dir = workdir / root.relative_to(local)
+    target_dir = target / root.relative_to(local)
     target_dir.mkdir(parents=True, exist_ok=True)
     for name in files:
       (root / name).copy(target_dir / name, overwrite=True)
-  local.rmtree()
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -223,14 +232,17 @@ class StepProfiler:
   """Writes a JAX profiler trace (TensorBoard / Perfetto) for steps [start, start + count)."""
 
   def __init__(self, workdir: str | Path, start: int, count: int):
-    self._dir = str(workdir_lib.path(workdir) / workdir_lib.PROFILE_DIR)
+    self._dir = workdir_lib.path(workdir) / workdir_lib.PROFILE_DIR
     self._start, self._stop = start, start + count
     self._active = False
+    self._local = None  # the profiler writes local files only: a bucket's trace is staged
 
   def step(self, step: int, log: RunLog) -> None:
     """Call before running `step`."""
     if step == self._start and not self._active:
-      jax.profiler.start_trace(self._dir)
+      self._local = (self._dir if workdir_lib.is_local(self._dir) else
+                     epath.Path(tempfile.mkdtemp(prefix='gpt_jax_profile.')))
+      jax.profiler.start_trace(str(self._local))
       self._active = True
     elif step == self._stop and self._active:
       self.stop(log)
@@ -239,6 +251,9 @@ class StepProfiler:
     if self._active:
       jax.profiler.stop_trace()
       self._active = False
+      if self._local != self._dir:
+        _upload(self._local, self._dir)
+        self._local.rmtree()
       log.info(f'profiler trace of steps {self._start}-{self._stop - 1} written to {self._dir}')
 
 

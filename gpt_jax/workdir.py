@@ -11,11 +11,15 @@
       summary.json             fine-tuning: best metrics, baseline, where the weights came from
       *.tsv                    fine-tuning: test predictions (GLUE submission files)
 
-TPU pods need storage every host reaches, so a workdir may be a `gs://` URL.
-`etils.epath` (which orbax uses too) gives one Path API over both; `gs://`
-needs `gcsfs` (or TensorFlow) installed. Local strings stay plain local paths.
+TPU pods need storage every host reaches, so any path a user gives (workdir,
+data_dir, tokenizer, store, text files, task files, export directory) may be a
+`gs://` URL. `etils.epath` (which orbax and TFDS use too) gives one Path API
+over both; `gs://` goes through `gcsfs`. Local strings stay plain local paths
+(with `~` expanded); `pathlib.Path("gs://b/x")` would silently be the local
+path `gs:/b/x`.
 """
 
+import os
 import shutil
 
 from etils import epath
@@ -32,27 +36,53 @@ PROFILE_DIR = 'profile'
 SUMMARY_FILE = 'summary.json'
 
 
+_REMOTE_SCHEMES = ('gs://', 's3://', 'az://', 'hf://')
+
+
 def path(text) -> epath.Path:
-  """`text` (a local path or a `gs://` URL) as an epath.Path."""
-  return epath.Path(text)
+  """`text` (a local path or a bucket URL) as an epath.Path; `~` expands for local paths."""
+  text = os.fspath(text)
+  return epath.Path(text if text.startswith(_REMOTE_SCHEMES) else os.path.expanduser(text))
 
 
 def is_local(where) -> bool:
   """Whether `where` is on this machine's filesystem (not a bucket URL)."""
-  return not str(where).startswith(('gs://', 's3://', 'az://', 'hf://'))
+  return not os.fspath(where).startswith(_REMOTE_SCHEMES)
 
 
-def check_workdir(workdir, bytes_needed: int = 0, process_index: int = 0) -> None:
-  """Fails in one line, before any training, if `workdir` cannot be written or is too full."""
-  workdir = path(workdir)
-  probe = workdir / f'.write_test.{process_index}'
+def check_writable(where, what: str) -> epath.Path:
+  """Fails in one line unless `where` (a directory, created if missing) can be written.
+
+  A bucket must exist already: creating a directory in a missing bucket would
+  otherwise try to create the bucket, or fail only at the first write after
+  minutes of retries.
+  """
+  where = path(where)
   try:
-    workdir.mkdir(parents=True, exist_ok=True)
+    if not is_local(where):
+      scheme, rest = os.fspath(where).split('://', 1)
+      bucket = f'{scheme}://{rest.split("/", 1)[0]}'
+      if not epath.Path(bucket).exists():
+        raise UserError(f'{what} {where}: bucket {bucket} does not exist (or these credentials '
+                        'cannot see it); create it or fix the URL')
+    where.mkdir(parents=True, exist_ok=True)
+    probe = where / f'.write_test.{os.getpid()}'
     probe.write_text('')
     probe.unlink()
-  except OSError as error:
-    raise UserError(f'workdir {workdir} is not writable ({error.strerror or error}); fix its '
-                    'permissions or pass another --workdir') from None
+  except UserError:
+    raise
+  except Exception as error:  # noqa: BLE001 -- OSError locally; HTTP/auth errors for buckets
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    reason = getattr(error, 'strerror', None) or message
+    raise UserError(f'{what} {where} is not writable ({reason}); fix its permissions or '
+                    'credentials, or choose another path') from None
+  return where
+
+
+def check_workdir(workdir, bytes_needed: int = 0) -> None:
+  """Fails in one line, before any training, if `workdir` cannot be written (a missing bucket
+  included) or is too full."""
+  workdir = check_writable(workdir, 'workdir')
   if not is_local(workdir):
     return  # a bucket reports no free space (disk_usage reads a local filesystem only)
   free = shutil.disk_usage(workdir).free

@@ -17,6 +17,7 @@ workdir=""
 spot=0
 delete_after=0
 print_only=0
+prepare=0
 gpt_jax_flags=()
 
 usage() {
@@ -40,6 +41,10 @@ every worker of a TPU VM or pod slice. Steps, in order:
   5. run the config on all workers, streaming their output here (and to ~/gpt_jax_run.log
      on each worker):
        gcloud compute tpus tpu-vm ssh NAME --worker=all --command "gpt-jax pretrain ..."
+     with --prepare, the data steps first, on all workers together (each tokenises its
+     share of the token store's shards into the data_dir bucket; both steps reuse what
+     exists, so a prepared corpus costs a check):
+       "gpt-jax tokenizer ... && gpt-jax prepare ... && gpt-jax pretrain ..."
   6. (with --delete) delete the TPU:
        gcloud compute tpus tpu-vm delete NAME --zone ZONE --quiet
 
@@ -57,6 +62,9 @@ Options:
                             v2-alpha-tpuv6e for v6e)
   --spot                    create a Spot TPU (cheaper; may be preempted; runs resume)
   --delete                  delete the TPU when the run ends
+  --prepare                 train the tokenizer and build the token store first, on all
+                            workers (pass --config.data.data_dir=gs://BUCKET/data after --;
+                            the data steps get the --config.* flags only)
   --print                   print the commands of every step instead of running them
   -h, --help                this help
   -- GPT_JAX_FLAGS...       passed to gpt-jax, e.g. --config.train.num_steps=1000
@@ -86,6 +94,7 @@ while [ $# -gt 0 ]; do
     --workdir) workdir="$2"; shift 2 ;;
     --spot) spot=1; shift ;;
     --delete) delete_after=1; shift ;;
+    --prepare) prepare=1; shift ;;
     --print) print_only=1; shift ;;
     -h | --help) usage; exit 0 ;;
     --) shift; gpt_jax_flags=("$@"); break ;;
@@ -184,14 +193,29 @@ fi
 run "${tpu[@]}" ssh "$name" "${where[@]}" --worker=all --command "$install"
 
 step 5 "run $config on every worker, workdir $workdir"
-train_command=""
-for word in pretrain --config "$config" --workdir "$workdir" \
-    ${gpt_jax_flags[@]+"${gpt_jax_flags[@]}"}; do
-  train_command+=" $(quote "$word")"
+# One shell word per argument, quoted as a shell reads it back.
+command_line() {
+  local word line=""
+  for word in "$@"; do
+    line+=" $(quote "$word")"
+  done
+  printf '%s' "$line"
+}
+# shellcheck disable=SC2088  # the tilde is for the worker's shell to expand
+gpt_jax='~/gpt_jax_venv/bin/gpt-jax'
+config_flags=()
+for word in ${gpt_jax_flags[@]+"${gpt_jax_flags[@]}"}; do
+  [[ "$word" == --config.* ]] && config_flags+=("$word")
 done
+steps="$gpt_jax$(command_line pretrain --config "$config" --workdir "$workdir" \
+  ${gpt_jax_flags[@]+"${gpt_jax_flags[@]}"})"
+if [ "$prepare" = 1 ]; then
+  data_flags="$(command_line --config "$config" ${config_flags[@]+"${config_flags[@]}"})"
+  steps="$gpt_jax tokenizer$data_flags && $gpt_jax prepare$data_flags && $steps"
+fi
 # pipefail keeps gpt-jax's exit status through tee.
 run "${tpu[@]}" ssh "$name" "${where[@]}" --worker=all --command \
-  "set -o pipefail; cd ~/gpt_jax && ~/gpt_jax_venv/bin/gpt-jax$train_command 2>&1 | tee ~/gpt_jax_run.log"
+  "set -o pipefail; cd ~/gpt_jax && { $steps ; } 2>&1 | tee ~/gpt_jax_run.log"
 
 if [ "$delete_after" = 1 ]; then
   step 6 "delete TPU $name"

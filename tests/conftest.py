@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 # Must happen before JAX is imported anywhere.
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
@@ -10,3 +12,19 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # (the environment variable wins over the config; '' is off). test_compile_cache sets its own.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', '')
 
+
+@pytest.fixture(scope='session')
+def gcs():
+  """fake-gcs-server on 127.0.0.1 for the session; this process's GCS clients point at it."""
+  from fake_gcs import FakeGcs
+  server = FakeGcs()
+  server.start()
+  saved = {name: os.environ.get(name) for name in server.env}
+  os.environ.update(server.env)
+  yield server
+  for name, value in saved.items():
+    if value is None:
+      os.environ.pop(name, None)
+    else:
+      os.environ[name] = value
+  server.stop()

@@ -15,7 +15,7 @@ from gpt_jax.model import ModelConfig
 def tiny_config(**model_overrides) -> ml_collections.ConfigDict:
   """The tiny config shrunk further, with a byte-sized vocabulary."""
   config = tiny.get_config()
-  config.model.update(vocab_size=64, n_ctx=32, n_embd=32, n_head=4, d_ff=128)
+  config.model.update(vocab_size=64, n_ctx=32, n_embd=32, n_head=4, d_ff=64)
   config.model.update(**model_overrides)
   config.train.update(batch_size=8, seq_len=16)
   return config

@@ -59,7 +59,7 @@ def test_steps_out_of_order_or_mismatched_are_one_line_errors(tmp_path):
   with pytest.raises(UserError, match='no tokenizer at .* `gpt-jax tokenizer`'):
     workflow.prepare(config, log=lambda _: None)
   tokenizer = workflow.train_tokenizer(config, log=lambda _: None)
-  with pytest.raises(UserError, match='no token store at .* `gpt-jax prepare`'):
+  with pytest.raises(UserError, match='token store .* does not exist; build it with `gpt-jax prepare'):
     workflow.pretrain_data(config)
   smaller_model = make_config(tmp_path, f'data.tokenizer={tokenizer.model_path}',
                               'model.vocab_size=300')

@@ -109,10 +109,23 @@ def _expected_calls(install: str, run: str) -> list[list[str]]:
   ]
 
 
-def _remote_gpt_jax_argv(remote_command: str) -> list[str]:
+def _remote_gpt_jax_argvs(remote_command: str) -> list[list[str]]:
+  """The argv of each gpt-jax command the remote shell runs, in order."""
   words = shlex.split(remote_command)
-  start = words.index('~/gpt_jax_venv/bin/gpt-jax')
-  return words[start + 1:words.index('2>&1')]
+  words = words[words.index('{') + 1:words.index(';', words.index('{'))]
+  commands, current = [], None
+  for word in words:
+    if word == '~/gpt_jax_venv/bin/gpt-jax':
+      current = []
+      commands.append(current)
+    elif word != '&&':
+      current.append(word)
+  return commands
+
+
+def _remote_gpt_jax_argv(remote_command: str) -> list[str]:
+  (argv,) = _remote_gpt_jax_argvs(remote_command)
+  return argv
 
 
 def test_print_mode_echoes_the_gcloud_commands_and_runs_none(tmp_path):
@@ -134,6 +147,24 @@ def test_print_mode_echoes_the_gcloud_commands_and_runs_none(tmp_path):
       'pretrain', '--config', 'configs/gpt1_v5e_8.py', '--workdir', 'gs://bucket/runs/gpt1',
       '--config.train.num_steps=1000', "--config.data.data_dir=gs://bucket/it's tfds"]
   assert 'tee ~/gpt_jax_run.log' in run[-1]
+
+
+def test_prepare_runs_the_data_steps_on_every_worker_before_pretraining(tmp_path):
+  result, calls = _run(tmp_path, '--print', '--prepare', *SAMPLE, '--profile', '10:5')
+  assert result.returncode == 0, result.stderr
+  assert not calls
+  run = [command[1:] for command in _printed_gcloud_commands(result.stdout)][-1]
+  assert run[:-1] == ['compute', 'tpus', 'tpu-vm', 'ssh', 'gpt1', '--zone', 'us-west4-a',
+                      '--worker=all', '--command']
+  data_flags = ['--config', 'configs/gpt1_v5e_8.py', '--config.train.num_steps=1000',
+                "--config.data.data_dir=gs://bucket/it's tfds"]
+  assert _remote_gpt_jax_argvs(run[-1]) == [
+      ['tokenizer', *data_flags], ['prepare', *data_flags],
+      ['pretrain', '--config', 'configs/gpt1_v5e_8.py', '--workdir', 'gs://bucket/runs/gpt1',
+       '--config.train.num_steps=1000', "--config.data.data_dir=gs://bucket/it's tfds",
+       '--profile', '10:5']]
+  help_text = _run(tmp_path, '--help')[0].stdout
+  assert '--prepare' in help_text and 'gpt-jax tokenizer ... && gpt-jax prepare' in help_text
 
 
 def test_a_run_executes_exactly_what_print_shows_and_ships_this_checkout(tmp_path):

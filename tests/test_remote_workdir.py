@@ -3,7 +3,8 @@
 `etils.epath.testing.mock_epath` reroutes every epath call; here each `gs://`
 path goes to a directory under tmp_path, so the code takes its bucket branches
 (staged logs, no free-space check, sentencepiece from bytes) without a network.
-Orbax checkpoints are not covered: tensorstore talks to GCS itself.
+Orbax checkpoints are not covered: tensorstore talks to GCS itself; tests/test_gcs.py and
+tests/test_gcs_pod.py run everything against a real GCS API on loopback.
 """
 
 import json
@@ -27,7 +28,7 @@ from gpt_jax.report import RunLog
 def bucket(tmp_path):
   """Serves `gs://...` paths from tmp_path/bucket; returns that directory."""
   root = tmp_path / 'bucket'
-  root.mkdir()
+  (root / 'b').mkdir(parents=True)  # the bucket gs://b exists
 
   def local(path):
     text = os.fspath(path)
@@ -115,7 +116,8 @@ def test_check_workdir_in_an_unwritable_bucket_is_one_user_error(tmp_path):
     return original(path, mode, *args, **kwargs)
 
   with epath_testing.mock_epath(open=refuse, makedirs=lambda original, *a, **k: None,
-                                mkdir=lambda original, *a, **k: None):
+                                mkdir=lambda original, *a, **k: None,
+                                exists=lambda original, path: True):
     with pytest.raises(UserError, match='gs://b/run is not writable'):
       workdir_lib.check_workdir('gs://b/run')
 

@@ -3,7 +3,9 @@
   tokenizer.py  sentencepiece BPE with GPT-1's special tokens
   builders/     TFDS builders of our own corpora (stdlib_docs, local_text)
   corpora.py    any corpus by name (ours or the TFDS catalogue) as documents
-  store.py      the corpus tokenised once into flat token files
+  hf_corpus.py  Hugging Face datasets as a corpus (data.corpus=hf:...)
+  store.py      the corpus tokenised once into token shards, in parallel, committed by an index
+  tokens.py     windows of a split's tokens: memory maps locally, byte ranges in a bucket
   pipeline.py   grain: seeded, per-process sharded, checkpointable batches of windows
   workflow.py   the steps a run takes, from its config (`gpt-jax tokenizer|prepare|pretrain`)
 """

@@ -10,6 +10,9 @@
     lm1b                 news sentences; "text"
     c4/en                web pages; "text" (needs Apache Beam to prepare)
     wikipedia/20230601.en  articles; "text" (needs Apache Beam to prepare)
+  hf:NAME[:CONFIG]  a Hugging Face `datasets` dataset (gpt_jax/data/hf_corpus.py): a hub
+                name (offline from the local HF cache), a `save_to_disk` directory, or
+                parquet / jsonl / csv files (a file, a glob or a directory; local or gs://).
 
 Catalogue datasets are prepared by TFDS's own builders, in array_record format
 (which reads without TensorFlow), on a machine with internet:
@@ -19,6 +22,10 @@ Catalogue datasets are prepared by TFDS's own builders, in array_record format
 
 or by `gpt-jax tokenizer|prepare ... --config.data.download=True`; then pass
 `--config.data.data_dir=DIR`. Nothing is downloaded unless data.download is set.
+TFDS's array_record files are read by C++ code that opens local files only, so
+when data_dir is a bucket (`gs://...`, where tokenizers and token stores go) the
+TFDS datasets are read from data.tfds_dir, a local directory (default: TFDS's
+own, ~/tensorflow_datasets); our own corpora are generated there.
 Evaluation uses data.validation_split, by default the dataset's 'validation'
 or else 'test' split, or else the last validation_fraction of 'train'.
 """
@@ -26,29 +33,42 @@ or else 'test' split, or else the last validation_fraction of 'train'.
 import dataclasses
 import difflib
 import functools
-import os
-import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import tensorflow_datasets as tfds
+from etils import epath
 
+from gpt_jax.data import hf_corpus
 from gpt_jax.data.builders import local_text, stdlib_docs
+from gpt_jax.data.corpus import Corpus
 from gpt_jax.errors import UserError
+from gpt_jax import workdir as workdir_lib
 
 # The feature holding the text, for catalogue corpora whose feature is not "text".
 TEXT_KEYS = {'pg19': 'book_text'}
 _OWN_BUILDERS = {'stdlib_docs': stdlib_docs.StdlibDocs, 'local_text': local_text.LocalText}
 
 
-def data_dir(data_config) -> Path:
-  """data.data_dir, or TFDS's default ($TFDS_DATA_DIR or ~/tensorflow_datasets)."""
-  return Path(os.path.expanduser(data_config.data_dir or tfds.core.constants.get_default_data_dir()))
+def data_dir(data_config) -> epath.Path:
+  """data.data_dir (local or a bucket), or TFDS's default ($TFDS_DATA_DIR or ~/tensorflow_datasets)."""
+  return workdir_lib.path(data_config.data_dir or tfds.core.constants.get_default_data_dir())
+
+
+def tfds_dir(data_config) -> epath.Path:
+  """The local directory TFDS datasets are read from: data.tfds_dir, else data_dir when it is
+  local, else TFDS's default."""
+  chosen = data_config.get('tfds_dir', '') or (
+      data_config.data_dir if data_config.data_dir and workdir_lib.is_local(data_config.data_dir) else '')
+  directory = workdir_lib.path(chosen or tfds.core.constants.get_default_data_dir())
+  if not workdir_lib.is_local(directory):
+    raise UserError(f'data.tfds_dir={chosen}: TFDS array_record files can only be read from a '
+                    'local directory; copy the dataset to a local disk and point tfds_dir there')
+  return directory
 
 
 @dataclasses.dataclass
-class Corpus:
-  """A TFDS dataset of documents with a train and a validation split."""
+class TfdsCorpus(Corpus):
+  """A TFDS dataset of documents."""
 
   builder: tfds.core.DatasetBuilder
   text_key: str
@@ -60,11 +80,6 @@ class Corpus:
   def name(self) -> str:
     """name/config/version: changes whenever the data can differ."""
     return self.builder.info.full_name
-
-  @property
-  def slug(self) -> str:
-    """`name` as one file-name-safe component."""
-    return re.sub(r'[^\w.-]+', '_', self.name)
 
   def prepare(self) -> None:
     """Generates our own corpora on first use; catalogue ones only if allowed to download."""
@@ -105,11 +120,12 @@ class Corpus:
   def num_documents(self, split: str) -> int:
     return len(self.builder.as_data_source(self.split_names[split]))
 
-  def documents(self, split: str, batch_size: int = 256) -> Iterator[list[str]]:
-    """The split's documents in stored order, as lists of up to `batch_size` texts."""
+  def documents(self, split: str, start: int = 0, stop: int | None = None,
+                batch_size: int = 256) -> Iterator[list[str]]:
     source = self.builder.as_data_source(self.split_names[split])
-    for start in range(0, len(source), batch_size):
-      records = source.__getitems__(range(start, min(start + batch_size, len(source))))
+    stop = len(source) if stop is None else stop
+    for first in range(start, stop, batch_size):
+      records = source.__getitems__(range(first, min(first + batch_size, stop)))
       yield [_as_text(record[self.text_key]) for record in records]
 
   def identity(self) -> dict:
@@ -126,8 +142,10 @@ def _as_text(value) -> str:
 
 def open_corpus(data_config) -> Corpus:
   """The corpus `data_config` names (not yet prepared: call `Corpus.prepare()`)."""
-  name, directory = data_config.corpus, str(data_dir(data_config))
-  fraction = data_config.validation_fraction
+  name, fraction = data_config.corpus, data_config.validation_fraction
+  if name.startswith('hf:'):
+    return hf_corpus.open_hf_corpus(data_config)
+  directory = str(tfds_dir(data_config))
   if name in _OWN_BUILDERS:
     if not 0 < fraction < 1:
       raise UserError(f'data.validation_fraction={fraction} must lie strictly between 0 and 1')
@@ -135,8 +153,8 @@ def open_corpus(data_config) -> Corpus:
                       else stdlib_docs.config(fraction))
     builder = _OWN_BUILDERS[name](config=builder_config, data_dir=directory,
                                   file_format='array_record')
-    return Corpus(builder, 'text', validation_split='', validation_fraction=fraction,
-                  can_download=True)
+    return TfdsCorpus(builder, 'text', validation_split='', validation_fraction=fraction,
+                      can_download=True)
   # tfds registers its text datasets (c4, wikipedia, ...) lazily; this import registers them.
   import tensorflow_datasets.text  # pylint: disable=import-outside-toplevel,unused-import
   try:
@@ -151,5 +169,5 @@ def open_corpus(data_config) -> Corpus:
   if text_key not in builder.info.features:
     raise UserError(f'{builder.name} has no feature {text_key!r} (it has '
                     f'{", ".join(builder.info.features)}); set --config.data.text_key')
-  return Corpus(builder, text_key, validation_split=data_config.validation_split,
-                validation_fraction=fraction, can_download=data_config.download)
+  return TfdsCorpus(builder, text_key, validation_split=data_config.validation_split,
+                    validation_fraction=fraction, can_download=data_config.download)

@@ -1,34 +1,45 @@
-"""The token store: a corpus tokenised once, read as flat token arrays many times.
+"""The token store: a corpus tokenised once, in shards, read as windows by every host.
 
-A store is a directory:
+A store is a directory, local or in a bucket (`gs://...`):
 
-  train.bin, validation.bin   every document's tokens followed by end-of-document,
-                              concatenated, as little-endian uint16 (uint32 for
-                              vocabularies over 65,536); memory-mapped when read.
+  train-00000.bin, ...        shard k of a split: the tokens of a fixed range of its
+  validation-00000.bin, ...   documents, each followed by end-of-document, as
+                              little-endian uint16 (uint32 for vocabularies over
+                              65,536). A split is its shards concatenated.
+  train-00000.json, ...       written after its shard: document range, sizes,
+                              unigram counts and the store's fingerprint, so an
+                              interrupted prepare redoes only missing shards.
   counts.npy                  per-split token counts (unigram statistics).
-  meta.json                   dtype, sizes, and the fingerprint of the corpus and
-                              tokenizer it was built from. Written last: a store
-                              without it is incomplete.
+  index.json                  the shards, sizes and the fingerprint of the corpus and
+                              tokenizer. Written last: it commits the store, and a
+                              directory without it is never read.
 
-`build_store` reuses a complete store whose fingerprint matches, so
-re-running `gpt-jax prepare` on the same input costs nothing.
+Shard boundaries depend on the corpus only (about `shard_mb` MiB of text each),
+never on who wrote them: 1 process, N processes (each writes every N-th shard) or
+W local worker processes all produce the same files, byte for byte.
+`build_store` reuses a complete store whose fingerprint matches.
 """
 
+import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import math
-import shutil
-from pathlib import Path
+import multiprocessing
+from collections.abc import Callable
 
 import numpy as np
 import tqdm
 
-from gpt_jax.data.corpora import Corpus
+from gpt_jax.data import tokens as tokens_lib
+from gpt_jax.data.corpus import Corpus
 from gpt_jax.data.tokenizer import Tokenizer
 from gpt_jax.errors import UserError
+from gpt_jax import workdir as workdir_lib
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPLITS = ('train', 'validation')
+INDEX = 'index.json'
 
 
 def fingerprint(corpus_identity: dict, tokenizer: Tokenizer) -> str:
@@ -51,93 +62,196 @@ def unigram_entropy(counts: np.ndarray) -> float:
 
 
 class TokenStore:
-  """A complete store on disk; `tokens(split)` is a read-only memory map."""
+  """A complete (indexed) store; `tokens(split)` reads windows without copying the files."""
 
-  def __init__(self, directory: str | Path):
-    self.directory = Path(directory)
-    meta_path = self.directory / 'meta.json'
-    if not meta_path.is_file():
-      raise UserError(f'no token store in {self.directory}; build it with '
-                      '`gpt-jax prepare --config ...`')
-    self.meta = json.loads(meta_path.read_text())
+  def __init__(self, directory):
+    self.directory = workdir_lib.path(directory)
+    index = self.directory / INDEX
+    if not index.is_file():
+      state = ('is incomplete (no index.json: its prepare did not finish)'
+               if self.directory.is_dir() else 'does not exist')
+      raise UserError(f'token store {self.directory} {state}; build it with '
+                      '`gpt-jax prepare --config ...` and the same config flags')
+    self.meta = json.loads(index.read_text())
     self.dtype = np.dtype(self.meta['dtype'])
 
   def num_tokens(self, split: str) -> int:
     return self.meta['splits'][split]['tokens']
 
-  def tokens(self, split: str) -> np.ndarray:
-    if self.num_tokens(split) == 0:
-      return np.zeros(0, self.dtype)
-    return np.memmap(self.directory / f'{split}.bin', self.dtype, mode='r',
-                     shape=(self.num_tokens(split),))
+  def tokens(self, split: str, filesystem=None):
+    """A reader of the split's windows: memory maps when local, range requests in a bucket
+    (`filesystem` replaces the fsspec filesystem)."""
+    shards = self.meta['splits'][split]['shards']
+    return tokens_lib.open_tokens([self.directory / shard['file'] for shard in shards],
+                                  [shard['tokens'] for shard in shards], self.dtype, filesystem)
 
   def counts(self, split: str) -> np.ndarray:
-    return np.load(self.directory / 'counts.npy')[SPLITS.index(split)]
+    with (self.directory / 'counts.npy').open('rb') as file:
+      return np.load(file)[SPLITS.index(split)]
 
   def unigram_entropy(self, splits=SPLITS) -> float:
     """Unigram entropy (nats) of the given splits' tokens together."""
     return unigram_entropy(sum(self.counts(split) for split in splits))
 
 
-def build_store(directory: str | Path, corpus: Corpus, tokenizer: Tokenizer,
-                show_progress: bool = True, num_threads: int = 0) -> tuple[TokenStore, bool]:
+def is_complete(directory) -> bool:
+  return (workdir_lib.path(directory) / INDEX).is_file()
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  """Documents [start, stop) of a split, stored as `{name}.bin` and described by `{name}.json`."""
+
+  split: str
+  number: int
+  start: int
+  stop: int
+
+  @property
+  def name(self) -> str:
+    return f'{self.split}-{self.number:05d}'
+
+
+def plan_shards(corpus: Corpus, shard_mb: float) -> list[Shard]:
+  """Every split cut into ranges of documents holding about `shard_mb` MiB of text each."""
+  shards = []
+  for split, info in corpus.identity()['splits'].items():
+    documents, text_bytes = info['documents'], max(info['bytes'] or 0, 1)
+    count = max(1, min(documents, math.ceil(text_bytes / (shard_mb * 2**20))))
+    bounds = [round(k * documents / count) for k in range(count + 1)]
+    shards += [Shard(split, k, bounds[k], bounds[k + 1]) for k in range(count)]
+  return shards
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildSpec:
+  """What a worker process needs to tokenise shards: all picklable."""
+
+  open_corpus: Callable[[], Corpus]
+  tokenizer_path: str
+  directory: str
+  fingerprint: str
+  num_threads: int  # sentencepiece threads per worker (0: one per CPU)
+
+
+def build_store(directory, corpus: Corpus, tokenizer: Tokenizer, *, open_corpus=None,
+                shard_mb: float = 256, workers: int = 1, process_index: int = 0,
+                process_count: int = 1, barrier: Callable[[str], None] = lambda name: None,
+                show_progress: bool = True) -> tuple[TokenStore, bool]:
   """Tokenises the (prepared) corpus into `directory`; returns the store and whether it was
-  reused. Writes into a sibling directory and renames it, so an interrupted run leaves
-  nothing behind that looks complete."""
-  directory = Path(directory)
+  reused.
+
+  Process `process_index` of `process_count` writes every `process_count`-th shard,
+  spread over `workers` local processes (which reopen the corpus with `open_corpus`,
+  a picklable callable). `barrier(name)` must return once every process reached it;
+  then process 0 writes the index.
+  """
+  directory = workdir_lib.path(directory)
   expected = fingerprint(corpus.identity(), tokenizer)
-  if (directory / 'meta.json').is_file():
+  if is_complete(directory):
     store = TokenStore(directory)
     if store.meta.get('fingerprint') == expected:
       return store, True
-  partial = directory.with_name(directory.name + '.partial')
-  shutil.rmtree(partial, ignore_errors=True)
-  partial.mkdir(parents=True)
-  dtype = token_dtype(tokenizer.vocab_size)
-  splits, counts = {}, []
-  for split in SPLITS:
-    splits[split], split_counts = _write_split(partial / f'{split}.bin', corpus, split, tokenizer,
-                                               dtype, show_progress, num_threads)
-    counts.append(split_counts)
-  np.save(partial / 'counts.npy', np.stack(counts))
-  for split, split_counts in zip(SPLITS, counts):
-    splits[split]['unigram_entropy_nats'] = round(unigram_entropy(split_counts), 6)
-  meta = dict(format=FORMAT_VERSION, fingerprint=expected, corpus=corpus.name,
-              tokenizer=str(tokenizer.model_path), tokenizer_sha256=tokenizer.fingerprint(),
-              vocab_size=tokenizer.vocab_size, eod_id=tokenizer.eod_id, dtype=dtype.str,
-              splits=splits)
-  (partial / 'meta.json').write_text(json.dumps(meta, indent=2) + '\n')
-  shutil.rmtree(directory, ignore_errors=True)
-  partial.rename(directory)
+  barrier('gpt_jax_store_checked')  # nobody reads the old index after this
+  if process_index == 0:
+    (directory / INDEX).unlink(missing_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
+  barrier('gpt_jax_store_open')
+  shards = plan_shards(corpus, shard_mb)
+  spec = BuildSpec(open_corpus, str(tokenizer.model_path), str(directory), expected,
+                   num_threads=0 if workers <= 1 else 1)
+  _write_shards(spec, shards[process_index::process_count], workers, corpus, tokenizer,
+                show_progress)
+  barrier('gpt_jax_store_shards_written')
+  if process_index == 0:
+    _write_index(directory, corpus, tokenizer, shards, expected)
+  barrier('gpt_jax_store_indexed')
   return TokenStore(directory), False
 
 
-def _write_split(path: Path, corpus: Corpus, split: str, tokenizer: Tokenizer, dtype: np.dtype,
-                 show_progress: bool, num_threads: int) -> tuple[dict, np.ndarray]:
+def _write_shards(spec: BuildSpec, shards: list[Shard], workers: int, corpus: Corpus,
+                  tokenizer: Tokenizer, show_progress: bool) -> None:
+  with tqdm.tqdm(total=sum(s.stop - s.start for s in shards), unit='doc', desc='tokenizing',
+                 disable=not show_progress, dynamic_ncols=True) as progress:
+    if workers <= 1 or len(shards) <= 1:
+      for shard in shards:
+        _tokenize_shard(spec, shard, corpus, tokenizer)
+        progress.update(shard.stop - shard.start)
+      return
+    # spawn: the parent may hold JAX's and gcsfs's threads, which fork would copy mid-flight.
+    context = multiprocessing.get_context('spawn')
+    with concurrent.futures.ProcessPoolExecutor(min(workers, len(shards)),
+                                                mp_context=context) as pool:
+      for shard in pool.map(_tokenize_shard_in_worker, [spec] * len(shards), shards):
+        progress.update(shard.stop - shard.start)
+
+
+_WORKER_INPUTS: dict = {}  # per worker process: store fingerprint -> (corpus, tokenizer)
+
+
+def _tokenize_shard_in_worker(spec: BuildSpec, shard: Shard) -> Shard:
+  if spec.fingerprint not in _WORKER_INPUTS:
+    _WORKER_INPUTS[spec.fingerprint] = (spec.open_corpus(), Tokenizer(spec.tokenizer_path))
+  _tokenize_shard(spec, shard, *_WORKER_INPUTS[spec.fingerprint])
+  return shard
+
+
+def _tokenize_shard(spec: BuildSpec, shard: Shard, corpus: Corpus, tokenizer: Tokenizer) -> None:
+  """Writes `{shard}.bin`, then its record; skips a shard already written for this store."""
+  directory = workdir_lib.path(spec.directory)
+  record_path = directory / f'{shard.name}.json'
+  wanted = dict(fingerprint=spec.fingerprint, start=shard.start, stop=shard.stop)
+  if record_path.is_file():
+    record = json.loads(record_path.read_text())
+    if {key: record.get(key) for key in wanted} == wanted:
+      return
+  dtype = token_dtype(tokenizer.vocab_size)
   counts = np.zeros(tokenizer.vocab_size, np.int64)
   documents = tokens = text_bytes = 0
   eod = np.array([tokenizer.eod_id], dtype)
-  with open(path, 'wb') as file, tqdm.tqdm(
-      total=corpus.num_documents(split), unit='doc', desc=f'tokenizing {split}',
-      disable=not show_progress, dynamic_ncols=True) as progress:
-    for batch_texts in corpus.documents(split):
-      progress.update(len(batch_texts))
+  with (directory / f'{shard.name}.bin').open('wb') as file:
+    for batch_texts in corpus.documents(shard.split, shard.start, shard.stop):
       texts = [text for text in batch_texts if text.strip()]
       if not texts:
         continue
-      pieces = []
-      for ids in tokenizer.encode_batch(texts, num_threads):
-        pieces += [np.asarray(ids, dtype), eod]
-      batch = np.concatenate(pieces)
-      batch.tofile(file)
+      ids = tokenizer.encode_batch(texts, spec.num_threads)
+      batch = np.concatenate([piece for row in ids for piece in (np.asarray(row, dtype), eod)])
+      file.write(batch.tobytes())
       counts += np.bincount(batch, minlength=tokenizer.vocab_size)
-      documents += len(texts)
-      tokens += batch.size
+      documents, tokens = documents + len(texts), tokens + batch.size
       text_bytes += sum(len(text.encode('utf-8')) for text in texts)
-      progress.set_postfix(tokens=f'{tokens:,}', refresh=False)
-  bytes_per_token = text_bytes / max(tokens - documents, 1)
-  return dict(documents=documents, tokens=tokens, text_bytes=text_bytes,
-              bytes_per_token=round(bytes_per_token, 3)), counts
+  record_path.write_text(json.dumps(dict(wanted, file=f'{shard.name}.bin', documents=documents,
+                                         tokens=tokens, text_bytes=text_bytes,
+                                         counts=counts.tolist())))
+
+
+def _write_index(directory, corpus: Corpus, tokenizer: Tokenizer, shards: list[Shard],
+                 expected: str) -> None:
+  """Sums the shard records into counts.npy and index.json (last: the commit)."""
+  records = {shard: json.loads((directory / f'{shard.name}.json').read_text())
+             for shard in shards}
+  if any(record['fingerprint'] != expected for record in records.values()):
+    raise UserError(f'token store {directory}: a shard was written for another corpus or '
+                    'tokenizer while this one was prepared; run `gpt-jax prepare` again')
+  splits, counts = {}, []
+  for split in SPLITS:
+    mine = [records[shard] for shard in shards if shard.split == split]
+    split_counts = np.sum([np.asarray(r['counts'], np.int64) for r in mine], axis=0)
+    documents, tokens = sum(r['documents'] for r in mine), sum(r['tokens'] for r in mine)
+    text_bytes = sum(r['text_bytes'] for r in mine)
+    splits[split] = dict(
+        documents=documents, tokens=tokens, text_bytes=text_bytes,
+        bytes_per_token=round(text_bytes / max(tokens - documents, 1), 3),
+        unigram_entropy_nats=round(unigram_entropy(split_counts), 6),
+        shards=[dict(file=r['file'], documents=r['documents'], tokens=r['tokens']) for r in mine])
+    counts.append(split_counts)
+  with (directory / 'counts.npy').open('wb') as file:
+    np.save(file, np.stack(counts))
+  meta = dict(format=FORMAT_VERSION, fingerprint=expected, corpus=corpus.name,
+              tokenizer=str(tokenizer.model_path), tokenizer_sha256=tokenizer.fingerprint(),
+              vocab_size=tokenizer.vocab_size, eod_id=tokenizer.eod_id,
+              dtype=token_dtype(tokenizer.vocab_size).str, splits=splits)
+  (directory / INDEX).write_text(json.dumps(meta, indent=2) + '\n')
 
 
 def describe(store: TokenStore) -> str:
@@ -146,7 +260,7 @@ def describe(store: TokenStore) -> str:
   for split in SPLITS:
     info = store.meta['splits'][split]
     lines.append(f'{split}: {info["documents"]:,} documents, {info["tokens"]:,} tokens '
-                 f'({info["bytes_per_token"]} bytes/token), unigram entropy '
-                 f'{info["unigram_entropy_nats"]:.3f} nats (perplexity '
+                 f'in {len(info["shards"])} shards ({info["bytes_per_token"]} bytes/token), '
+                 f'unigram entropy {info["unigram_entropy_nats"]:.3f} nats (perplexity '
                  f'{math.exp(info["unigram_entropy_nats"]):,.0f})')
   return '\n'.join(lines)

@@ -29,7 +29,6 @@ import json
 import os
 import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import sentencepiece as spm
 from etils import epath
@@ -89,14 +88,14 @@ class TextTokenizer(abc.ABC):
     """sha256 of the tokenizer's file: token stores built with it record this."""
 
   @abc.abstractmethod
-  def copy_to(self, directory: str | Path) -> epath.Path:
+  def copy_to(self, directory: str | epath.Path) -> epath.Path:
     """Writes the tokenizer into `directory` (a workdir), where `gpt_jax.weights` finds it."""
 
 
 class Tokenizer(TextTokenizer):
   """Encodes text to ids and back with a trained sentencepiece model file."""
 
-  def __init__(self, model_path: str | Path):
+  def __init__(self, model_path: str | epath.Path):
     self.model_path = workdir_lib.path(model_path)  # may be in a bucket workdir
     if not self.model_path.is_file():
       raise UserError(f'tokenizer model {self.model_path} does not exist; train one with '
@@ -131,7 +130,7 @@ class Tokenizer(TextTokenizer):
   def fingerprint(self) -> str:
     return hashlib.sha256(self.model_path.read_bytes()).hexdigest()
 
-  def copy_to(self, directory: str | Path) -> epath.Path:
+  def copy_to(self, directory: str | epath.Path) -> epath.Path:
     """Copies the model and its id record into `directory` (a workdir) as tokenizer.*."""
     directory = workdir_lib.path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -141,12 +140,12 @@ class Tokenizer(TextTokenizer):
     return target
 
 
-def record_path(model_path: str | Path) -> epath.Path:
+def record_path(model_path: str | epath.Path) -> epath.Path:
   """The JSON beside a .model file that records its special ids and provenance."""
   return workdir_lib.path(model_path).with_suffix('.json')
 
 
-def read_record(model_path: str | Path) -> dict | None:
+def read_record(model_path: str | epath.Path) -> dict | None:
   path = record_path(model_path)
   return json.loads(path.read_text()) if path.is_file() else None
 
@@ -163,7 +162,7 @@ def _sentences(document: str) -> Iterable[str]:
       yield paragraph
 
 
-def train_tokenizer(documents: Iterable[str], model_path: str | Path, vocab_size: int, *,
+def train_tokenizer(documents: Iterable[str], model_path: str | epath.Path, vocab_size: int, *,
                     max_bytes: int, description: str = '', progress=None,
                     num_threads: int = 0) -> Tokenizer:
   """Trains a BPE model of `vocab_size` pieces on up to `max_bytes` of `documents`.
@@ -173,7 +172,7 @@ def train_tokenizer(documents: Iterable[str], model_path: str | Path, vocab_size
   atomically (nothing is written if training fails). `progress` (e.g. a tqdm
   bar) is advanced by the bytes read.
   """
-  model_path = Path(model_path)
+  model_path = workdir_lib.path(model_path)
   corpus_bytes = 0
 
   def sentences():
@@ -207,9 +206,12 @@ def train_tokenizer(documents: Iterable[str], model_path: str | Path, vocab_size
                     f'of {description or "text"}: {reason} (set --config.model.vocab_size)'
                     ) from None
   model_path.parent.mkdir(parents=True, exist_ok=True)
-  partial = model_path.with_name(model_path.name + '.partial')
-  partial.write_bytes(model.getvalue())
-  partial.replace(model_path)
+  if workdir_lib.is_local(model_path):  # an object in a bucket appears whole or not at all; a file does not
+    partial = model_path.with_name(model_path.name + '.partial')
+    partial.write_bytes(model.getvalue())
+    partial.replace(model_path)
+  else:
+    model_path.write_bytes(model.getvalue())
   tokenizer = Tokenizer(model_path)
   record = dict(vocab_size=tokenizer.vocab_size, **tokenizer.special_ids,
                 pieces={name: tokenizer.id_to_piece(i) for name, i in tokenizer.special_ids.items()},

@@ -7,44 +7,66 @@
 Unless data.tokenizer / data.store name them, the tokenizer lives in
 `{data_dir}/gpt_jax_tokenizers/{corpus}-bpe{vocab}.model` and the store in
 `{data_dir}/gpt_jax_token_stores/{corpus}-{tokenizer hash}/`: a different
-corpus, vocabulary size or tokenizer never reuses the wrong files.
+corpus, vocabulary size or tokenizer never reuses the wrong files. Every one of
+these paths may be in a bucket (`gs://...`).
+
+In a multi-process run (`--num_processes N`, or every worker of a TPU pod
+slice) the steps cooperate: process 0 trains the tokenizer while the others
+wait; every process tokenises its share of the store's shards; process 0
+commits the store.
 """
 
 import dataclasses
+import functools
+import os
+import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import grain
 import jax
 import numpy as np
 import tqdm
+from etils import epath
 
+from gpt_jax import distributed
 from gpt_jax.data import corpora, pipeline
 from gpt_jax.data import store as store_lib
+from gpt_jax.data.corpus import Corpus
 from gpt_jax.data import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
+from gpt_jax import workdir as workdir_lib
 
 
-def tokenizer_path(config, corpus: corpora.Corpus) -> Path:
+def tokenizer_path(config, corpus: Corpus) -> epath.Path:
   if config.data.tokenizer:
-    return Path(config.data.tokenizer).expanduser()
+    return workdir_lib.path(config.data.tokenizer)
   return (corpora.data_dir(config.data) / 'gpt_jax_tokenizers' /
           f'{corpus.slug}-bpe{config.model.vocab_size}.model')
 
 
-def store_path(config, corpus: corpora.Corpus, tokenizer: tokenizer_lib.Tokenizer) -> Path:
+def store_path(config, corpus: Corpus, tokenizer: tokenizer_lib.Tokenizer) -> epath.Path:
   if config.data.store:
-    return Path(config.data.store).expanduser()
+    return workdir_lib.path(config.data.store)
   return (corpora.data_dir(config.data) / 'gpt_jax_token_stores' /
           f'{corpus.slug}-{tokenizer.fingerprint()[:12]}')
 
 
 def train_tokenizer(config, log: Callable[[str], None] = print) -> tokenizer_lib.Tokenizer:
   """Trains a BPE tokenizer of model.vocab_size pieces on the corpus's train split, or reuses
-  the one already trained with the same corpus and size."""
+  the one already trained with the same corpus and size. Several processes: process 0
+  trains, the others wait for it and load the result."""
   corpus = corpora.open_corpus(config.data)
-  corpus.prepare()
   path = tokenizer_path(config, corpus)
+  workdir_lib.check_writable(path.parent, 'tokenizer directory')  # every process: each fails in one line
+  corpus.prepare()
+  if jax.process_index() == 0:
+    tokenizer = _train_or_reuse_tokenizer(config, corpus, path, log)
+  distributed.barrier('gpt_jax_tokenizer_trained')
+  return tokenizer if jax.process_index() == 0 else tokenizer_lib.Tokenizer(path)
+
+
+def _train_or_reuse_tokenizer(config, corpus: Corpus, path: epath.Path,
+                              log: Callable[[str], None]) -> tokenizer_lib.Tokenizer:
   vocab_size, max_bytes = config.model.vocab_size, config.data.tokenizer_max_bytes
   description = f'{corpus.name}:{corpus.split_names["train"]}'
   record = tokenizer_lib.read_record(path)
@@ -64,7 +86,7 @@ def train_tokenizer(config, log: Callable[[str], None] = print) -> tokenizer_lib
   return tokenizer
 
 
-def _load_tokenizer(config, corpus: corpora.Corpus) -> tokenizer_lib.Tokenizer:
+def _load_tokenizer(config, corpus: Corpus) -> tokenizer_lib.Tokenizer:
   path = tokenizer_path(config, corpus)
   if not path.is_file():
     raise UserError(f'no tokenizer at {path}; train it with `gpt-jax tokenizer` and the same '
@@ -78,15 +100,40 @@ def _load_tokenizer(config, corpus: corpora.Corpus) -> tokenizer_lib.Tokenizer:
 
 
 def prepare(config, log: Callable[[str], None] = print) -> store_lib.TokenStore:
-  """Tokenises the corpus into its token store (reused when corpus and tokenizer are unchanged)."""
+  """Tokenises the corpus into its token store (reused when corpus and tokenizer are unchanged),
+  with data.prepare_workers local processes (0: one per core), each JAX process writing its
+  share of the shards."""
   corpus = corpora.open_corpus(config.data)
   corpus.prepare()
   tokenizer = _load_tokenizer(config, corpus)
   directory = store_path(config, corpus, tokenizer)
-  store, reused = store_lib.build_store(directory, corpus, tokenizer)
-  log(f'{"reusing" if reused else "wrote"} token store {directory} ({corpus.name})\n' +
-      store_lib.describe(store))
+  workdir_lib.check_writable(directory, 'token store')  # every process: none waits for a failed one
+  workers = config.data.prepare_workers or os.cpu_count()
+  start = time.perf_counter()
+  store, reused = store_lib.build_store(
+      directory, corpus, tokenizer, open_corpus=functools.partial(corpora.open_corpus,
+                                                                  config.data),
+      shard_mb=config.data.shard_mb, workers=workers, process_index=jax.process_index(),
+      process_count=jax.process_count(), barrier=distributed.barrier,
+      show_progress=jax.process_index() == 0)
+  if jax.process_index() == 0:
+    seconds = time.perf_counter() - start
+    speed = '' if reused else (
+        f' in {seconds:.1f}s: {sum(store.num_tokens(s) for s in store_lib.SPLITS) / seconds:,.0f} '
+        f'tokens/s with {jax.process_count()} x {workers} workers')
+    log(f'{"reusing" if reused else "wrote"} token store {directory} ({corpus.name}){speed}\n' +
+        store_lib.describe(store))
   return store
+
+
+def reader_threads(config, batch_size: int, local: bool) -> int:
+  """grain reader threads: data.num_threads, or for a store in a bucket enough threads (each
+  waiting on one batch's round trip) to keep data.read_concurrency requests in flight."""
+  if local:
+    return config.data.num_threads
+  # Configs saved before data.read_concurrency existed resume with its default.
+  wanted = -(-config.data.get('read_concurrency', 256) // batch_size)
+  return max(config.data.num_threads, min(wanted, 16))
 
 
 @dataclasses.dataclass
@@ -106,10 +153,7 @@ def pretrain_data(config) -> PretrainData:
   corpus = corpora.open_corpus(config.data)
   tokenizer = _load_tokenizer(config, corpus)
   directory = store_path(config, corpus, tokenizer)
-  if not (directory / 'meta.json').is_file():
-    raise UserError(f'no token store at {directory}; build it with `gpt-jax prepare` and the '
-                    'same config flags')
-  store = store_lib.TokenStore(directory)
+  store = store_lib.TokenStore(directory)  # fails on a missing or incomplete store
   if store.meta['tokenizer_sha256'] != tokenizer.fingerprint():
     raise UserError(f'token store {directory} was built with another tokenizer '
                     f'({store.meta["tokenizer"]}); run `gpt-jax prepare` again')
@@ -119,8 +163,9 @@ def pretrain_data(config) -> PretrainData:
                     f'processes ({process_count})')
   shard = dict(seq_len=config.train.seq_len, batch_size=batch_size // process_count,
                process_index=jax.process_index(), process_count=process_count)
-  train = pipeline.train_batches(store.tokens('train'), seed=config.data.seed,
-                                 num_threads=config.data.num_threads, **shard)
+  train = pipeline.train_batches(
+      store.tokens('train'), seed=config.data.seed,
+      num_threads=reader_threads(config, shard['batch_size'], workdir_lib.is_local(directory)), **shard)
   evaluation = pipeline.eval_batches(store.tokens('validation'),
                                      num_batches=config.train.eval_batches, **shard)
   return PretrainData(tokenizer, store, train, lambda: evaluation, store.num_tokens('train'))

@@ -19,10 +19,11 @@ example has the same number of choices. A test file may leave `label` out
 """
 
 import csv
+import io
 import json
 import re
-from pathlib import Path
 
+from gpt_jax import workdir as workdir_lib
 from gpt_jax.errors import UserError
 from gpt_jax.tasks.metrics import TASK_METRICS
 from gpt_jax.tasks.task import FIELDS, Task, check_kind
@@ -32,12 +33,13 @@ _CHOICE_COLUMN = re.compile(r'choice_(\d+)')
 
 def _read_rows(path) -> list[tuple[str, dict]]:
   """(file:line, row) for every example of a .jsonl / .csv / .tsv file."""
-  path = Path(path)
+  path = workdir_lib.path(path)  # local or in a bucket
   if not path.is_file():
     raise UserError(f'task file {path} not found')
   suffix = path.suffix.lower()
   rows = []
-  with path.open(encoding='utf-8', newline='') as f:
+  # Bytes decoded here: a bucket's text mode cannot keep CSV's quoted line breaks (newline='').
+  with io.StringIO(path.read_bytes().decode('utf-8'), newline='') as f:
     if suffix == '.jsonl':
       for number, line in enumerate(f, 1):
         if not line.strip():
