@@ -19,15 +19,28 @@ example has the same number of choices. A test file may leave `label` out
 """
 
 import csv
+import io
 import json
 import re
 from pathlib import Path
 
-from gpt_jax.errors import UserError
+from gpt_jax.data.builders.local_text import decode
+from gpt_jax.errors import UserError, warn
 from gpt_jax.tasks.metrics import TASK_METRICS
 from gpt_jax.tasks.task import FIELDS, Task, check_kind
 
 _CHOICE_COLUMN = re.compile(r'choice_(\d+)')
+
+
+def _decoded(path: Path) -> str:
+  """The file as text; invalid UTF-8 bytes become U+FFFD, counted in one warning (as the
+  corpus reader does)."""
+  text, invalid = decode(path.read_bytes())
+  if invalid:
+    line = text[:text.index('\ufffd')].count('\n') + 1
+    warn(f'{path}: replaced {invalid:,} invalid UTF-8 bytes with U+FFFD (the first on line '
+         f'{line}); save the file as UTF-8 to keep those characters')
+  return text
 
 
 def _read_rows(path) -> list[tuple[str, dict]]:
@@ -37,7 +50,7 @@ def _read_rows(path) -> list[tuple[str, dict]]:
     raise UserError(f'task file {path} not found')
   suffix = path.suffix.lower()
   rows = []
-  with path.open(encoding='utf-8', newline='') as f:
+  with io.StringIO(_decoded(path), newline='') as f:
     if suffix == '.jsonl':
       for number, line in enumerate(f, 1):
         if not line.strip():
