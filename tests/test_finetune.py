@@ -204,11 +204,14 @@ def _labelled_task_with_long_examples(tmp_path):
           '--config.task.max_len=16']
 
 
-def test_two_processes_count_each_truncated_example_once_and_score_the_test_split(pretrained,
-                                                                                  tmp_path):
+def test_two_processes_count_each_truncated_example_once_and_score_the_test_split(
+    pretrained, tmp_path, monkeypatch):
   import sys
 
+  import test_multiprocess
   from test_multiprocess import _free_port, _start_processes, _wait_for_success
+
+  monkeypatch.setattr(test_multiprocess, 'TIMEOUT_S', 600)  # 2 compiles each, on shared cores
 
   workdir = tmp_path / 'run'
   address = f'127.0.0.1:{_free_port()}'
