@@ -14,9 +14,11 @@ set aside with a warning and the previous one is used.
 """
 
 import base64
+import contextlib
 import dataclasses
 import json
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -295,12 +297,36 @@ def _read_only_manager(workdir: str | Path, state_handler=None) -> tuple[ocp.Che
                                options=ocp.CheckpointManagerOptions(create=False)), directory
 
 
+@contextlib.contextmanager
+def _quiet_closed_event_loop():
+  """Drops the 'Event loop is closed' errors of a failed read's leftover tensorstore callbacks.
+
+  When a damaged checkpoint fails to read, orbax closes its event loop while
+  tensorstore still completes the other reads of that step; each completion
+  then reports RuntimeError('Event loop is closed') through
+  sys.unraisablehook, dozens of tracebacks after the one warning that matters.
+  """
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    sys.unraisablehook = previous
+
+
 def _first_readable(manager: ocp.CheckpointManager, directory: Path, read, step: int | None):
   """`read(step)` for `step`, or for the newest step it succeeds on (warning about the rest)."""
   steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
   for candidate in steps:
     try:
-      return read(candidate)
+      with _quiet_closed_event_loop():
+        return read(candidate)
     except UserError:
       raise
     except Exception as error:  # noqa: BLE001 -- damage: try the previous checkpoint

@@ -405,6 +405,25 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--out', help='where to write eval.json (default WORKDIR/eval.json)')
 
 
+def _glue_submission(args, overrides) -> None:
+  """Zips the GLUE test predictions of fine-tuning workdirs into one leaderboard upload."""
+  from gpt_jax import glue
+
+  _no_overrides('glue-submission', overrides)
+  out, missing = glue.make_submission(args.workdirs, args.out, partial=args.partial)
+  print(f'wrote {out}' + (f' without {", ".join(missing)}' if missing else
+                          ': every file GLUE expects; upload it at gluebenchmark.com'))
+
+
+def _add_glue_submission_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--workdirs', nargs='+', required=True,
+                      help='fine-tuning workdirs of GLUE tasks (cola, sst2, mrpc, stsb, qqp, '
+                      'mnli, qnli, rte); MNLI\'s also holds AX.tsv')
+  parser.add_argument('--out', default='glue_submission.zip', help='the zip to write')
+  parser.add_argument('--partial', action='store_true',
+                      help='zip the files there are even if some task is missing')
+
+
 def _no_overrides(mode: str, overrides: list[str]) -> None:
   if overrides:
     raise UserError(f'{mode} takes no config overrides (got --config.{overrides[0]}); the model '
@@ -454,6 +473,8 @@ MODES = {
              'fine-tuned model on its task', [_add_eval_flags, _add_distributed_flags]),
     'export': (_export, 'write a workdir as a Hugging Face openai-gpt directory (safetensors)',
                [_add_export_flags]),
+    'glue-submission': (_glue_submission, 'zip the GLUE test predictions of fine-tuning runs '
+                        'for the leaderboard', [_add_glue_submission_flags]),
 }
 
 
@@ -504,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
   try:
     rest, overrides = _split_overrides(argv)
     args = build_parser().parse_args(rest)
+    from gpt_jax import distributed
+    distributed.skip_absent_tpu()  # before any mode starts JAX
     args.run(args, overrides)
   except (UserError, FileNotFoundError) as error:
     if show_traceback:

@@ -11,10 +11,35 @@ and each process feeds its own rows of every global batch
 """
 
 import argparse
+import importlib.metadata
+import importlib.util
 import os
 
 from gpt_jax import sharding
 from gpt_jax.errors import UserError
+
+
+def skip_absent_tpu() -> None:
+  """Keeps JAX from starting libtpu on a host without TPU chips.
+
+  JAX tries every installed backend at start-up. With libtpu installed (the
+  `tpu` extra, also what the dry run compiles with) and no chips, libtpu then
+  looks for a TPU VM: it prints warnings about unknown accelerator types and
+  worker hostnames, or fails on another process's lock, before JAX falls back
+  to the CPU. Restricting JAX to the CPU skips that; the dry run loads libtpu
+  by itself for its compile-only devices, so it keeps working. Must run before
+  JAX starts a backend; left alone where JAX_PLATFORMS is set, on TPU VMs, and
+  where a GPU plugin is installed.
+  """
+  if os.environ.get('JAX_PLATFORMS') or sharding.has_tpu_chips():
+    return
+  if importlib.util.find_spec('libtpu') is None:
+    return
+  if any(name.startswith(('jax-cuda', 'jax_cuda', 'jax-rocm', 'jax_rocm'))
+         for name in (dist.metadata['Name'] or '' for dist in importlib.metadata.distributions())):
+    return
+  import jax
+  jax.config.update('jax_platforms', 'cpu')
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:

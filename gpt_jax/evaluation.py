@@ -168,7 +168,7 @@ def finetuned_task(workdir, config, mesh, *, batch_size: int, split=None,
   params = jax.device_put(params, shardings)
   scores = {}
   for name, examples in task_splits(task, split, task_file).items():
-    scores[name], _ = predictor.score(params, examples, batch_size)
+    scores[name], _, _ = predictor.score(params, examples, batch_size)
     if not scores[name]:
       raise UserError(f'{name} has no labels to score {task.name} against')
   return {'task': task.name, 'best_step': best_step, 'splits': scores}

@@ -16,22 +16,17 @@ import math
 
 import jax
 
-from gpt_jax import checkpoint, layer_layout, loop, sharding, workdir as workdir_lib
+from gpt_jax import checkpoint, glue, layer_layout, loop, sharding, workdir as workdir_lib
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPTForTask
-from gpt_jax.predict import TaskPredictor
+from gpt_jax.predict import TaskPredictor, TruncationCount, split_metrics
 from gpt_jax.report import RunLog
 from gpt_jax.tasks import metrics as task_metrics
-from gpt_jax.tasks import transforms
 from gpt_jax.tasks.batches import batches
 from gpt_jax.tasks.load import load_task
 from gpt_jax.tasks.task import Task
 from gpt_jax.train import Trainer, make_finetuner
 from gpt_jax.weights import Weights, load_weights, with_token_ids
-
-# GLUE's server wants label names for these tasks and 0/1 for the other classification tasks.
-_NAMED_LABEL_TASKS = ('mnli', 'qnli', 'rte')
-
 
 def load_init(config) -> Weights:
   """The weights finetune.init names, grown by the fine-tuning tokens and set to the config's numerics.
@@ -45,8 +40,11 @@ def load_init(config) -> Weights:
                     'that model shape from random weights instead')
   weights = load_weights(config.finetune.init, flag='finetune.init')
   tokenizer = weights.tokenizer
-  weights = with_token_ids(weights, [tokenizer.start_id, tokenizer.delimiter_id,
-                                     tokenizer.extract_id, tokenizer.pad_id], config.train.seed)
+  special = [tokenizer.start_id, tokenizer.delimiter_id, tokenizer.extract_id]
+  # The paper gives <s>, $ and <e> new N(0, 0.02) rows; rows pretraining only ever pushed
+  # around as softmax negatives are re-drawn to match (unless keep_special_rows).
+  weights = with_token_ids(weights, [*special, tokenizer.pad_id], config.train.seed,
+                           redraw=() if config.finetune.keep_special_rows else special)
   if config.finetune.random_init:
     weights = dataclasses.replace(weights, params=None, source=(
         f'random initialisation (model shape and tokenizer of {config.finetune.init})'))
@@ -121,39 +119,8 @@ def _predictor(run: _Run) -> TaskPredictor:
                        run.weights.tokenizer, run.max_len, run.bucket)
 
 
-def write_predictions(path, task: Task, examples, predictions) -> None:
-  """One `index<TAB>prediction` row per example, as GLUE's submission server reads them."""
-  if task.regression:
-    shown = [f'{p:.3f}' for p in predictions]
-  elif task.labels and task.name.split('/')[-1] in _NAMED_LABEL_TASKS:
-    shown = [task.labels[int(p)] for p in predictions]
-  else:
-    shown = [str(int(p)) for p in predictions]
-  rows = ['index\tprediction'] + [f'{examples[i]["index"]}\t{p}' for i, p in enumerate(shown)]
-  temporary = path.parent / (path.name + '.tmp')
-  temporary.write_text('\n'.join(rows) + '\n')
-  temporary.rename(path)  # never a half-written submission
-
-
-class _TruncationCount:
-  """Passes training batches on, noting which examples were cut to fit max_len (each once)."""
-
-  def __init__(self, encoded):
-    self._encoded = encoded
-    self.positions: set[int] = set()
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    batch = dict(next(self._encoded))
-    truncated = batch.pop('truncated').astype(bool)
-    self.positions.update(int(p) for p in batch['position'][truncated])
-    return batch
-
-
-def _train_batches(run: _Run, config, start: int) -> _TruncationCount:
-  return _TruncationCount(batches(
+def _train_batches(run: _Run, config, start: int) -> TruncationCount:
+  return TruncationCount(batches(
       run.train_examples, run.task.kind, run.weights.tokenizer, run.max_len,
       config.train.batch_size // jax.process_count(), bucket=run.bucket,
       shuffle_seed=config.train.seed,
@@ -168,11 +135,12 @@ def _checkpoint_config(config, best_metric: str):
   return checkpoint_config
 
 
-def _train(run: _Run, config, workdir, log: RunLog) -> tuple[loop.Outcome, int, tuple]:
-  """Runs (or resumes) the training loop.
+def _train(run: _Run, config, workdir, log: RunLog,
+           truncated: dict) -> tuple[loop.Outcome, tuple]:
+  """Runs (or resumes) the training loop; notes in `truncated` how many examples of
+  each split it cut.
 
-  Returns its outcome, how many training examples were cut, and the best
-  checkpoint's (step, validation metrics).
+  Returns its outcome and the best checkpoint's (step, validation metrics).
   """
   trainer, task = run.trainer, run.task
   predictor = _predictor(run)
@@ -180,7 +148,8 @@ def _train(run: _Run, config, workdir, log: RunLog) -> tuple[loop.Outcome, int, 
   def evaluate(params, step):
     scores = {}
     for split, examples in task.validation.items():
-      split_scores, _ = predictor.score(params, examples, config.finetune.eval_batch_size)
+      split_scores, _, truncated[split] = predictor.score(
+          params, examples, config.finetune.eval_batch_size)
       scores.update({f'{split}_{name}': value for name, value in split_scores.items()})
     log.scalars(step, {'epoch': step / run.steps_per_epoch, **scores}, split='validation')
     return scores
@@ -208,28 +177,45 @@ def _train(run: _Run, config, workdir, log: RunLog) -> tuple[loop.Outcome, int, 
                        total_steps=run.total_steps, schedule=schedule, steps=steps, guard=guard,
                        log=log)
     best = checkpoints.best()
-  return outcome, len(train_batches.positions), best
+  truncated['train'] = train_batches.total(len(run.train_examples))
+  return outcome, best
 
 
 def _best_metric(task: Task) -> str:
   return f'{next(iter(task.validation))}_{task.metrics[0]}'
 
 
-def _predict_tests(run: _Run, config, workdir, best_step: int) -> list:
-  """Predicts every test split with the best checkpoint; writes one file per split."""
+def _predict_tests(run: _Run, config, workdir, best_step: int,
+                   truncated: dict) -> tuple[list, dict]:
+  """Predicts every test split with the best checkpoint; writes one file per split.
+
+  Returns the files and the scores of the labelled splits ({'test_accuracy': ...}).
+  """
   trainer, task = run.trainer, run.task
   best_params = checkpoint.load_params(
       workdir, target=sharding.abstract_with_shardings(trainer.abstract_state.params,
                                                        trainer.param_shardings),
       step=best_step)
-  predictor, written = _predictor(run), []
+  predictor, written, scores = _predictor(run), [], {}
   for split, examples in task.test.items():
-    predictions, _ = predictor.predict(best_params, examples, config.finetune.eval_batch_size)
+    predictions, labels, truncated[split] = predictor.predict(
+        best_params, examples, config.finetune.eval_batch_size)
+    scores.update({f'{split}_{name}': value
+                   for name, value in split_metrics(task, predictions, labels).items()})
+    name = task.submission_files.get(split, f'{task.name.replace("/", "_")}_{split}.tsv')
     if jax.process_index() == 0:
-      name = task.submission_files.get(split, f'{task.name.replace("/", "_")}_{split}.tsv')
-      write_predictions(workdir / name, task, examples, predictions)
-      written.append(workdir / name)
-  return written
+      glue.write_predictions(workdir / name, task, examples, predictions)
+    written.append(workdir / name)
+  return written, scores
+
+
+def _majority_baselines(task: Task) -> dict:
+  """{split: accuracy of the majority class} for every labelled validation and test split."""
+  if task.regression:
+    return {}
+  baselines = {split: task_metrics.majority_baseline(task, split)
+               for split in [*task.validation, *task.test]}
+  return {split: value for split, value in baselines.items() if value is not None}
 
 
 def run_finetuning(config, workdir, log: RunLog | None = None) -> dict:
@@ -243,20 +229,26 @@ def run_finetuning(config, workdir, log: RunLog | None = None) -> dict:
   log.info(f'fine-tuning {task.name} ({task.kind}, {len(run.train_examples):,} training '
            f'examples, {run.total_steps:,} steps of {config.train.batch_size}) from '
            f'{run.weights.source}')
-  baseline = None if task.regression else task_metrics.majority_baseline(task)
-  if baseline is not None:
-    log.info(f'majority-class baseline on {next(iter(task.validation))}: accuracy {baseline:.4f}')
-  outcome, truncated, (best_step, best) = _train(run, config, workdir, log)
+  baselines = _majority_baselines(task)
+  if baselines:
+    log.info('majority-class baseline (accuracy): '
+             + ', '.join(f'{split} {value:.4f}' for split, value in baselines.items()))
+  truncated = {}
+  outcome, (best_step, best) = _train(run, config, workdir, log, truncated)
   if outcome.preempted:
     return {'preempted': True, 'state': outcome.state}
-  log.info(f'{truncated} training example(s) were truncated to {run.max_len} tokens')
-  written = _predict_tests(run, config, workdir, best_step)
+  written, test_scores = _predict_tests(run, config, workdir, best_step, truncated)
+  if test_scores:
+    log.scalars(best_step, test_scores, split='test')
+  log.info(f'examples truncated to {run.max_len} tokens: '
+           + ', '.join(f'{split} {count}' for split, count in truncated.items()))
   best_metric = _best_metric(task)
   log.info(f'best {best_metric} {best[best_metric]:.4f} at step {best_step}; test predictions: '
            + (', '.join(str(p) for p in written) or 'none (the task has no test split)'))
   summary = {'task': task.name, 'init': run.weights.source, 'best_step': best_step,
-             'best': best, 'majority_baseline': baseline, 'truncated': truncated,
-             'skipped_steps': outcome.skipped_steps}
+             'best': best, 'test': test_scores, 'majority_baseline': baselines,
+             'truncated': truncated, 'skipped_steps': outcome.skipped_steps,
+             'predictions': [p.name for p in written]}
   if jax.process_index() == 0:
     (workdir / workdir_lib.SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + '\n')
   return {**summary, 'predictions': written, 'state': outcome.state}

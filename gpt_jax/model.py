@@ -384,22 +384,38 @@ class GPTForTask(nn.Module):
     state = state.reshape(*tokens.shape[:-1], hidden.shape[-1])
     if self.layout == 'pair_sum':
       state = state.sum(axis=1)  # <s> A $ B <e> + <s> B $ A <e>: symmetric in A and B
-    logits = self.classifier(self.clf_drop(state, deterministic=deterministic))
+    if self.layout == 'choices':
+      # One mask for all candidates of an example, as OpenAI's code draws it: the
+      # candidates are compared through the same features.
+      mask = self.clf_drop(jnp.ones_like(state[:, :1]), deterministic=deterministic)
+      logits = self.classifier(state * mask)
+    else:
+      logits = self.classifier(self.clf_drop(state, deterministic=deterministic))
     logits = logits.astype(jnp.float32)
     if self.layout == 'choices':
       logits = logits[..., 0]  # one score per choice; the softmax runs over choices
     return logits, hidden.reshape(*tokens.shape, hidden.shape[-1])
 
 
-def add_token_rows(params, n_new: int, rng: jax.Array):
-  """GPT parameters with `n_new` N(0, 0.02) rows appended to the token embedding.
+def add_token_rows(params, n_new: int, rng: jax.Array, redraw=()):
+  """GPT parameters with `n_new` N(0, 0.02) rows appended to the token embedding and the
+  rows of the ids in `redraw` drawn afresh from the same distribution.
 
-  For weights whose vocabulary lacks the three fine-tuning tokens <s>, $ and
-  <e>: their ids are the next ones, as in the paper. Takes and returns the
+  For the three fine-tuning tokens <s>, $ and <e>: weights whose vocabulary
+  lacks them get new rows at the next ids, as in the paper; our own tokenizer
+  reserves them, but pretraining never feeds them as inputs (Adam only pushes
+  their rows around as softmax negatives), so fine-tuning re-draws them to
+  start from the paper's fresh rows. One draw of shape (rows, embed) covers
+  the re-drawn rows then the appended ones, in id order. Takes and returns the
   decoder's unboxed parameter tree (tokens_embed at its top).
   """
   embedding = params['tokens_embed']['embedding']
-  rows = _weight_init(rng, (n_new, embedding.shape[1]), embedding.dtype)
-  return {**params,
-          'tokens_embed': {**params['tokens_embed'],
-                           'embedding': jnp.concatenate([embedding, rows], axis=0)}}
+  vocab_size = embedding.shape[0]
+  redraw = sorted({int(i) for i in redraw})
+  if redraw and not 0 <= redraw[0] <= redraw[-1] < vocab_size:
+    raise UserError(f'token ids {redraw} to re-draw lie outside the vocabulary of {vocab_size}')
+  rows = _weight_init(rng, (len(redraw) + n_new, embedding.shape[1]), embedding.dtype)
+  embedding = jnp.concatenate([embedding, rows[len(redraw):]], axis=0)
+  if redraw:
+    embedding = embedding.at[jnp.asarray(redraw)].set(rows[:len(redraw)])
+  return {**params, 'tokens_embed': {**params['tokens_embed'], 'embedding': embedding}}

@@ -38,6 +38,15 @@ def cross_entropy(logits, targets, weights=None):
   return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
 
 
+def _applied_updates(opt_state, default):
+  """The optimizer's count of applied updates (what its schedule reads), or `default` for an
+  optimizer that keeps none."""
+  counts = optax.tree_utils.tree_get_all_with_path(opt_state, 'count')
+  scheduled = [count for path, count in counts
+               if getattr(path[-1], 'tuple_name', '') == 'ScaleByScheduleState']
+  return (scheduled or [count for _, count in counts] or [default])[0]
+
+
 def lm_loss_fn(model: GPT) -> Callable:
   """Pretraining objective on windows of seq_len + 1 tokens: predict token t+1 from 0..t."""
 
@@ -191,7 +200,10 @@ class Trainer:
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     params, opt_state = jax.lax.cond(finite, apply_update, lambda *unchanged: unchanged,
                                      state.params, state.opt_state)
-    metrics = {'loss': loss, 'grad_norm': grad_norm, 'learning_rate': self.schedule(state.step),
+    # The rate this update applies: optax counts applied updates only, so after a skipped
+    # step it runs behind state.step.
+    metrics = {'loss': loss, 'grad_norm': grad_norm,
+               'learning_rate': self.schedule(_applied_updates(state.opt_state, state.step)),
                'update_skipped': ~finite, **aux}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

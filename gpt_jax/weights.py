@@ -146,17 +146,21 @@ def load_weights(source, *, tokenizer_required: bool = True, flag: str = 'source
   return Weights(params, model_config, tokenizer, f'{described} in {directory}')
 
 
-def with_token_ids(weights: Weights, token_ids, seed: int) -> Weights:
-  """`weights` grown so every id in `token_ids` has an embedding row.
+def with_token_ids(weights: Weights, token_ids, seed: int, *, redraw=()) -> Weights:
+  """`weights` grown so every id in `token_ids` has an embedding row, with the rows of `redraw`
+  drawn afresh.
 
   For weights whose vocabulary lacks the fine-tuning tokens <s>, $ and <e>
   (e.g. OpenAI's 40,478 tokens): they get new N(0, 0.02) rows after the
-  vocabulary, as in the paper.
+  vocabulary, as in the paper. Ids in `redraw` that the vocabulary already
+  holds (our own tokenizer reserves the three) get new N(0, 0.02) rows too
+  (see model.add_token_rows). Seeded by `seed`.
   """
-  needed = max(token_ids) + 1
-  if needed <= weights.model_config.vocab_size:
+  vocab_size = weights.model_config.vocab_size
+  needed = max(vocab_size, max(token_ids) + 1)
+  redraw = [i for i in redraw if i < vocab_size]  # ids beyond it are new rows anyway
+  if needed == vocab_size and not redraw:
     return weights
-  params = add_token_rows(weights.params, needed - weights.model_config.vocab_size,
-                          jax.random.key(seed))
+  params = add_token_rows(weights.params, needed - vocab_size, jax.random.key(seed), redraw)
   return dataclasses.replace(weights, params=params, model_config=dataclasses.replace(
       weights.model_config, vocab_size=needed))

@@ -51,7 +51,7 @@ from pathlib import Path
 runs = {name: json.loads((Path(sys.argv[1]) / name / 'summary.json').read_text())
         for name in ('finetune', 'finetune_random_init')}
 pretrained, scratch = (runs[n]['best']['validation_accuracy'] for n in runs)
-print(f"  majority-class baseline       {runs['finetune']['majority_baseline']:.4f}")
+print(f"  majority-class baseline       {runs['finetune']['majority_baseline']['validation']:.4f}")
 print(f'  fine-tuned from random init   {scratch:.4f}')
 print(f'  fine-tuned after pretraining  {pretrained:.4f}')
 PY

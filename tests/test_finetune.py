@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from gpt_jax import cli, finetune
+from gpt_jax import cli, finetune, glue
 from gpt_jax.tasks.task import Task
 from gpt_jax.report import read_metrics
 
@@ -76,22 +76,22 @@ def test_finetune_keeps_the_best_checkpoint_and_writes_predictions(pretrained, t
 
 
 def test_prediction_files_follow_glue_conventions(tmp_path):
-  examples = [{'index': 7}, {'index': 3}]
+  examples = [{'index': 7}, {'index': 3}, {'index': 10}]  # TFDS keeps GLUE's test in hash order
 
   def task(name, labels, regression=False):
     return Task(name=name, kind='entailment', labels=labels, metrics=('accuracy',),
                           train=[], validation={}, test={}, regression=regression)
 
   mnli = tmp_path / 'MNLI-m.tsv'
-  finetune.write_predictions(mnli, task('mnli', ('entailment', 'neutral', 'contradiction')),
-                             examples, [2, 0])
-  assert mnli.read_text() == 'index\tprediction\n7\tcontradiction\n3\tentailment\n'
+  glue.write_predictions(mnli, task('mnli', ('entailment', 'neutral', 'contradiction')),
+                         examples, [2, 0, 1])
+  assert mnli.read_text() == 'index\tprediction\n3\tentailment\n7\tcontradiction\n10\tneutral\n'
   sst2 = tmp_path / 'SST-2.tsv'
-  finetune.write_predictions(sst2, task('sst2', ('negative', 'positive')), examples, [1, 0])
-  assert sst2.read_text() == 'index\tprediction\n7\t1\n3\t0\n'
+  glue.write_predictions(sst2, task('sst2', ('negative', 'positive')), examples, [1, 0, 0])
+  assert sst2.read_text() == 'index\tprediction\n3\t0\n7\t1\n10\t0\n'
   stsb = tmp_path / 'STS-B.tsv'
-  finetune.write_predictions(stsb, task('stsb', None, regression=True), examples, [4.25, 0.5])
-  assert stsb.read_text() == 'index\tprediction\n7\t4.250\n3\t0.500\n'
+  glue.write_predictions(stsb, task('stsb', None, regression=True), examples, [4.25, 0.5, 1.0])
+  assert stsb.read_text() == 'index\tprediction\n3\t0.500\n7\t4.250\n10\t1.000\n'
 
 
 @pytest.mark.parametrize('init, message', [
@@ -162,3 +162,76 @@ def test_finetune_stopped_at_a_step_boundary_resumes_to_the_same_weights(pretrai
   steps = [r['step'] for r in read_metrics(tmp_path / 'stopped' / 'metrics.jsonl')
            if r['split'] == 'validation']
   assert steps == [6, 12]  # no record twice after the resume
+
+
+@pytest.mark.parametrize('keep', [False, True])
+def test_special_token_rows_are_fresh_draws_after_loading_our_checkpoint(pretrained, keep):
+  import jax
+  import numpy as np
+
+  from gpt_jax import checkpoint
+  from gpt_jax import config as config_lib
+
+  config = config_lib.load_config('finetune/local', [
+      f'finetune.init={pretrained}', f'finetune.keep_special_rows={keep}', 'train.seed=3'])
+  weights = finetune.load_init(config)
+  tokenizer = weights.tokenizer
+  special = sorted([tokenizer.start_id, tokenizer.delimiter_id, tokenizer.extract_id])
+  stored = np.asarray(checkpoint.load_params(pretrained)['tokens_embed']['embedding'])
+  loaded = np.asarray(weights.params['tokens_embed']['embedding'])
+  assert loaded.shape == stored.shape  # our tokenizer reserves the three: nothing appended
+  others = [i for i in range(len(stored)) if i not in special]
+  np.testing.assert_array_equal(loaded[others], stored[others])
+  if keep:
+    np.testing.assert_array_equal(loaded[special], stored[special])
+  else:  # N(0, 0.02), drawn with the run's seed, in id order
+    fresh = np.asarray(jax.random.normal(jax.random.key(3), (3, stored.shape[1]))) * 0.02
+    np.testing.assert_allclose(loaded[special], fresh, rtol=1e-6)
+    assert np.abs(loaded[special] - stored[special]).min() > 0
+
+
+def _labelled_task_with_long_examples(tmp_path):
+  """16 train, 8 validation and 6 labelled test examples; one of each split over max_len 16."""
+  long = ' '.join(['returns'] * 60)
+  for split, n in (('train', 16), ('validation', 8), ('test', 6)):
+    with open(tmp_path / f'{split}.jsonl', 'w') as f:
+      for i in range(n):
+        label = ('pos', 'neg')[i % 2]
+        f.write(json.dumps({'text': long if i == 3 else f'{label} {i}', 'label': label}) + '\n')
+  return ['--config.task.name=local', '--config.task.kind=classification',
+          *(f'--config.task.{split}={tmp_path / f"{split}.jsonl"}'
+            for split in ('train', 'validation', 'test')), '--config.task.labels=neg,pos',
+          '--config.task.max_len=16']
+
+
+def test_two_processes_count_each_truncated_example_once_and_score_the_test_split(
+    pretrained, tmp_path, monkeypatch):
+  import sys
+
+  import test_multiprocess
+  from test_multiprocess import _free_port, _start_processes, _wait_for_success
+
+  monkeypatch.setattr(test_multiprocess, 'TIMEOUT_S', 600)  # 2 compiles each, on shared cores
+
+  workdir = tmp_path / 'run'
+  address = f'127.0.0.1:{_free_port()}'
+  outputs = _wait_for_success(_start_processes(
+      lambda i: [sys.executable, '-m', 'gpt_jax.cli', 'finetune', '--config', 'finetune/local',
+                 '--workdir', str(workdir), '--init', str(pretrained),
+                 *_labelled_task_with_long_examples(tmp_path), '--config.train.batch_size=8',
+                 '--config.finetune.eval_batch_size=8', '--config.train.num_epochs=3.0',
+                 '--config.mesh.fsdp=1', '--config.mesh.data=-1',
+                 '--coordinator_address', address, '--num_processes', '2', '--process_id', str(i)],
+      2, tmp_path))
+  summary = json.loads((workdir / 'summary.json').read_text())
+  # Each split's long example counted once: 3 epochs, 3 evaluations, rows on either process.
+  assert summary['truncated'] == {'validation': 1, 'train': 1, 'test': 1}, outputs[0][-2000:]
+  rows = [line.split('\t') for line in (workdir / 'local_test.tsv').read_text().splitlines()[1:]]
+  labels = [('pos', 'neg')[i % 2] for i in range(6)]
+  predicted = [('neg', 'pos')[int(p)] for _, p in rows]
+  assert [int(i) for i, _ in rows] == list(range(6))
+  correct = sum(p == label for p, label in zip(predicted, labels))
+  assert summary['test'] == {'test_accuracy': pytest.approx(correct / 6)}
+  assert summary['majority_baseline'] == {'validation': 0.5, 'test': 0.5}
+  test_records = [r for r in read_metrics(workdir / 'metrics.jsonl') if r['split'] == 'test']
+  assert [r['test_accuracy'] for r in test_records] == [pytest.approx(correct / 6)]

@@ -85,7 +85,6 @@ def test_multiple_choice_scores_each_choice_and_normalises_over_choices():
   params = _unbox(_init(model, batch))
   logits, lm_logits = model.apply({'params': params}, batch['tokens'], batch['extract_index'])
   assert logits.shape == (2, 4) and lm_logits.shape == (2, 4, MAX_LEN, CONFIG.vocab_size)
-  np.testing.assert_allclose(jax.nn.softmax(logits).sum(-1), 1.0, rtol=1e-6)
   np.testing.assert_allclose(logits, _linear(params, _reference_states(params, batch))[..., 0],
                              atol=1e-5)
   # Each choice is scored on its own: reordering the choices reorders the scores.
@@ -93,6 +92,23 @@ def test_multiple_choice_scores_each_choice_and_normalises_over_choices():
   np.testing.assert_allclose(
       model.apply({'params': params}, permuted['tokens'], permuted['extract_index'])[0][0],
       logits[0, ::-1], atol=1e-6)
+
+
+def test_multiple_choice_candidates_share_one_classifier_dropout_mask():
+  """OpenAI's code drops the same features of every candidate of an example."""
+  no_dropout = dataclasses.replace(CONFIG, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
+  model = GPTForTask(no_dropout, HEAD_LAYOUTS['multiple_choice'], clf_pdrop=0.5)
+  same = ['on the mat'] * 4  # identical candidates: identical states
+  batch = _batch('multiple_choice', [{'context': 'the cat sat', 'choices': same},
+                                     {'context': 'it rained', 'choices': same}])
+  params = _unbox(_init(model, batch))
+  logits, _ = model.apply({'params': params}, batch['tokens'], batch['extract_index'],
+                          deterministic=False, rngs={'dropout': jax.random.key(3)})
+  np.testing.assert_allclose(logits, np.broadcast_to(logits[:, :1], logits.shape), atol=1e-6)
+  # The mask is real: it differs between examples and from no dropout.
+  states = _reference_states(params, batch)
+  assert np.abs(logits[:, 0] - _linear(params, states)[:, 0, 0]).max() > 1e-4
+  assert np.abs(logits[0, 0] - logits[1, 0]).max() > 1e-4
 
 
 def test_param_layout_loads_pretrained_decoder_weights():

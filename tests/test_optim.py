@@ -63,16 +63,24 @@ def test_finetuning_schedule_warms_up_over_a_fraction_then_decays_linearly():
   assert float(schedule(5000)) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_gradients_are_clipped_to_global_norm_one():
+def test_the_optimizer_clips_gradients_to_global_norm_one_before_adam():
   config = ml_collections.ConfigDict(dict(
-      learning_rate=1.0, schedule='cosine', warmup_steps=0, b1=0.0, b2=0.0, eps=0.0,
+      learning_rate=1e-3, schedule='cosine', warmup_steps=0, b1=0.9, b2=0.999, eps=1e-8,
       weight_decay=0.0, clip_norm=1.0))
-  tx = optax.clip_by_global_norm(config.clip_norm)
-  grads = {'a': jnp.full((3,), 10.0), 'b': jnp.full((4,), -10.0)}
-  clipped, _ = tx.update(grads, tx.init(grads))
-  assert float(optax.tree.norm(clipped)) == pytest.approx(1.0, rel=1e-6)
-  _, schedule = optim.make_optimizer(config, total_steps=10)
-  assert float(schedule(0)) == pytest.approx(1.0)  # no warmup: peak at once
+  tx, _ = optim.make_optimizer(config, total_steps=10)
+  params = {'a': jnp.zeros(3), 'b': jnp.zeros(4)}
+  grads = {'a': jnp.array([30.0, -40.0, 0.0]), 'b': jnp.array([0.0, 0.0, 120.0, 0.0])}  # norm 130
+  _, state = tx.update(grads, tx.init(params), params)
+  # Adam's first moment after one update is (1 - b1) * g for the g it received: the clipped one.
+  (mu,) = [leaf for path, leaf in optax.tree_utils.tree_get_all_with_path(state, 'mu')]
+  expected = {k: np.asarray(g, np.float64) / 130.0 for k, g in grads.items()}
+  for name in grads:
+    np.testing.assert_allclose(mu[name], 0.1 * expected[name], rtol=1e-6, atol=1e-9)
+  # A gradient already inside the norm passes unchanged.
+  small = {'a': jnp.array([0.3, 0.0, 0.0]), 'b': jnp.zeros(4)}
+  _, state = tx.update(small, tx.init(params), params)
+  (mu,) = [leaf for path, leaf in optax.tree_utils.tree_get_all_with_path(state, 'mu')]
+  np.testing.assert_allclose(mu['a'], [0.03, 0.0, 0.0], rtol=1e-6)
 
 
 def test_accumulated_gradients_equal_the_full_batch_gradient():

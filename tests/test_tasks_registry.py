@@ -47,6 +47,8 @@ SST2_TRAIN = [('a gripping and moving film', 1), ('dull and lifeless', 0),
               ('the best movie of the year', 1), ('a waste of time', 0),
               (' '.join(['long'] * 40), 1)]  # longer than MAX_LEN: truncated
 SST2_DEV = [('charming', 1), ('tedious', 0), ('wonderful acting', 1)]
+SST2_TEST = [(i, text) for i, text in enumerate(['meh', 'great fun', 'so so', 'awful', 'a gem',
+                                                 'flat', 'lovely', 'too long'])]
 MNLI_DEV_MISMATCHED = [('the cat sat on the mat', 'a cat sat', 'entailment'),
                        ('it is raining', 'the sun is out', 'contradiction'),
                        ('he went home', 'he was tired', 'neutral')]
@@ -63,7 +65,7 @@ def data_dir(tmp_path_factory):
       'validation': dict(data_file=_write_tsv(src / 'sst_dev.tsv', ['sentence', 'label'],
                                               SST2_DEV), split='dev'),
       'test': dict(data_file=_write_tsv(src / 'sst_test.tsv', ['index', 'sentence'],
-                                        [(0, 'meh'), (1, 'great fun')]), split='test')})
+                                        SST2_TEST), split='test')})
   # MNLI's real columns (a subset): the builder reads sentence1, sentence2 and gold_label.
   columns = ['index', 'genre', 'sentence1', 'sentence2', 'gold_label']
   train = [(i, 'fiction', f'premise {i}', f'hypothesis {i}', ['entailment', 'neutral'][i % 2])
@@ -81,6 +83,9 @@ def data_dir(tmp_path_factory):
                            split='test'),
       'test_mismatched': dict(data_file=_write_tsv(src / 'test_mm.tsv', columns[:-1], test),
                               split='test')})
+  _prepare(glue.Glue, str(root), config='ax', splits={'test': dict(data_file=_write_tsv(
+      src / 'ax.tsv', ['index', 'sentence1', 'sentence2'],
+      [(0, 'a b', 'b'), (1, 'c', 'd e'), (2, 'the dog', 'a cat')]), split='test')})
   # SNLI: '-' marks pairs without a gold label; a split of only those is empty.
   columns = ['gold_label', 'sentence1', 'sentence2']
   _prepare(tfds.builder_cls('snli'), str(root), splits={
@@ -123,7 +128,7 @@ def test_sst2_end_to_end(data_dir):
                                    batch_size=2, pad_last=True))
   np.testing.assert_array_equal([b['valid'] for b in validation], [[1, 1], [1, 0]])
   test = task.test['test']
-  assert sorted(example['index'] for example in test) == [0, 1]  # GLUE's idx, for submissions
+  assert sorted(example['index'] for example in test) == list(range(8))  # GLUE's idx
   assert {example['label'] for example in test} == {-1}
 
 
@@ -131,7 +136,8 @@ def test_mnli_end_to_end(data_dir):
   task = registry.load_tfds_task('mnli', data_dir)
   assert task.kind == 'entailment' and task.labels == ('entailment', 'neutral', 'contradiction')
   assert list(task.validation) == ['validation_matched', 'validation_mismatched']
-  assert list(task.test) == ['test_matched', 'test_mismatched']
+  assert list(task.test) == ['test_matched', 'test_mismatched', 'ax']  # AX: GLUE's diagnostics
+  assert task.submission_files['ax'] == 'AX.tsv' and len(task.test['ax']) == 3
   assert len(task.train) == 4 and len(task.validation['validation_matched']) == 1
   (batch,) = batches.batches(task.validation['validation_mismatched'], task.kind, TOKENIZER,
                                MAX_LEN, batch_size=3)

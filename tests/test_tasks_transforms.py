@@ -209,7 +209,14 @@ def test_training_mode_uses_dropout_and_predictions():
   eval_loss, _ = loss_fn(params, batch, None, True)
   train_loss, _ = loss_fn(params, batch, jax.random.key(1), False)
   assert abs(float(train_loss) - float(eval_loss)) > 1e-4
+  # Prediction runs without dropout: the logits of an evaluation forward pass.
   logits = transforms.predict_fn(model)(params, batch)
-  assert logits.shape == (2, 2)
-  np.testing.assert_array_equal(transforms.predictions(logits, regression=False),
-                                np.argmax(logits, -1))
+  expected, _ = model.apply({'params': params}, batch['tokens'], batch['extract_index'])
+  np.testing.assert_array_equal(logits, expected)
+
+
+def test_predictions_pick_the_largest_logit_or_the_score():
+  logits = np.array([[0.1, 2.0, -1.0], [3.0, 2.9, 0.0], [-5.0, -4.0, -4.5]])
+  np.testing.assert_array_equal(transforms.predictions(logits, regression=False), [1, 0, 1])
+  scores = np.array([[4.25], [0.5], [-1.0]])
+  np.testing.assert_array_equal(transforms.predictions(scores, regression=True), [4.25, 0.5, -1.0])

@@ -53,6 +53,21 @@ def test_new_token_ids_get_fresh_rows_after_the_vocabulary(tmp_path):
   np.testing.assert_allclose(embedding[100:], expected, rtol=1e-6)
 
 
+def test_ids_to_redraw_get_fresh_rows_inside_the_vocabulary(tmp_path):
+  reference = random_hf_model(seed=4, **SMALL)
+  hf.export_hf_dir(*hf.params_from_hf(reference), tmp_path / 'hf')
+  weights = load_weights(tmp_path / 'hf', tokenizer_required=False)
+  grown = with_token_ids(weights, [7, 101], seed=3, redraw=[7, 5, 101])
+  embedding = np.asarray(grown.params['tokens_embed']['embedding'])
+  old = np.asarray(weights.params['tokens_embed']['embedding'])
+  # One draw: the re-drawn ids inside the vocabulary in id order, then the appended rows.
+  expected = np.asarray(jax.random.normal(jax.random.key(3), (4, SMALL['n_embd']))) * 0.02
+  np.testing.assert_allclose(embedding[[5, 7, 100, 101]], expected, rtol=1e-6)
+  kept = [i for i in range(100) if i not in (5, 7)]
+  np.testing.assert_array_equal(embedding[kept], old[kept])
+  assert grown.model_config.vocab_size == 102
+
+
 @pytest.mark.parametrize('setup, message', [
     (None, 'finetune.init=.*nowhere is not a directory'),
     ('empty', 'holds no weights gpt_jax can read'),

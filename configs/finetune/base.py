@@ -52,6 +52,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.finetune = ml_collections.ConfigDict(dict(
       init='',  # a pretraining workdir or a Hugging Face directory (--init)
       random_init=False,  # True: init's shape and tokenizer, random weights (the paper's ablation)
+      # False: <s>, $ and <e> start from fresh N(0, 0.02) rows, as in the paper, also when
+      # init's vocabulary already holds them (our tokenizer reserves them; pretraining never
+      # feeds them). True keeps init's rows (e.g. to continue from a fine-tuned model).
+      keep_special_rows=False,
       lm_coef=0.5,  # weight of the auxiliary language-model loss; 0 leaves it out
       lm_chunk=128,  # LM logits are made this many positions per sequence at a time (memory)
       clf_pdrop=0.1,  # dropout before the classifier

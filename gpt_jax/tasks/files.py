@@ -24,11 +24,23 @@ import json
 import re
 
 from gpt_jax import workdir as workdir_lib
-from gpt_jax.errors import UserError
+from gpt_jax.data.builders.local_text import decode
+from gpt_jax.errors import UserError, warn
 from gpt_jax.tasks.metrics import TASK_METRICS
 from gpt_jax.tasks.task import FIELDS, Task, check_kind
 
 _CHOICE_COLUMN = re.compile(r'choice_(\d+)')
+
+
+def _decoded(path) -> str:
+  """The file as text; invalid UTF-8 bytes become U+FFFD, counted in one warning (as the
+  corpus reader does)."""
+  text, invalid = decode(path.read_bytes())
+  if invalid:
+    line = text[:text.index('\ufffd')].count('\n') + 1
+    warn(f'{path}: replaced {invalid:,} invalid UTF-8 bytes with U+FFFD (the first on line '
+         f'{line}); save the file as UTF-8 to keep those characters')
+  return text
 
 
 def _read_rows(path) -> list[tuple[str, dict]]:
@@ -38,8 +50,7 @@ def _read_rows(path) -> list[tuple[str, dict]]:
     raise UserError(f'task file {path} not found')
   suffix = path.suffix.lower()
   rows = []
-  # Bytes decoded here: a bucket's text mode cannot keep CSV's quoted line breaks (newline='').
-  with io.StringIO(path.read_bytes().decode('utf-8'), newline='') as f:
+  with io.StringIO(_decoded(path), newline='') as f:
     if suffix == '.jsonl':
       for number, line in enumerate(f, 1):
         if not line.strip():
@@ -118,8 +129,13 @@ def read_examples(path, kind: str, labels: tuple[str, ...] | None = None,
   (where, how many) of a multiple-choice example read before, which every
   example must match; returned updated for the next file.
   """
+  return _examples(_read_rows(path), kind, labels, regression, split, first_choices)
+
+
+def _examples(rows, kind, labels, regression, split, first_choices):
+  """read_examples on rows already read."""
   examples = []
-  for index, (where, row) in enumerate(_read_rows(path)):
+  for index, (where, row) in enumerate(rows):
     example = {field: _choices(row, where) if field == 'choices'
                else _text(row, field, where, kind) for field in FIELDS[kind]}
     if kind == 'multiple_choice':
@@ -161,15 +177,15 @@ def load_local_task(kind: str, train: str | None, validation: str, test: str | N
   if unknown:
     raise UserError(f'unknown metric(s) {unknown}; known: {list(TASK_METRICS)}')
 
-  if classes and labels is None:
-    labels = tuple(sorted({str(row['label']) for _, row in _read_rows(train) if _has_label(row)}))
-  labels = tuple(str(label) for label in labels) if classes else None
   files = {'train': train, 'validation': validation, 'test': test}
+  rows = {split: _read_rows(path) for split, path in files.items() if path}  # each file once
+  if classes and labels is None:
+    labels = tuple(sorted({str(row['label']) for _, row in rows['train'] if _has_label(row)}))
+  labels = tuple(str(label) for label in labels) if classes else None
   examples, first_choices = {}, None
-  for split, path in files.items():
-    if path:
-      examples[split], first_choices = read_examples(path, kind, labels, regression, split,
-                                                     first_choices)
+  for split, split_rows in rows.items():
+    examples[split], first_choices = _examples(split_rows, kind, labels, regression, split,
+                                               first_choices)
   return Task(name=name, kind=kind, labels=labels, metrics=metrics,
               train=examples.get('train', []),
               validation={'validation': examples['validation']},

@@ -71,16 +71,17 @@ def task_metrics(names, predictions, labels) -> dict[str, float]:
   return {name: TASK_METRICS[name](predictions, labels) for name in names}
 
 
-def majority_baseline(task: Task, split: str | None = None) -> float:
+def majority_baseline(task: Task, split: str | None = None) -> float | None:
   """Accuracy of always answering a labelled split's most frequent label (or choice index).
 
   `split` names a validation or test split; it defaults to the task's first
   validation split. Any labelled class or multiple-choice task, not only the
-  default ones.
+  default ones. None for a split without labels (e.g. GLUE's test splits).
   """
   if task.regression:
     raise UserError(f'{task.name} is a regression task: it has no majority class')
   split = split or next(iter(task.validation))
   examples = {**task.test, **task.validation}[split]
   counts = collections.Counter(int(examples[i]['label']) for i in range(len(examples)))
-  return max(counts.values()) / len(examples)
+  counts.pop(-1, None)  # unlabelled
+  return max(counts.values()) / sum(counts.values()) if counts else None

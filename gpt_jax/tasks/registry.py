@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 import tensorflow_datasets as tfds
 import tensorflow_datasets.text  # noqa: F401  registers the legacy builders, among them 'glue'
 
-from gpt_jax.errors import UserError
+from gpt_jax.errors import UserError, warn
 from gpt_jax.tasks.task import Task, TaskShape
 
 
@@ -62,6 +62,9 @@ class TfdsTask:
   regression: bool = False
   submission_files: Mapping[str, str] = dataclasses.field(default_factory=dict)
   choices: int = 0  # multiple choice: candidates per example (the shapes, without the data)
+  # Another dataset whose test split this task's model predicts (GLUE's diagnostic set AX,
+  # by the MNLI model): (TFDS name, its test split's name in the Task, submission file).
+  diagnostic: tuple[str, str, str] | None = None
   # record -> its examples; None maps `fields` and 'label' one to one.
   convert: Callable[[dict], list[dict]] | None = None
 
@@ -120,7 +123,8 @@ TFDS_TASKS = {
                      validation=('validation_matched', 'validation_mismatched'),
                      test=('test_matched', 'test_mismatched'),
                      submission_files={'test_matched': 'MNLI-m.tsv',
-                                       'test_mismatched': 'MNLI-mm.tsv'}),
+                                       'test_mismatched': 'MNLI-mm.tsv'},
+                     diagnostic=('glue/ax', 'ax', 'AX.tsv')),
     'qnli': TfdsTask('glue/qnli', 'entailment', {'premise': 'question', 'hypothesis': 'sentence'},
                      ('entailment', 'not_entailment'), ('accuracy',),
                      submission_files={'test': 'QNLI.tsv'}),
@@ -170,38 +174,63 @@ class TfdsExamples(Sequence):
     return {**self._spec.examples(record)[k], 'index': int(record.get('idx', i))}
 
 
+def _builder(tfds_name: str, data_dir: str | None):
+  """The prepared TFDS builder of `tfds_name`, or a UserError saying how to prepare it."""
+  try:
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+  except Exception as error:  # TFDS raises several types for a missing dataset
+    raise UserError(f'cannot open TFDS dataset {tfds_name} in {data_dir}: {error}') from None
+  if not builder.is_prepared():
+    raise UserError(f'TFDS dataset {tfds_name} is not prepared in {builder.data_dir}; run '
+                    f'`tfds build {tfds_name} --data_dir={data_dir} '
+                    '--file_format=array_record` (see gpt_jax/tasks/registry.py)')
+  return builder
+
+
+def _source(builder, split: str, spec: TfdsTask) -> TfdsExamples:
+  name = builder.info.full_name.rsplit('/', 1)[0]  # without the version: glue/sst2
+  try:
+    records = builder.as_data_source(split)
+  except Exception as error:
+    raise UserError(f'cannot read split {split!r} of {name} in {builder.data_dir}: '
+                    f'{error}') from None
+  return TfdsExamples(records, spec, f'{name} split {split!r}')
+
+
+def _diagnostic(spec: TfdsTask, data_dir: str | None) -> dict:
+  """{split name: examples} of the task's diagnostic test set, or {} with a warning."""
+  if spec.diagnostic is None:
+    return {}
+  tfds_name, split, file = spec.diagnostic
+  try:
+    return {split: _source(_builder(tfds_name, data_dir), 'test', spec)}
+  except UserError as error:
+    warn(f'{file} will not be written: {error}')
+    return {}
+
+
 def load_tfds_task(name: str, data_dir: str | None = None) -> Task:
   """The registry's task `name` (a key of TFDS_TASKS), read from `data_dir`."""
   if name not in TFDS_TASKS:
     raise UserError(f'unknown task {name!r}; the registry has: {", ".join(TFDS_TASKS)} '
                     '(or fine-tune on your own files, see gpt_jax.tasks.files)')
   spec = TFDS_TASKS[name]
-  try:
-    builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
-  except Exception as error:  # TFDS raises several types for a missing dataset
-    raise UserError(f'cannot open TFDS dataset {spec.tfds_name} in {data_dir}: {error}') from None
-  if not builder.is_prepared():
-    raise UserError(f'TFDS dataset {spec.tfds_name} is not prepared in {builder.data_dir}; run '
-                    f'`tfds build {spec.tfds_name} --data_dir={data_dir} '
-                    '--file_format=array_record` (see gpt_jax/tasks/registry.py)')
+  builder = _builder(spec.tfds_name, data_dir)
   if spec.labels is not None and tuple(builder.info.features['label'].names) != spec.labels:
     raise UserError(f'{spec.tfds_name} labels are {builder.info.features["label"].names}, '
                     f'but the task registry expects {list(spec.labels)}: the dataset was '
                     'prepared by another TFDS version than the one gpt_jax pins')
 
-  def source(split):
-    try:
-      records = builder.as_data_source(split)
-    except Exception as error:
-      raise UserError(f'cannot read split {split!r} of {spec.tfds_name} in {builder.data_dir}: '
-                      f'{error}') from None
-    return TfdsExamples(records, spec, f'{spec.tfds_name} split {split!r}')
-
+  diagnostic = _diagnostic(spec, data_dir)
+  submission_files = dict(spec.submission_files)
+  if diagnostic:
+    submission_files[spec.diagnostic[1]] = spec.diagnostic[2]
   return Task(name=name, kind=spec.kind, labels=spec.labels, metrics=spec.metrics,
-              train=source(spec.train),
-              validation={split: source(split) for split in spec.validation},
-              test={split: source(split) for split in spec.test},
-              regression=spec.regression, submission_files=dict(spec.submission_files))
+              train=_source(builder, spec.train, spec),
+              validation={split: _source(builder, split, spec) for split in spec.validation},
+              test={**{split: _source(builder, split, spec) for split in spec.test},
+                    **diagnostic},
+              regression=spec.regression, submission_files=submission_files)
 
 
 def tfds_task_shape(name: str) -> TaskShape:
