@@ -34,12 +34,7 @@ def _jax_worker(spec, conn):
   start = time.perf_counter()
   metrics = jax.block_until_ready(step())
   conn.send({'compile_s': time.perf_counter() - start})
-  while (message := conn.recv()) != 'stop':
-    start = time.perf_counter()
-    for _ in range(message):
-      metrics = step()
-    jax.block_until_ready(metrics)
-    conn.send(time.perf_counter() - start)
+  metrics = throughput.serve_timed_steps(conn, step, jax.block_until_ready)
   stats = jax.devices()[0].memory_stats() or {}
   conn.send({'loss': float(metrics['loss']), 'peak_gib': stats.get('peak_bytes_in_use', 0) / 2**30})
 
@@ -51,12 +46,7 @@ def _torch_worker(spec, conn):
   start = time.perf_counter()
   loss = step().item()
   conn.send({'compile_s': time.perf_counter() - start})
-  while (message := conn.recv()) != 'stop':
-    start = time.perf_counter()
-    for _ in range(message):
-      loss = step()
-    loss = loss.item()
-    conn.send(time.perf_counter() - start)
+  loss = throughput.serve_timed_steps(conn, step, lambda loss: loss.item())
   conn.send({'loss': loss, 'peak_gib': torch.cuda.max_memory_allocated() / 2**30})
 
 

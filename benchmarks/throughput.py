@@ -89,14 +89,9 @@ def jax_worker(spec, conn):
   conn.send({'compile_s': time.perf_counter() - start,
              'matmul_peak': flops.measure_matmul_peak(jnp.float32),
              'device': jax.devices()[0].device_kind})
-  while (message := conn.recv()) != 'stop':
-    start = time.perf_counter()
-    for _ in range(message):
-      step_metrics = step()
-    jax.block_until_ready(step_metrics)
-    conn.send(time.perf_counter() - start)
+  last = serve_timed_steps(conn, step, jax.block_until_ready)
   conn.send({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-             'loss': float(step_metrics['loss'])})
+             'loss': float(last['loss'])})
 
 
 def make_torch_step(spec):
@@ -154,14 +149,22 @@ def torch_worker(spec, conn):
   conn.send({'compile_s': time.perf_counter() - start,
              'matmul_peak': _matmul_peak_torch(torch, device, torch.float32),
              'device': torch.cuda.get_device_name() if device == 'cuda' else 'cpu'})
+  loss = serve_timed_steps(conn, step, lambda loss: loss.item())
+  conn.send({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             'loss': loss})
+
+
+def serve_timed_steps(conn, step, wait):
+  """Runs `step` as many times as the parent asks, answering each round's seconds, until
+  'stop'; returns the last step's result after `wait` (which blocks until it is done)."""
+  result = None
   while (message := conn.recv()) != 'stop':
     start = time.perf_counter()
     for _ in range(message):
-      loss = step()
-    loss = loss.item()
+      result = step()
+    result = wait(result)
     conn.send(time.perf_counter() - start)
-  conn.send({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-             'loss': loss})
+  return result
 
 
 def _start(target, spec):

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from test_multiprocess import _free_port
+from test_multiprocess import _free_port, _wait_for_success
 from gpt_jax import checkpoint, cli, hf
 from gpt_jax import config as config_lib
 from gpt_jax.data import corpora, workflow
@@ -51,29 +51,8 @@ def _start(argv_of, env, cwd) -> list[subprocess.Popen]:
                            text=True) for i in range(2)]
 
 
-def _wait(procs: list[subprocess.Popen]) -> list[str]:
-  """Each process's output once all exited 0; on a failure or a hang, all killed and their
-  output's tails in the message."""
-  outputs = []
-  try:
-    for proc in procs:
-      try:
-        out, _ = proc.communicate(timeout=TIMEOUT_S)
-      except subprocess.TimeoutExpired as timeout:
-        raise AssertionError(f'hung for {TIMEOUT_S}s: ' +
-                             (timeout.output or b'').decode(errors='replace')[-3000:]) from None
-      assert proc.returncode == 0, out[-3000:]
-      outputs.append(out)
-  finally:
-    for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-  return outputs
-
-
 def _run_two(args, env, cwd) -> list[str]:
-  return _wait(_start(lambda i: _cli(*args), env, cwd))
+  return _wait_for_success(_start(lambda i: _cli(*args), env, cwd), TIMEOUT_S)
 
 
 def _kill_after_first_checkpoint(procs, checkpoints: str) -> None:

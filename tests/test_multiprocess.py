@@ -38,12 +38,18 @@ def _start_processes(argv_of, num_processes: int, cwd: Path) -> list[subprocess.
                            stderr=subprocess.STDOUT, text=True) for i in range(num_processes)]
 
 
-def _wait_for_success(procs: list[subprocess.Popen]) -> list[str]:
-  """Each process's output, once all have exited 0; kills them all on a failure or a hang."""
+def _wait_for_success(procs: list[subprocess.Popen], timeout_s: int = TIMEOUT_S) -> list[str]:
+  """Each process's output once all exited 0; on a failure or a hang, all killed and their
+  output's tail in the message."""
   outputs = []
   try:
     for proc in procs:
-      out, _ = proc.communicate(timeout=TIMEOUT_S)
+      try:
+        out, _ = proc.communicate(timeout=timeout_s)
+      except subprocess.TimeoutExpired as timeout:
+        output = timeout.output or ''
+        output = output.decode(errors='replace') if isinstance(output, bytes) else output
+        raise AssertionError(f'hung for {timeout_s}s: {output[-3000:]}') from None
       assert proc.returncode == 0, out[-3000:]
       outputs.append(out)
   finally:
