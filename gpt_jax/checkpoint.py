@@ -17,6 +17,7 @@ import base64
 import contextlib
 import dataclasses
 import json
+import logging
 import signal
 import sys
 import threading
@@ -34,6 +35,17 @@ from gpt_jax import layer_layout, sharding, workdir as workdir_lib
 from gpt_jax.errors import UserError, warn
 
 STATE, DATA, CONFIG = 'state', 'data', 'config'
+
+
+class _NoMissingMetricsNotice(logging.Filter):
+  """Drops orbax's warning for a save without metrics: with best tracking on (so that a
+  resumed run knows its best checkpoint), every periodic save between evaluations is one."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return 'did not provide metrics' not in record.getMessage()
+
+
+logging.getLogger('absl').addFilter(_NoMissingMetricsNotice())
 
 
 # The data item. Orbax's JSON item is written by the primary process only, but each
