@@ -375,13 +375,10 @@ def _corpus_split(config, tokenizer, split: str):
   from gpt_jax.data import corpora, store as store_lib, workflow
 
   directory = workflow.store_path(config, corpora.open_corpus(config.data), tokenizer)
-  if not (directory / 'meta.json').is_file():
-    raise UserError(f'no token store at {directory}; build it with `gpt-jax prepare` and the '
-                    "run's config, or pass --text FILE")
-  store = store_lib.TokenStore(directory)
+  store = store_lib.TokenStore(directory)  # one line if missing or incomplete, saying how
   if split not in store.meta['splits']:
     raise UserError(f'--split {split}: the store has {sorted(store.meta["splits"])}')
-  return store.tokens(split), store.meta['splits'][split]['text_bytes']
+  return store.tokens(split).all(), store.meta['splits'][split]['text_bytes']
 
 
 def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
