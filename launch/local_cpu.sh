@@ -12,7 +12,7 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=launch/setup_venv.sh
-source "$repo/launch/setup_venv.sh"
+source "$repo/launch/setup_venv.sh" ""  # no extras (not this script's WORKDIR argument)
 cd "$repo"
 workdir="${1:-$repo/workdirs/local_cpu}"
 mkdir -p "$workdir"
