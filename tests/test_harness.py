@@ -3,7 +3,6 @@
 matches a direct computation (numpy float64 log-probabilities, our KV-cache sampler)."""
 
 import json
-import os
 import tomllib
 from pathlib import Path
 
@@ -11,16 +10,26 @@ import numpy as np
 import pytest
 from helpers import numpy_log_probs, random_lm_dir
 
-# lm-eval and Hugging Face datasets must never reach the network.
-for _name in ('HF_DATASETS_OFFLINE', 'HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE'):
-  os.environ[_name] = '1'
+import datasets
+import huggingface_hub
+import lm_eval  # the `eval` extra; the `test` extra installs it too
+from lm_eval.api.instance import Instance
+from lm_eval.tasks import TaskManager
 
-import lm_eval  # noqa: E402  (the `eval` extra; the `test` extra installs it too)
-from lm_eval.api.instance import Instance  # noqa: E402
-from lm_eval.tasks import TaskManager  # noqa: E402
+from gpt_jax import cli, harness, sample
+from test_zero_shot import ENDINGS, LOCAL, STORIES
 
-from gpt_jax import cli, harness, sample  # noqa: E402
-from test_zero_shot import ENDINGS, LOCAL, STORIES  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+  """lm-eval and Hugging Face datasets must never reach the network: offline for these tests
+  only (the process's other tests read parquet from a local GCS emulator through datasets)."""
+  for name in ('HF_DATASETS_OFFLINE', 'HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE'):
+    monkeypatch.setenv(name, '1')
+  for constants in (datasets.config, huggingface_hub.constants):
+    for name in ('HF_DATASETS_OFFLINE', 'HF_HUB_OFFLINE'):
+      if hasattr(constants, name):
+        monkeypatch.setattr(constants, name, True)
 
 LABELS = [0, 2, 1, 0, 1, 2]
 TASK_YAML = """task: gpt_jax_stories
