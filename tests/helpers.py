@@ -5,8 +5,10 @@ import math
 import jax
 import jax.numpy as jnp
 import ml_collections
+import pytest
 import numpy as np
 
+from gpt_jax import dryrun
 from gpt_jax.configs import tiny
 from gpt_jax import train
 from gpt_jax.model import ModelConfig
@@ -132,3 +134,9 @@ def random_lm_dir(directory, scale: float = 8.0):
   hf.export_hf_dir(params, config, directory, tokenizer)
   return directory
 
+
+# The TPU dry-run tests compile for TPU slices through libtpu (no TPU needed); the README's
+# test command installs it with the tpu extra, so CI runs them.
+needs_libtpu = pytest.mark.skipif(
+    not dryrun.libtpu_installed(),
+    reason='libtpu is not installed: pip install "gpt_jax[tpu]" (CI does; needs no TPU)')

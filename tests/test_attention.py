@@ -15,7 +15,7 @@ import pytest
 from gpt_jax import attention, dryrun, sample, sharding
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPT, ModelConfig
-from helpers import tiny_config
+from helpers import needs_libtpu, tiny_config
 
 SMALL = ModelConfig(vocab_size=96, n_ctx=32, n_embd=32, n_layer=2, n_head=4, d_ff=64)
 
@@ -107,8 +107,7 @@ def test_splash_on_cpu_is_a_user_error():
     jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))
 
 
-@pytest.mark.skipif(not dryrun.libtpu_installed(), reason='libtpu is not installed: pip install '
-                    '"gpt_jax[tpu]" (CI does; needs no TPU)')
+@needs_libtpu
 def test_splash_train_step_compiles_for_v5e_and_saves_scores_memory():
   config = tiny_config(n_ctx=1024, attn_pdrop=0.0)
   config.train.update(seq_len=1024, batch_size=8)

@@ -12,11 +12,8 @@ import pytest
 from gpt_jax import cli, dryrun, optim, sharding, train
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPT, ModelConfig
-from helpers import make_trainer, tiny_config
+from helpers import make_trainer, needs_libtpu, tiny_config
 
-needs_libtpu = pytest.mark.skipif(
-    not dryrun.libtpu_installed(),
-    reason='libtpu is not installed: pip install "gpt_jax[tpu]" (CI does; needs no TPU)')
 
 
 def _parameter_counts(config):

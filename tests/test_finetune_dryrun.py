@@ -9,10 +9,8 @@ import re
 import pytest
 
 from gpt_jax import cli, dryrun
+from helpers import needs_libtpu
 
-needs_libtpu = pytest.mark.skipif(
-    not dryrun.libtpu_installed(),
-    reason='libtpu is not installed: pip install "gpt_jax[tpu]" (CI does; needs no TPU)')
 
 MODEL = {'vocab_size': 4096, 'n_ctx': 128, 'n_embd': 32, 'n_head': 2, 'n_layer': 1, 'd_ff': 64}
 
