@@ -167,10 +167,12 @@ def _train(run: _Run, config, workdir, log: RunLog,
         is_eval_step=lambda done: done % run.steps_per_epoch == 0 or done == run.total_steps,
         evaluate=evaluate,
         save=lambda done, saved, scores: checkpoints.save(done, saved, config, metrics=scores))
-    tokens_per_step = math.prod(task.input_shape(config.train.batch_size, run.max_len))
-    steps = loop.step_logger(log, run.weights.model_config, trainer.mesh,
-                             every=config.train.log_every, total_steps=run.total_steps,
-                             tokens_per_step=tokens_per_step, seq_len=run.max_len)
+    # Batches are padded to their own bucket length: count the tokens each step computed on.
+    steps = loop.step_logger(
+        log, run.weights.model_config, trainer.mesh, every=config.train.log_every,
+        total_steps=run.total_steps,
+        tokens_of=lambda batch: (batch['tokens'].size * jax.process_count(),
+                                 batch['tokens'].shape[-1]))
     guard = loop.NonFiniteGuard(config.train.max_nonfinite_in_a_row, log, checkpoints.latest_step)
     train_batches = _train_batches(run, config, first_step)
     outcome = loop.run(trainer, state, train_batches, first_step=first_step,

@@ -20,13 +20,20 @@ from gpt_jax.report import RunLog, StepLogger, StepProfiler
 
 
 def step_logger(log: RunLog, model_config: ModelConfig, mesh, *, every: int, total_steps: int,
-                tokens_per_step: int, seq_len: int) -> StepLogger:
-  """A StepLogger whose MFU counts the model's FLOPs against every device's peak."""
+                tokens_of: Callable[[object], tuple[int, int]]) -> StepLogger:
+  """A StepLogger whose MFU counts the model's FLOPs against every device's peak.
+
+  `tokens_of(batch)`: (tokens the whole step computes on, their sequence length), from this
+  process's host batch.
+  """
   peak, source = flops.peak_flops_per_device(jnp.dtype(model_config.dtype))
   log.info(f'MFU against a peak of {peak / 1e12:.2f} TFLOP/s per device ({source})')
-  return StepLogger(log, every, total_steps, tokens_per_step,
-                    flops.train_flops_per_token(model_config, seq_len) * tokens_per_step,
-                    peak * mesh.size)
+
+  def work(batch) -> tuple[int, float]:
+    tokens, seq_len = tokens_of(batch)
+    return tokens, flops.train_flops_per_token(model_config, seq_len) * tokens
+
+  return StepLogger(log, every, total_steps, work, peak * mesh.size)
 
 
 class NonFiniteGuard:
@@ -94,11 +101,12 @@ def run(trainer, state, batches: Iterator, *, first_step: int, total_steps: int,
     for step in range(first_step, total_steps):
       if profiler:
         profiler.step(step, log)
-      batch = jax.tree.map(lambda x: sharding.global_batch(x, trainer.mesh), next(batches))
+      host_batch = next(batches)
+      batch = jax.tree.map(lambda x: sharding.global_batch(x, trainer.mesh), host_batch)
       state, metrics = trainer.train_step(state, batch)
       done = step + 1
       guard.after_step(done, metrics.pop('update_skipped'))
-      steps.after_step(done, metrics)
+      steps.after_step(done, metrics, host_batch)
       evaluated = schedule.is_eval_step(done)
       if evaluated:
         steps.flush()

@@ -114,8 +114,8 @@ def run_pretraining(config, workdir, train_batches: Iterator[np.ndarray],
                 f'eval_{name}': value for name, value in evaluated.items()}),
         save_every=config.checkpoint.every_steps)
     steps = loop.step_logger(log, run.model_config, trainer.mesh, every=config.train.log_every,
-                             total_steps=run.total_steps, tokens_per_step=run.tokens_per_step,
-                             seq_len=config.train.seq_len)
+                             total_steps=run.total_steps,
+                             tokens_of=lambda _: (run.tokens_per_step, config.train.seq_len))
     steps.restart_clock(first_step)
     guard = loop.NonFiniteGuard(config.train.max_nonfinite_in_a_row, log, checkpoints.latest_step)
     profiler = StepProfiler(workdir, *profile_steps) if profile_steps else None

@@ -11,12 +11,15 @@
 Only process 0 writes, so a multi-host run logs each step once.
 """
 
+import collections
 import json
 import math
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 from etils import epath
@@ -262,24 +265,37 @@ class StepLogger:
 
   A step's metrics are fetched only after the next step has been dispatched, so
   the device never waits for the host. Compile time (the first step) and
-  evaluation time are kept out of the throughput figures.
+  evaluation time are kept out of the throughput figures. `work(batch)` gives
+  the (tokens, model FLOPs) of a step's batch: fine-tuning batches are padded
+  to lengths that vary from step to step, so the figures add up each step's own.
   """
 
-  def __init__(self, log: RunLog, every: int, total_steps: int, tokens_per_step: int,
-               flops_per_step: float, peak_flops: float):
+  def __init__(self, log: RunLog, every: int, total_steps: int,
+               work: Callable[[Any], tuple[float, float]], peak_flops: float):
     self._log, self._every, self._total = log, every, total_steps
-    self._tokens, self._flops, self._peak = tokens_per_step, flops_per_step, peak_flops
+    self._work, self._peak = work, peak_flops
     self._pending = None
     self._compiled = False
+    self._dispatched: collections.deque = collections.deque()  # (step, tokens, FLOPs)
     self.last: dict = {}
     self.restart_clock(0)
 
   def restart_clock(self, step: int) -> None:
     """Starts a new throughput window at `step` (e.g. after an evaluation)."""
     self._window_start, self._window_step = time.perf_counter(), step
+    self._take_work(step)
 
-  def after_step(self, done: int, metrics: dict) -> None:
-    """Call after dispatching the step that brought the count to `done`."""
+  def _take_work(self, step: int) -> tuple[float, float]:
+    """Sums and forgets the work of the dispatched steps up to `step`."""
+    tokens = flops = 0.0
+    while self._dispatched and self._dispatched[0][0] <= step:
+      _, step_tokens, step_flops = self._dispatched.popleft()
+      tokens, flops = tokens + step_tokens, flops + step_flops
+    return tokens, flops
+
+  def after_step(self, done: int, metrics: dict, batch) -> None:
+    """Call after dispatching the step, on `batch`, that brought the count to `done`."""
+    self._dispatched.append((done, *self._work(batch)))
     if not self._compiled:
       jax.block_until_ready(metrics)
       self._log.info(f'compiled and ran the first step in '
@@ -297,11 +313,11 @@ class StepLogger:
       step, metrics = self._pending
       self._pending = None
       values = dict(jax.device_get(metrics))
-      now = time.perf_counter()
-      steps, seconds = step - self._window_step, now - self._window_start
-      if steps > 0:
-        values['tokens_per_s'] = self._tokens * steps / seconds
-        values['mfu'] = self._flops * steps / seconds / self._peak
+      seconds = time.perf_counter() - self._window_start
+      if step > self._window_step:
+        tokens, flops = self._take_work(step)
+        values['tokens_per_s'] = tokens / seconds
+        values['mfu'] = flops / seconds / self._peak
       self._log.scalars(step, values)
       self.restart_clock(step)
       self.last = values

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 from tensorboardX.proto import event_pb2
 
-from gpt_jax.report import RunLog, StepProfiler, curve_series, read_metrics
+from gpt_jax.report import RunLog, StepLogger, StepProfiler, curve_series, read_metrics
 
 
 def _read_events(directory):
@@ -93,3 +93,19 @@ def test_profiler_writes_a_trace_for_the_window(tmp_path):
     profiler.step(step, log)
     (jnp.ones((64, 64)) @ jnp.ones((64, 64))).block_until_ready()
   assert list((tmp_path / 'profile').rglob('*.xplane.pb'))
+
+
+def test_step_logger_counts_each_batch_own_tokens(tmp_path, monkeypatch):
+  """Fine-tuning batches vary in length: tokens/s and MFU add up the logged window's own
+  batches, leaving out the compile step and a step dispatched after the logged one."""
+  clock = iter([0.0, 10.0, 10.0, 12.0, 12.0])  # start, compile done, log at step 3, ...
+  monkeypatch.setattr('gpt_jax.report.time.perf_counter', lambda: next(clock))
+  log = RunLog(tmp_path, progress=False)
+  steps = StepLogger(log, every=3, total_steps=10,
+                     work=lambda batch: (batch.size, 100.0 * batch.size), peak_flops=1e4)
+  lengths = {1: 512, 2: 64, 3: 128, 4: 512}  # step 1 compiles; step 4 is in flight at step 3's log
+  for done, length in lengths.items():
+    steps.after_step(done, {'loss': np.float32(1.0)}, np.zeros((2, length)))
+  logged = steps.flush()
+  assert logged['tokens_per_s'] == (2 * 64 + 2 * 128) / 2.0
+  assert logged['mfu'] == 100.0 * (2 * 64 + 2 * 128) / 2.0 / 1e4
