@@ -8,6 +8,7 @@ step: forward, backward, gradient clipping and an AdamW update, float32 unless
 torch.compile as a second contender.
 
     python benchmarks/throughput.py --configs tiny,small,gpt1 [--dtype bfloat16] [--json out.json]
+        [--baseline DIR]   # also time another checkout's gpt_jax, interleaved: before/after
 
 Prints tokens/s, the ratio gpt_jax / PyTorch (against PyTorch's faster variant),
 achieved FLOP/s, MFU against the measured matmul peak of this machine (the best
@@ -15,6 +16,7 @@ of XLA's and PyTorch's float32 matmul), peak memory and compile time.
 """
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -49,6 +51,16 @@ def _matmul_peak_torch(torch, device, dtype, size=2048, repeats=5):
   return 2 * size**3 / best
 
 
+def _model_fields(model_config_class, model: dict) -> dict:
+  """`model` as the ModelConfig of the imported gpt_jax takes it: an older tree (--baseline)
+  lacks later fields (left out, so at their defaults) and had a boolean remat."""
+  fields = {field.name for field in dataclasses.fields(model_config_class)}
+  model = {key: value for key, value in model.items() if key in fields}
+  if isinstance(model_config_class.remat, bool):
+    model['remat'] = model['remat'] != 'none'
+  return model
+
+
 def make_jax_step(spec):
   """(step, trainer): step() runs one gpt_jax training step and returns its metrics, unwaited."""
   import jax
@@ -58,7 +70,8 @@ def make_jax_step(spec):
   from gpt_jax import sharding, train
   from gpt_jax.model import ModelConfig
 
-  model_config = ModelConfig.from_config({**spec['model'], 'dtype': spec['dtype']})
+  model_config = ModelConfig.from_config({**_model_fields(ModelConfig, spec['model']),
+                                          'dtype': spec['dtype']})
   optim = ml_collections.ConfigDict(dict(
       learning_rate=2.5e-4, schedule='cosine', warmup_steps=10, warmup_fraction=0.0, b1=0.9,
       b2=0.999, eps=1e-8, weight_decay=0.01, clip_norm=1.0, grad_accum_steps=1))
@@ -78,6 +91,8 @@ def make_jax_step(spec):
 
 
 def jax_worker(spec, conn):
+  if spec.get('source_tree'):  # --baseline: time that checkout's gpt_jax instead of this one
+    sys.path.insert(0, spec['source_tree'])
   import jax
   import jax.numpy as jnp
 
@@ -186,6 +201,9 @@ def benchmark(config_name: str, args) -> dict:
   contenders = {'gpt_jax': (jax_worker, spec), 'torch': (torch_worker, {**spec, 'compile': False})}
   if args.torch_compile:
     contenders['torch.compile'] = (torch_worker, {**spec, 'compile': True})
+  if args.baseline:
+    contenders[f'gpt_jax@{Path(args.baseline).name}'] = (
+        jax_worker, {**spec, 'source_tree': str(Path(args.baseline).resolve())})
   workers = {}
   for name, (target, worker_spec) in contenders.items():  # one at a time: compile times are clean
     process, conn = _start(target, worker_spec)
@@ -219,10 +237,10 @@ def benchmark(config_name: str, args) -> dict:
 def _print(report):
   print(f'\n{report["config"]}: batch {report["batch"]} x {report["seq_len"]} tokens, '
         f'{report["dtype"]}, peak {report["peak_flops"] / 1e12:.3f} TFLOP/s (measured matmul)')
-  print(f'  {"":14s} {"tokens/s":>10s} {"step ms":>9s} {"vs torch":>8s} {"TFLOP/s":>8s} '
+  print(f'  {"":18s} {"tokens/s":>10s} {"step ms":>9s} {"vs torch":>8s} {"TFLOP/s":>8s} '
         f'{"MFU":>6s} {"peak MB":>8s} {"compile s":>9s}')
   for name, r in report['results'].items():
-    print(f'  {name:14s} {r["tokens_per_s"]:10,.0f} {1e3 * r["step_s"]:9.1f} '
+    print(f'  {name:18s} {r["tokens_per_s"]:10,.0f} {1e3 * r["step_s"]:9.1f} '
           f'{r["ratio_vs_torch"]:7.2f}x {r["flops_per_s"] / 1e12:8.3f} {100 * r["mfu"]:5.1f}% '
           f'{r["peak_rss_mb"]:8,.0f} {r["compile_s"]:9.1f}')
 
@@ -239,6 +257,8 @@ def main():
   parser.add_argument('--rounds', type=int, default=4, help='interleaved rounds')
   parser.add_argument('--torch_compile', action=argparse.BooleanOptionalAction, default=True,
                       help='also time torch.compile (default on)')
+  parser.add_argument('--baseline', help='another checkout of gpt_jax (e.g. `git worktree add '
+                      '/tmp/before COMMIT`) whose train step is timed too, for before/after')
   parser.add_argument('--json', help='write the results to this JSON file')
   args = parser.parse_args()
   reports = []
