@@ -3,6 +3,7 @@
 place, giving what `datasets` gives without copying the files."""
 
 import json
+import pickle
 
 import datasets
 import ml_collections
@@ -202,3 +203,13 @@ def test_parquet_mistakes_are_one_line(tmp_path):
   with pytest.raises(UserError, match=r"validation_split='test': .* has splits train$"):
     corpora.open_corpus(data_config(f'hf:{tmp_path}/corpus/train-*.parquet',
                                     validation_split='test')).prepare()
+
+
+def test_worker_processes_get_the_footers_read_once(tmp_path, monkeypatch):
+  write_parquet_corpus(tmp_path / 'corpus')
+  corpus = in_place(tmp_path / 'corpus', monkeypatch)
+  opener = pickle.dumps(corpus.opener(lambda: pytest.fail('the worker opened it again')))
+  monkeypatch.setattr(parquet_files.ParquetFile, 'read', None)  # a worker reads no footer
+  worker_corpus = pickle.loads(opener)()
+  for split in ('train', 'validation'):
+    assert documents(worker_corpus, split) == documents(corpus, split)
