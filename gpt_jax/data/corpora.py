@@ -8,11 +8,13 @@
   any TFDS catalogue dataset, e.g.
     pg19                 books (the closest public stand-in for BooksCorpus); text in "book_text"
     lm1b                 news sentences; "text"
-    c4/en                web pages; "text" (needs Apache Beam to prepare)
-    wikipedia/20230601.en  articles; "text" (needs Apache Beam to prepare)
+    c4/en                web pages; "text" (TFDS needs Apache Beam to prepare it, and every
+                         host a local copy: on a pod give it as hf: parquet files instead)
+    wikipedia/20230601.en  articles; "text" (TFDS needs Apache Beam to prepare it)
   hf:NAME[:CONFIG]  a Hugging Face `datasets` dataset (gpt_jax/data/hf_corpus.py): a hub
                 name (offline from the local HF cache), a `save_to_disk` directory, or
-                parquet / jsonl / csv files (a file, a glob or a directory; local or gs://).
+                parquet / jsonl / csv files (a file, a glob or a directory; local or gs://;
+                parquet is read in place, e.g. hf:gs://BUCKET/c4/en/*.parquet).
 
 Catalogue datasets are prepared by TFDS's own builders, in array_record format
 (which reads without TensorFlow), on a machine with internet:

@@ -7,7 +7,7 @@ of them through this interface.
 
 import abc
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 class Corpus(abc.ABC):
@@ -45,3 +45,8 @@ class Corpus(abc.ABC):
   def identity(self) -> dict:
     """What a token store records to know it was built from exactly this data: name,
     text_key and per split its spec, documents and bytes."""
+
+  def opener(self, reopen: Callable[[], 'Corpus']) -> Callable[[], 'Corpus']:
+    """What worker processes call (picklable) to get this corpus: by default `reopen`, which
+    opens it again from the config; a corpus that is costly to open hands over itself."""
+    return reopen

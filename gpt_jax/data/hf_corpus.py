@@ -13,16 +13,19 @@ data.validation_fraction of "train".
 Datasets are Arrow tables, memory-mapped and random-access, so a shard of the token
 store is read by index range exactly like a TFDS data source. Streaming
 (`streaming=True`) is not used: a streamed dataset has no length or random access,
-so its documents could not be cut into the same shards by any number of processes;
-a corpus too large for one disk is instead stored as parquet files in a bucket
-(gs://...), which `datasets` reads through fsspec, and every host tokenises its own
-shards from there into a token store in the same bucket.
+so its documents could not be cut into the same shards by any number of processes.
+A corpus too large for one disk is instead given as parquet files in a bucket
+(gs://...): parquet files are read in place (gpt_jax.data.parquet_files: row counts
+from the footers, a shard's rows from the row groups that hold them), never copied
+into a local cache, so every host of a pod reads only its own shards' text. jsonl,
+csv, save_to_disk directories and hub ids are loaded by `datasets`.
 """
 
 import functools
 import os
 from collections.abc import Iterator
 
+from gpt_jax.data import parquet_files
 from gpt_jax.data.corpus import Corpus
 from gpt_jax.errors import UserError
 from gpt_jax import workdir as workdir_lib
@@ -45,7 +48,8 @@ class HfCorpus(Corpus):
 
   @functools.cached_property
   def _splits(self) -> dict:
-    """'train' / 'validation' -> (datasets.Dataset, first row, end row)."""
+    """'train' / 'validation' -> (table, first row, end row); a table is a ParquetTable or a
+    DatasetTable."""
     loaded = _load(self.source, self.config_name)
     names = list(loaded)
     if 'train' not in loaded:
@@ -73,8 +77,8 @@ class HfCorpus(Corpus):
 
   @property
   def split_names(self) -> dict[str, str]:
-    return {split: f'{dataset.split or "train"}[{first}:{end}]'
-            for split, (dataset, first, end) in self._splits.items()}
+    return {split: f'{table.split or "train"}[{first}:{end}]'
+            for split, (table, first, end) in self._splits.items()}
 
   def prepare(self) -> None:
     for split in ('train', 'validation'):
@@ -87,40 +91,81 @@ class HfCorpus(Corpus):
 
   def documents(self, split: str, start: int = 0, stop: int | None = None,
                 batch_size: int = 256) -> Iterator[list[str]]:
-    dataset, first, end = self._splits[split]
+    table, first, end = self._splits[split]
     stop = end - first if stop is None else stop
-    column = dataset.select_columns([self.text_key])
-    for row in range(first + start, first + stop, batch_size):
-      texts = column[row:min(row + batch_size, first + stop)][self.text_key]
+    for texts in table.texts(self.text_key, first + start, first + stop, batch_size):
       yield [text if isinstance(text, str) else '' for text in texts]
 
   def identity(self) -> dict:
     splits = {}
-    for split, (dataset, first, end) in self._splits.items():
-      fraction = (end - first) / max(len(dataset), 1)
+    for split, (table, first, end) in self._splits.items():
+      fraction = (end - first) / max(len(table), 1)
       splits[split] = dict(spec=self.split_names[split], documents=end - first,
-                           bytes=int(dataset.data.nbytes * fraction),
-                           fingerprint=dataset._fingerprint)  # pylint: disable=protected-access
+                           bytes=int(table.text_bytes(self.text_key) * fraction),
+                           **table.identity())
     return dict(name=self.name, text_key=self.text_key, splits=splits)
 
+  def opener(self, reopen):
+    """This corpus as it is, its tables opened once prepared: a pod host's ~100 workers would
+    otherwise each read every parquet footer again (c4/en: ~1,000 files) or load the dataset
+    again."""
+    del reopen
+    return functools.partial(_itself, self)
 
-def _load(source: str, config_name: str):
-  """A DatasetDict (or {'train': Dataset}) from a saved directory, data files or the hub."""
+
+def _itself(corpus: HfCorpus) -> HfCorpus:
+  return corpus
+
+
+class DatasetTable:
+  """A `datasets.Dataset` as the rows HfCorpus reads (what ParquetTable offers for files)."""
+
+  def __init__(self, dataset):
+    self.dataset, self.split = dataset, dataset.split
+    self.column_names = dataset.column_names
+
+  def __len__(self) -> int:
+    return len(self.dataset)
+
+  def text_bytes(self, key: str) -> int:  # pylint: disable=unused-argument
+    return self.dataset.data.nbytes  # every column, as before: existing stores keep their shards
+
+  def identity(self) -> dict:
+    return dict(fingerprint=self.dataset._fingerprint)  # pylint: disable=protected-access
+
+  def texts(self, key: str, start: int, stop: int, batch_size: int) -> Iterator[list]:
+    column = self.dataset.select_columns([key])
+    for row in range(start, stop, batch_size):
+      yield column[row:min(row + batch_size, stop)][key]
+
+
+def _load(source: str, config_name: str) -> dict:
+  """split -> table: parquet files read in place, else what `datasets` loads."""
   import datasets  # pylint: disable=import-outside-toplevel
-  path = workdir_lib.path(source)
   try:
-    if (path / 'dataset_dict.json').exists() or (path / 'state.json').exists():
-      loaded = datasets.load_from_disk(str(path))
-    elif os.path.splitext(source)[1] in _FILE_BUILDERS:
-      loaded = datasets.load_dataset(_FILE_BUILDERS[os.path.splitext(source)[1]],
-                                     data_files={'train': source})
-    else:
-      loaded = datasets.load_dataset(source, config_name or None)
+    files = None if config_name else parquet_files.resolve(source)
+    return parquet_files.open_tables(files) if files else _load_with_datasets(source, config_name)
+  except UserError:
+    raise
   except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as error:
-    raise UserError(f'data.corpus=hf:{source}: cannot load it with Hugging Face datasets '
+    raise UserError(f'data.corpus=hf:{source}: cannot load it '
                     f'({str(error).splitlines()[0] if str(error) else type(error).__name__}); give '
                     'a save_to_disk directory, parquet/jsonl/csv files, or a cached hub id') from None
-  return loaded if isinstance(loaded, datasets.DatasetDict) else {'train': loaded}
+
+
+def _load_with_datasets(source: str, config_name: str) -> dict:
+  """split -> DatasetTable, from a save_to_disk directory, data files or the hub."""
+  import datasets  # pylint: disable=import-outside-toplevel
+  path = workdir_lib.path(source)
+  if (path / 'dataset_dict.json').exists() or (path / 'state.json').exists():
+    loaded = datasets.load_from_disk(str(path))
+  elif os.path.splitext(source)[1] in _FILE_BUILDERS:
+    loaded = datasets.load_dataset(_FILE_BUILDERS[os.path.splitext(source)[1]],
+                                   data_files={'train': source})
+  else:
+    loaded = datasets.load_dataset(source, config_name or None)
+  loaded = loaded if isinstance(loaded, datasets.DatasetDict) else {'train': loaded}
+  return {split: DatasetTable(dataset) for split, dataset in loaded.items()}
 
 
 def open_hf_corpus(data_config) -> HfCorpus:

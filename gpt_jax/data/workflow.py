@@ -111,8 +111,8 @@ def prepare(config, log: Callable[[str], None] = print) -> store_lib.TokenStore:
   workers = config.data.prepare_workers or os.cpu_count()
   start = time.perf_counter()
   store, reused = store_lib.build_store(
-      directory, corpus, tokenizer, open_corpus=functools.partial(corpora.open_corpus,
-                                                                  config.data),
+      directory, corpus, tokenizer,
+      open_corpus=corpus.opener(functools.partial(corpora.open_corpus, config.data)),
       shard_mb=config.data.shard_mb, workers=workers, process_index=jax.process_index(),
       process_count=jax.process_count(), barrier=distributed.barrier,
       show_progress=jax.process_index() == 0)
