@@ -56,7 +56,7 @@ def _model_fields(model_config_class, model: dict) -> dict:
   lacks later fields (left out, so at their defaults) and had a boolean remat."""
   fields = {field.name for field in dataclasses.fields(model_config_class)}
   model = {key: value for key, value in model.items() if key in fields}
-  if isinstance(model_config_class.remat, bool):
+  if 'remat' in model and isinstance(model_config_class.remat, bool):
     model['remat'] = model['remat'] != 'none'
   return model
 
