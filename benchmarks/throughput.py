@@ -1,14 +1,20 @@
 """Training-step throughput: gpt_jax against Hugging Face's PyTorch OpenAIGPTLMHeadModel.
 
 Each framework runs in its own worker process (separate thread pools, separate
-peak-memory figures); the parent interleaves them — a few steps of one, then of
-the next — so both see the same machine load. Every step is a full training
+peak-memory figures), one process at a time: a round starts a fresh worker of
+each contender in turn (first step, --warmup untimed steps, --steps timed
+ones), and the rounds repeat, so every contender sees the same drift in machine
+load. One at a time because resident side by side at paper size they need more
+than this 24 GB machine has, and the reclaim under that pressure slowed
+whichever process page-faulted most; a user trains with one of them at a time
+too. The median round counts. Every step is a full training
 step: forward, backward, gradient clipping and an AdamW update, float32 unless
 --dtype bfloat16. PyTorch runs at its best: all cores, fused AdamW, and
 torch.compile as a second contender.
 
     python benchmarks/throughput.py --configs tiny,small,gpt1 [--dtype bfloat16] [--json out.json]
-        [--baseline DIR]   # also time another checkout's gpt_jax, interleaved: before/after
+        [--rounds 3 --steps 2 --warmup 2]
+        [--baseline DIR]   # also time another checkout's gpt_jax in each round: before/after
 
 Prints tokens/s, the ratio gpt_jax / PyTorch (against PyTorch's faster variant),
 achieved FLOP/s, MFU against the measured matmul peak of this machine (the best
@@ -190,6 +196,23 @@ def _start(target, spec):
   return process, parent
 
 
+def _phase(target, spec, warmup: int, steps: int):
+  """One fresh worker: its first (compiling) step, `warmup` untimed steps (allocators and
+  caches settle), then `steps` timed ones. Returns (its first-step info, the timed seconds,
+  its final message)."""
+  process, conn = _start(target, spec)
+  info = conn.recv()
+  if warmup:
+    conn.send(warmup)
+    conn.recv()
+  conn.send(steps)
+  seconds = conn.recv()
+  conn.send('stop')
+  final = conn.recv()
+  process.join()
+  return info, seconds, final
+
+
 def benchmark(config_name: str, args) -> dict:
   from gpt_jax import flops
   from gpt_jax.model import ModelConfig
@@ -204,29 +227,28 @@ def benchmark(config_name: str, args) -> dict:
   if args.baseline:
     contenders[f'gpt_jax@{Path(args.baseline).name}'] = (
         jax_worker, {**spec, 'source_tree': str(Path(args.baseline).resolve())})
-  workers = {}
-  for name, (target, worker_spec) in contenders.items():  # one at a time: compile times are clean
-    process, conn = _start(target, worker_spec)
-    workers[name] = (process, conn, conn.recv())
-    print(f'  {config_name}: {name} ready (first step {workers[name][2]["compile_s"]:.1f}s)',
-          flush=True)
-  timings = {name: [] for name in workers}
-  for _ in range(args.rounds):
-    for name, (_, conn, _) in workers.items():
-      conn.send(args.steps)
-      timings[name].append(conn.recv() / args.steps)
+  timings = {name: [] for name in contenders}
+  phases = {}  # name -> (info of its first process, final message of its last one, peak MB)
+  for round_index in range(args.rounds):
+    for name, (target, worker_spec) in contenders.items():
+      info, seconds, final = _phase(target, worker_spec, args.warmup, args.steps)
+      timings[name].append(seconds / args.steps)
+      first = phases.get(name, (info,))[0]
+      peak_mb = max(final['peak_rss_mb'], phases.get(name, (None, None, 0))[2])
+      phases[name] = (first, final, peak_mb)
+      print(f'  {config_name}: round {round_index + 1}/{args.rounds} {name} '
+            f'{1e3 * seconds / args.steps:,.0f} ms/step (first step {info["compile_s"]:.1f}s)',
+            flush=True)
   tokens = batch * seq_len
   flops = flops.train_flops_per_token(ModelConfig.from_config(model), seq_len) * tokens
-  peak = max(info['matmul_peak'] for _, _, info in workers.values())
+  peak = max(info['matmul_peak'] for info, _, _ in phases.values())
   results = {}
-  for name, (process, conn, info) in workers.items():
-    conn.send('stop')
-    final = conn.recv()
-    process.join()
+  for name, (info, final, peak_mb) in phases.items():
     step_s = statistics.median(timings[name])
     results[name] = dict(step_s=step_s, tokens_per_s=tokens / step_s, flops_per_s=flops / step_s,
                          mfu=flops / step_s / peak, compile_s=info['compile_s'],
-                         matmul_peak=info['matmul_peak'], device=info['device'], **final)
+                         matmul_peak=info['matmul_peak'], device=info['device'],
+                         **{**final, 'peak_rss_mb': peak_mb})
   best_torch = max(v['tokens_per_s'] for k, v in results.items() if k.startswith('torch'))
   for result in results.values():
     result['ratio_vs_torch'] = result['tokens_per_s'] / best_torch
@@ -253,8 +275,11 @@ def main():
   parser.add_argument('--batch', type=int, help='override the batch size of every config')
   parser.add_argument('--seq_len', type=int, help='override the sequence length')
   parser.add_argument('--vocab_size', type=int, help='override the vocabulary size')
-  parser.add_argument('--steps', type=int, default=3, help='steps per round and framework')
-  parser.add_argument('--rounds', type=int, default=4, help='interleaved rounds')
+  parser.add_argument('--steps', type=int, default=3, help='timed steps per round and framework')
+  parser.add_argument('--warmup', type=int, default=2,
+                      help='untimed steps after the first, per round and framework')
+  parser.add_argument('--rounds', type=int, default=3,
+                      help='rounds: a fresh worker of each contender per round')
   parser.add_argument('--torch_compile', action=argparse.BooleanOptionalAction, default=True,
                       help='also time torch.compile (default on)')
   parser.add_argument('--baseline', help='another checkout of gpt_jax (e.g. `git worktree add '
