@@ -228,27 +228,27 @@ def benchmark(config_name: str, args) -> dict:
     contenders[f'gpt_jax@{Path(args.baseline).name}'] = (
         jax_worker, {**spec, 'source_tree': str(Path(args.baseline).resolve())})
   timings = {name: [] for name in contenders}
-  phases = {}  # name -> (info of its first process, final message of its last one, peak MB)
+  first_info, last_final, peak_mb = {}, {}, {}
   for round_index in range(args.rounds):
     for name, (target, worker_spec) in contenders.items():
       info, seconds, final = _phase(target, worker_spec, args.warmup, args.steps)
       timings[name].append(seconds / args.steps)
-      first = phases.get(name, (info,))[0]
-      peak_mb = max(final['peak_rss_mb'], phases.get(name, (None, None, 0))[2])
-      phases[name] = (first, final, peak_mb)
+      first_info.setdefault(name, info)  # compile time and matmul peak: from the first process
+      last_final[name] = final
+      peak_mb[name] = max(peak_mb.get(name, 0), final['peak_rss_mb'])
       print(f'  {config_name}: round {round_index + 1}/{args.rounds} {name} '
             f'{1e3 * seconds / args.steps:,.0f} ms/step (first step {info["compile_s"]:.1f}s)',
             flush=True)
   tokens = batch * seq_len
   flops = flops.train_flops_per_token(ModelConfig.from_config(model), seq_len) * tokens
-  peak = max(info['matmul_peak'] for info, _, _ in phases.values())
+  peak = max(info['matmul_peak'] for info in first_info.values())
   results = {}
-  for name, (info, final, peak_mb) in phases.items():
+  for name, info in first_info.items():
     step_s = statistics.median(timings[name])
     results[name] = dict(step_s=step_s, tokens_per_s=tokens / step_s, flops_per_s=flops / step_s,
                          mfu=flops / step_s / peak, compile_s=info['compile_s'],
                          matmul_peak=info['matmul_peak'], device=info['device'],
-                         **{**final, 'peak_rss_mb': peak_mb})
+                         **{**last_final[name], 'peak_rss_mb': peak_mb[name]})
   best_torch = max(v['tokens_per_s'] for k, v in results.items() if k.startswith('torch'))
   for result in results.values():
     result['ratio_vs_torch'] = result['tokens_per_s'] / best_torch
