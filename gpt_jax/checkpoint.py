@@ -317,6 +317,8 @@ def _quiet_closed_event_loop():
   tensorstore still completes the other reads of that step; each completion
   then reports RuntimeError('Event loop is closed') through
   sys.unraisablehook, dozens of tracebacks after the one warning that matters.
+  Those completions can come after the read has failed, so after a failure the
+  filter stays installed (it drops nothing else).
   """
   previous = sys.unraisablehook
 
@@ -326,10 +328,8 @@ def _quiet_closed_event_loop():
       previous(unraisable)
 
   sys.unraisablehook = hook
-  try:
-    yield
-  finally:
-    sys.unraisablehook = previous
+  yield  # an exception propagates from here, leaving the filter in place
+  sys.unraisablehook = previous
 
 
 def _first_readable(manager: ocp.CheckpointManager, directory: Path, read, step: int | None):
