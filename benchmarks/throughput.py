@@ -2,28 +2,32 @@
 
 Each framework runs in its own worker process (separate thread pools, separate
 peak-memory figures), one process at a time: a round starts a fresh worker of
-each contender in turn (first step, --warmup untimed steps, --steps timed
+each contender in turn (first call, --warmup untimed steps, --steps timed
 ones), and the rounds repeat, so every contender sees the same drift in machine
 load. One at a time because resident side by side at paper size they need more
 than this 24 GB machine has, and the reclaim under that pressure slowed
 whichever process page-faulted most; a user trains with one of them at a time
 too. The median round counts. Every step is a full training
 step: forward, backward, gradient clipping and an AdamW update, float32 unless
---dtype bfloat16. PyTorch runs at its best: all cores, fused AdamW, and
-torch.compile as a second contender.
+--dtype bfloat16. gpt_jax runs --steps_per_call updates per compiled call, as a
+run with train.steps_per_call does (steps and warmup round up to whole calls).
+PyTorch runs at its best: all cores, fused AdamW, and torch.compile as a second
+contender.
 
     python benchmarks/throughput.py --configs tiny,small,gpt1 [--dtype bfloat16] [--json out.json]
-        [--rounds 3 --steps 2 --warmup 2]
+        [--rounds 3 --steps 2 --warmup 2 --steps_per_call 8]
         [--baseline DIR]   # also time another checkout's gpt_jax in each round: before/after
 
 Prints tokens/s, the ratio gpt_jax / PyTorch (against PyTorch's faster variant),
 achieved FLOP/s, MFU against the measured matmul peak of this machine (the best
-of XLA's and PyTorch's float32 matmul), peak memory and compile time.
+of XLA's and PyTorch's float32 matmul), peak memory and the first call's time
+(compile and that call's steps).
 """
 
 import argparse
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import resource
@@ -68,7 +72,9 @@ def _model_fields(model_config_class, model: dict) -> dict:
 
 
 def make_jax_step(spec):
-  """(step, trainer): step() runs one gpt_jax training step and returns its metrics, unwaited."""
+  """(step, trainer): step() runs one call of spec['steps_per_call'] (default 1) gpt_jax
+  training steps and returns its metrics, unwaited. A --baseline tree older than
+  Trainer.train_steps runs one step per call; trainer.steps_per_call says which."""
   import jax
   import ml_collections
   import numpy as np
@@ -84,13 +90,18 @@ def make_jax_step(spec):
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   _, trainer = train.make_pretrainer(model_config, optim, mesh, spec['seq_len'], 10**6)
   state = trainer.init(jax.random.key(0))
+  per_call = spec.get('steps_per_call', 1) if hasattr(trainer, 'train_steps') else 1
+  trainer.steps_per_call = per_call
   rows = np.random.default_rng(0).integers(
-      0, model_config.vocab_size, (spec['batch'], spec['seq_len'] + 1)).astype(np.int32)
-  batch = sharding.global_batch(rows, mesh)
+      0, model_config.vocab_size, (per_call, spec['batch'], spec['seq_len'] + 1)).astype(np.int32)
+  if per_call == 1:
+    batch, run_call = sharding.global_batch(rows[0], mesh), trainer.train_step
+  else:
+    batch, run_call = sharding.global_batch(rows, mesh, steps_axis=True), trainer.train_steps
 
   def step():
     nonlocal state
-    state, step_metrics = trainer.train_step(state, batch)
+    state, step_metrics = run_call(state, batch)
     return step_metrics
 
   return step, trainer
@@ -104,15 +115,15 @@ def jax_worker(spec, conn):
 
   from gpt_jax import flops
 
-  step, _ = make_jax_step(spec)
+  step, trainer = make_jax_step(spec)
   start = time.perf_counter()
   step_metrics = jax.block_until_ready(step())
   conn.send({'compile_s': time.perf_counter() - start,
              'matmul_peak': flops.measure_matmul_peak(jnp.float32),
-             'device': jax.devices()[0].device_kind})
+             'device': jax.devices()[0].device_kind, 'steps_per_call': trainer.steps_per_call})
   last = serve_timed_steps(conn, step, jax.block_until_ready)
   conn.send({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-             'loss': float(last['loss'])})
+             'loss': float(jnp.ravel(last['loss'])[-1])})
 
 
 def make_torch_step(spec):
@@ -169,15 +180,16 @@ def torch_worker(spec, conn):
   loss = step().item()
   conn.send({'compile_s': time.perf_counter() - start,
              'matmul_peak': _matmul_peak_torch(torch, device, torch.float32),
-             'device': torch.cuda.get_device_name() if device == 'cuda' else 'cpu'})
+             'device': torch.cuda.get_device_name() if device == 'cuda' else 'cpu',
+             'steps_per_call': 1})
   loss = serve_timed_steps(conn, step, lambda loss: loss.item())
   conn.send({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
              'loss': loss})
 
 
 def serve_timed_steps(conn, step, wait):
-  """Runs `step` as many times as the parent asks, answering each round's seconds, until
-  'stop'; returns the last step's result after `wait` (which blocks until it is done)."""
+  """Runs `step` (a call) as many times as the parent asks, answering each round's seconds,
+  until 'stop'; returns the last call's result after `wait` (which blocks until it is done)."""
   result = None
   while (message := conn.recv()) != 'stop':
     start = time.perf_counter()
@@ -197,20 +209,22 @@ def _start(target, spec):
 
 
 def _phase(target, spec, warmup: int, steps: int):
-  """One fresh worker: its first (compiling) step, `warmup` untimed steps (allocators and
-  caches settle), then `steps` timed ones. Returns (its first-step info, the timed seconds,
-  its final message)."""
+  """One fresh worker: its first (compiling) call, `warmup` untimed steps (allocators and
+  caches settle), then `steps` timed ones, each rounded up to whole calls. Returns (its
+  first-call info, the timed seconds per step, its final message)."""
   process, conn = _start(target, spec)
   info = conn.recv()
+  per_call = info['steps_per_call']
   if warmup:
-    conn.send(warmup)
+    conn.send(math.ceil(warmup / per_call))
     conn.recv()
-  conn.send(steps)
+  calls = math.ceil(steps / per_call)
+  conn.send(calls)
   seconds = conn.recv()
   conn.send('stop')
   final = conn.recv()
   process.join()
-  return info, seconds, final
+  return info, seconds / (calls * per_call), final
 
 
 def benchmark(config_name: str, args) -> dict:
@@ -221,23 +235,26 @@ def benchmark(config_name: str, args) -> dict:
   batch, seq_len = args.batch or batch, args.seq_len or seq_len
   model = _model_sizes(config_name, args.vocab_size)
   spec = dict(model=model, batch=batch, seq_len=seq_len, dtype=args.dtype)
-  contenders = {'gpt_jax': (jax_worker, spec), 'torch': (torch_worker, {**spec, 'compile': False})}
+  jax_spec = {**spec, 'steps_per_call': args.steps_per_call}
+  contenders = {'gpt_jax': (jax_worker, jax_spec),
+                'torch': (torch_worker, {**spec, 'compile': False})}
   if args.torch_compile:
     contenders['torch.compile'] = (torch_worker, {**spec, 'compile': True})
   if args.baseline:
     contenders[f'gpt_jax@{Path(args.baseline).name}'] = (
-        jax_worker, {**spec, 'source_tree': str(Path(args.baseline).resolve())})
+        jax_worker, {**jax_spec, 'source_tree': str(Path(args.baseline).resolve())})
   timings = {name: [] for name in contenders}
   first_info, last_final, peak_mb = {}, {}, {}
   for round_index in range(args.rounds):
     for name, (target, worker_spec) in contenders.items():
-      info, seconds, final = _phase(target, worker_spec, args.warmup, args.steps)
-      timings[name].append(seconds / args.steps)
+      info, step_s, final = _phase(target, worker_spec, args.warmup, args.steps)
+      timings[name].append(step_s)
       first_info.setdefault(name, info)  # compile time and matmul peak: from the first process
       last_final[name] = final
       peak_mb[name] = max(peak_mb.get(name, 0), final['peak_rss_mb'])
       print(f'  {config_name}: round {round_index + 1}/{args.rounds} {name} '
-            f'{1e3 * seconds / args.steps:,.0f} ms/step (first step {info["compile_s"]:.1f}s)',
+            f'{1e3 * step_s:,.0f} ms/step (first call of {info["steps_per_call"]} '
+            f'step(s) {info["compile_s"]:.1f}s)',
             flush=True)
   tokens = batch * seq_len
   flops = flops.train_flops_per_token(ModelConfig.from_config(model), seq_len) * tokens
@@ -246,6 +263,7 @@ def benchmark(config_name: str, args) -> dict:
   for name, info in first_info.items():
     step_s = statistics.median(timings[name])
     results[name] = dict(step_s=step_s, tokens_per_s=tokens / step_s, flops_per_s=flops / step_s,
+                         steps_per_call=info['steps_per_call'],
                          mfu=flops / step_s / peak, compile_s=info['compile_s'],
                          matmul_peak=info['matmul_peak'], device=info['device'],
                          **{**last_final[name], 'peak_rss_mb': peak_mb[name]})
@@ -260,11 +278,11 @@ def _print(report):
   print(f'\n{report["config"]}: batch {report["batch"]} x {report["seq_len"]} tokens, '
         f'{report["dtype"]}, peak {report["peak_flops"] / 1e12:.3f} TFLOP/s (measured matmul)')
   print(f'  {"":18s} {"tokens/s":>10s} {"step ms":>9s} {"vs torch":>8s} {"TFLOP/s":>8s} '
-        f'{"MFU":>6s} {"peak MB":>8s} {"compile s":>9s}')
+        f'{"MFU":>6s} {"peak MB":>8s} {"steps/call":>10s} {"first call s":>12s}')
   for name, r in report['results'].items():
     print(f'  {name:18s} {r["tokens_per_s"]:10,.0f} {1e3 * r["step_s"]:9.1f} '
           f'{r["ratio_vs_torch"]:7.2f}x {r["flops_per_s"] / 1e12:8.3f} {100 * r["mfu"]:5.1f}% '
-          f'{r["peak_rss_mb"]:8,.0f} {r["compile_s"]:9.1f}')
+          f'{r["peak_rss_mb"]:8,.0f} {r["steps_per_call"]:10d} {r["compile_s"]:12.1f}')
 
 
 def main():
@@ -278,6 +296,9 @@ def main():
   parser.add_argument('--steps', type=int, default=3, help='timed steps per round and framework')
   parser.add_argument('--warmup', type=int, default=2,
                       help='untimed steps after the first, per round and framework')
+  parser.add_argument('--steps_per_call', type=int, default=8,
+                      help="gpt_jax's updates per compiled call (train.steps_per_call); steps "
+                      'and warmup round up to whole calls')
   parser.add_argument('--rounds', type=int, default=3,
                       help='rounds: a fresh worker of each contender per round')
   parser.add_argument('--torch_compile', action=argparse.BooleanOptionalAction, default=True,

@@ -414,7 +414,8 @@ class PreemptionWatch:
   One process: a Python handler notes the signal. Several: JAX's preemption
   service (started by jax.distributed.initialize) catches it on whichever host
   gets it and names a step every host reaches, so all of them save the same step.
-  `should_stop(step)` must be called at every step by every process.
+  `should_stop(count)` must be called by every process after every call of the train
+  step, with a count that grows by one per call.
   """
 
   def __init__(self):
@@ -435,7 +436,7 @@ class PreemptionWatch:
     del signum, frame
     self._requested = True
 
-  def should_stop(self, step: int) -> bool:
+  def should_stop(self, count: int) -> bool:
     if jax.process_count() > 1:
-      return ocp.multihost.reached_preemption(step)
+      return ocp.multihost.reached_preemption(count)
     return self._requested

@@ -177,7 +177,7 @@ def _train(run: _Run, config, workdir, log: RunLog,
     train_batches = _train_batches(run, config, first_step)
     outcome = loop.run(trainer, state, train_batches, first_step=first_step,
                        total_steps=run.total_steps, schedule=schedule, steps=steps, guard=guard,
-                       log=log)
+                       log=log, steps_per_call=config.train.steps_per_call)
     best = checkpoints.best()
   truncated['train'] = train_batches.total(len(run.train_examples))
   return outcome, best

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gpt_jax import checkpoint, flops, sharding
 from gpt_jax.errors import UserError
@@ -39,7 +40,7 @@ def step_logger(log: RunLog, model_config: ModelConfig, mesh, *, every: int, tot
 class NonFiniteGuard:
   """Counts updates skipped for a non-finite loss or gradient; stops a run that diverged.
 
-  The skip flag of a step is read one step late, so the host never waits for
+  The skip flags of a call are read one call late, so the host never waits for
   the device on its account.
   """
 
@@ -48,16 +49,23 @@ class NonFiniteGuard:
     self._pending = None  # (step, device flag) not yet read
     self.in_a_row = self.total = 0
 
-  def after_step(self, step: int, skipped: jax.Array) -> None:
+  def after_steps(self, done: int, skipped: jax.Array) -> None:
+    """Call after dispatching the steps up to `done`; `skipped` holds their flags (one per
+    step, in order, or a scalar for one step)."""
     self.flush()
-    self._pending = (step, skipped)
+    self._pending = (done, skipped)
 
   def flush(self) -> None:
     if self._pending is None:
       return
-    step, skipped = self._pending
+    done, skipped = self._pending
     self._pending = None
-    if not bool(skipped):
+    flags = np.asarray(skipped).reshape(-1)
+    for step, skipped_step in enumerate(flags, done - len(flags) + 1):
+      self._count(step, bool(skipped_step))
+
+  def _count(self, step: int, skipped: bool) -> None:
+    if not skipped:
       self.in_a_row = 0
       return
     self.in_a_row += 1
@@ -93,27 +101,47 @@ class Outcome:
 
 def run(trainer, state, batches: Iterator, *, first_step: int, total_steps: int,
         schedule: Schedule, steps: StepLogger, guard: NonFiniteGuard, log: RunLog,
-        profiler: StepProfiler | None = None) -> Outcome:
-  """Trains from `first_step` to `total_steps` on `batches` (host arrays of this process)."""
+        profiler: StepProfiler | None = None, steps_per_call: int = 1) -> Outcome:
+  """Trains from `first_step` to `total_steps` on `batches` (host arrays of this process).
+
+  Runs `steps_per_call` updates per compiled call where it can (see `_call_size`);
+  evaluations, saves and the preemption check happen between calls.
+  """
+  if steps_per_call < 1:
+    raise UserError(f'train.steps_per_call={steps_per_call}: use 1 (one compiled call per '
+                    'update) or more')
+
+  def periodic_save(done: int) -> bool:
+    return bool(schedule.save_every) and done % schedule.save_every == 0
+
+  def state_needed_after(done: int) -> bool:  # a call must end at such a step
+    return (schedule.is_eval_step(done) or periodic_save(done)
+            or bool(profiler and profiler.is_boundary(done)))
+
   last_eval, preempted = {}, False
+  done = calls = first_step  # calls: a counter that grows by one per call
   log.start_progress(first_step, total_steps)
   with checkpoint.PreemptionWatch() as preemption:
-    for step in range(first_step, total_steps):
+    while done < total_steps:
       if profiler:
-        profiler.step(step, log)
-      host_batch = next(batches)
-      batch = jax.tree.map(lambda x: sharding.global_batch(x, trainer.mesh), host_batch)
-      state, metrics = trainer.train_step(state, batch)
-      done = step + 1
-      guard.after_step(done, metrics.pop('update_skipped'))
-      steps.after_step(done, metrics, host_batch)
+        profiler.step(done, log)
+      size = _call_size(done, steps_per_call, total_steps, state_needed_after)
+      host_batches = [next(batches) for _ in range(size)]
+      for group in _stackable_groups(host_batches):
+        state, metrics = _dispatch(trainer, state, group)
+        done += len(group)
+        guard.after_steps(done, metrics.pop('update_skipped'))
+        steps.after_steps(done, metrics, group)
       evaluated = schedule.is_eval_step(done)
       if evaluated:
         steps.flush()
         last_eval = schedule.evaluate(state.params, done)
         steps.restart_clock(done)  # evaluation is not training time
-      preempted = preemption.should_stop(done)
-      if evaluated or preempted or (schedule.save_every and done % schedule.save_every == 0):
+      # Every process asks after every call, counting calls: the multi-host preemption
+      # service agrees on a stopping point by counting up one at a time.
+      calls += 1
+      preempted = preemption.should_stop(calls)
+      if evaluated or preempted or periodic_save(done):
         steps.flush()  # a resumed run starts logging after the checkpoint's step
         schedule.save(done, state, last_eval if evaluated else None)
       if preempted:
@@ -124,3 +152,41 @@ def run(trainer, state, batches: Iterator, *, first_step: int, total_steps: int,
     profiler.stop(log)
   guard.flush()
   return Outcome(state, steps.flush(), last_eval, preempted, guard.total)
+
+
+def _call_size(done: int, steps_per_call: int, total_steps: int,
+               state_needed_after: Callable[[int], bool]) -> int:
+  """How many updates the next call runs: `steps_per_call` when `done` is a multiple of it,
+  they fit before `total_steps` and none but the last ends at a step where the loop needs
+  the state (an evaluation, a save, the profiler's window); else one.
+
+  Groups start at multiples of `steps_per_call`, so a run resumed from any step groups
+  the later steps as the uninterrupted run did.
+  """
+  end = done + steps_per_call
+  if (steps_per_call > 1 and done % steps_per_call == 0 and end <= total_steps
+      and not any(state_needed_after(step) for step in range(done + 1, end))):
+    return steps_per_call
+  return 1
+
+
+def _stackable_groups(host_batches: list) -> list[list]:
+  """The batches as one group when they can be stacked into one call (the same shapes:
+  always for pretraining; fine-tuning pads each batch to its own bucket length), else
+  one group per batch."""
+  def shapes(batch):
+    return jax.tree.structure(batch), [np.shape(leaf) for leaf in jax.tree.leaves(batch)]
+
+  if all(shapes(batch) == shapes(host_batches[0]) for batch in host_batches[1:]):
+    return [host_batches]
+  return [[batch] for batch in host_batches]
+
+
+def _dispatch(trainer, state, group: list):
+  """Dispatches the updates of `group` (host batches) in one call, unwaited."""
+  if len(group) == 1:
+    batch = jax.tree.map(lambda x: sharding.global_batch(x, trainer.mesh), group[0])
+    return trainer.train_step(state, batch)
+  stacked = jax.tree.map(lambda *rows: sharding.global_batch(np.stack(rows), trainer.mesh,
+                                                             steps_axis=True), *group)
+  return trainer.train_steps(state, stacked)

@@ -121,7 +121,8 @@ def run_pretraining(config, workdir, train_batches: Iterator[np.ndarray],
     profiler = StepProfiler(workdir, *profile_steps) if profile_steps else None
     outcome = loop.run(trainer, state, train_batches, first_step=first_step,
                        total_steps=run.total_steps, schedule=schedule, steps=steps, guard=guard,
-                       log=log, profiler=profiler)
+                       log=log, profiler=profiler,
+                       steps_per_call=config.train.steps_per_call)
     if first_step == run.total_steps:
       log.info(f'the workdir already holds the final step ({run.total_steps}); nothing to train')
       outcome.last_eval = evaluate(trainer, state.params, eval_batches())

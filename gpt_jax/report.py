@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 from etils import epath
 
 from gpt_jax import workdir as workdir_lib
@@ -240,6 +241,10 @@ class StepProfiler:
     self._active = False
     self._local = None  # the profiler writes local files only: a bucket's trace is staged
 
+  def is_boundary(self, step: int) -> bool:
+    """Whether the trace starts or stops after `step` updates (a call must end there)."""
+    return step in (self._start, self._stop)
+
   def step(self, step: int, log: RunLog) -> None:
     """Call before running `step`."""
     if step == self._start and not self._active:
@@ -263,9 +268,9 @@ class StepProfiler:
 class StepLogger:
   """Logs a training loop's metrics every `every` steps, with tokens/s and MFU.
 
-  A step's metrics are fetched only after the next step has been dispatched, so
-  the device never waits for the host. Compile time (the first step) and
-  evaluation time are kept out of the throughput figures. `work(batch)` gives
+  A call's metrics are fetched only after the next call has been dispatched, so
+  the device never waits for the host. Compile time (the first call of each
+  length) and evaluation time are kept out of the throughput figures. `work(batch)` gives
   the (tokens, model FLOPs) of a step's batch: fine-tuning batches are padded
   to lengths that vary from step to step, so the figures add up each step's own.
   """
@@ -275,7 +280,7 @@ class StepLogger:
     self._log, self._every, self._total = log, every, total_steps
     self._work, self._peak = work, peak_flops
     self._pending = None
-    self._compiled = False
+    self._compiled = set()  # lengths of the calls run so far
     self._dispatched: collections.deque = collections.deque()  # (step, tokens, FLOPs)
     self.last: dict = {}
     self.restart_clock(0)
@@ -293,32 +298,48 @@ class StepLogger:
       tokens, flops = tokens + step_tokens, flops + step_flops
     return tokens, flops
 
-  def after_step(self, done: int, metrics: dict, batch) -> None:
-    """Call after dispatching the step, on `batch`, that brought the count to `done`."""
-    self._dispatched.append((done, *self._work(batch)))
-    if not self._compiled:
+  def after_steps(self, done: int, metrics: dict, batches: list) -> None:
+    """Call after dispatching the call that ran one step per batch of `batches` and brought
+    the count to `done`; `metrics` holds their values, stacked on a leading axis when
+    there are several."""
+    first = done - len(batches)
+    for step, batch in enumerate(batches, first + 1):
+      self._dispatched.append((step, *self._work(batch)))
+    if len(batches) not in self._compiled:  # a call of a new length compiles first
       jax.block_until_ready(metrics)
-      self._log.info(f'compiled and ran the first step in '
+      self._log.info(f'compiled and ran {_steps(len(batches))} in '
                      f'{time.perf_counter() - self._window_start:.1f}s')
-      self._compiled = True
+      self._compiled.add(len(batches))
       self.restart_clock(done)
     self.flush()
-    if done % self._every == 0 or done == self._total:
-      self._pending = (done, metrics)
+    logged = [step for step in range(first + 1, done + 1)
+              if step % self._every == 0 or step == self._total]
+    if logged:
+      self._pending = (done, len(batches), logged, metrics)
     self._log.advance(done)
 
   def flush(self) -> dict:
-    """Logs the pending step now (blocking until it is done); returns the last logged values."""
+    """Logs the pending steps now (blocking until they are done); returns the last logged values.
+
+    Steps logged from one call share its throughput: the host sees only when the call ends.
+    """
     if self._pending is not None:
-      step, metrics = self._pending
+      done, count, logged, metrics = self._pending
       self._pending = None
-      values = dict(jax.device_get(metrics))
+      per_step = {name: np.reshape(value, (count,))
+                  for name, value in jax.device_get(metrics).items()}
       seconds = time.perf_counter() - self._window_start
-      if step > self._window_step:
-        tokens, flops = self._take_work(step)
-        values['tokens_per_s'] = tokens / seconds
-        values['mfu'] = flops / seconds / self._peak
-      self._log.scalars(step, values)
-      self.restart_clock(step)
-      self.last = values
+      rates = {}
+      if done > self._window_step:
+        tokens, flops = self._take_work(done)
+        rates = {'tokens_per_s': tokens / seconds, 'mfu': flops / seconds / self._peak}
+      for step in logged:
+        values = {name: column[step - done + count - 1] for name, column in per_step.items()}
+        self.last = {**values, **rates}
+        self._log.scalars(step, self.last)
+      self.restart_clock(done)
     return self.last
+
+
+def _steps(count: int) -> str:
+  return 'the first step' if count == 1 else f'a call of {count} steps'

@@ -109,9 +109,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Shards the leading (batch) dimension over data x fsdp; the rest is replicated."""
-  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+def batch_sharding(mesh: Mesh, steps_axis: bool = False) -> NamedSharding:
+  """Shards the batch dimension over data x fsdp; the rest is replicated.
+
+  The batch dimension leads, or with `steps_axis` comes second: the leading one
+  then stacks the batches of several train steps run in one call.
+  """
+  return NamedSharding(mesh, PartitionSpec(None, BATCH_AXES) if steps_axis else
+                       PartitionSpec(BATCH_AXES))
 
 
 def check_batch(global_batch_size: int, mesh: Mesh) -> int:
@@ -128,9 +133,9 @@ def check_batch(global_batch_size: int, mesh: Mesh) -> int:
   return global_batch_size // jax.process_count()
 
 
-def global_batch(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
+def global_batch(local_batch: np.ndarray, mesh: Mesh, steps_axis: bool = False) -> jax.Array:
   """Assembles the global batch array from this process's rows (multi-host safe)."""
-  return jax.make_array_from_process_local_data(batch_sharding(mesh), local_batch)
+  return jax.make_array_from_process_local_data(batch_sharding(mesh, steps_axis), local_batch)
 
 
 # With fsdp or tensor parallelism on, at most this fraction of the parameter bytes

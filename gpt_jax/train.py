@@ -131,6 +131,10 @@ class Trainer:
     self._jit_train_step = jax.jit(
         self._train_step, in_shardings=(self.state_shardings, batch),
         out_shardings=(self.state_shardings, replicated), donate_argnums=0)
+    self._jit_train_steps = jax.jit(
+        self._train_steps, in_shardings=(self.state_shardings,
+                                         sharding.batch_sharding(mesh, steps_axis=True)),
+        out_shardings=(self.state_shardings, replicated), donate_argnums=0)
     self._jit_eval_step = jax.jit(self._eval_step, in_shardings=(self.param_shardings, batch),
                                   out_shardings=replicated)
 
@@ -150,8 +154,21 @@ class Trainer:
 
   def train_step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
     """One optimizer update; `state` is donated (do not reuse it afterwards)."""
+    return self._update(self._jit_train_step, state, batch)
+
+  def train_steps(self, state: TrainState, batches) -> tuple[TrainState, dict]:
+    """`len(batches)` optimizer updates in one compiled call, one per batch stacked on the
+    leading axis; the metrics come stacked the same way. Each update equals train_step's.
+
+    Why: XLA's CPU runtime allocates a call's temporaries afresh and the kernel pages them
+    in on first touch (~1 M page faults for a 4 x 512 GPT-1 step); one call for several
+    steps pays that once. On accelerators it saves dispatches only.
+    """
+    return self._update(self._jit_train_steps, state, batches)
+
+  def _update(self, jitted_step, state, batch):
     with self.activation_sharding():
-      state, metrics = self._jit_train_step(state, batch)
+      state, metrics = jitted_step(state, batch)
     if self._wait_for_each_step:
       jax.block_until_ready(state)
     return state, metrics
@@ -206,6 +223,9 @@ class Trainer:
                'learning_rate': self.schedule(_applied_updates(state.opt_state, state.step)),
                'update_skipped': ~finite, **aux}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  def _train_steps(self, state: TrainState, batches):
+    return jax.lax.scan(self._train_step, state, batches)
 
   def _eval_step(self, params, batch):
     loss, aux = self._loss_fn(params, batch, None, True)

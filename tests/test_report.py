@@ -105,7 +105,26 @@ def test_step_logger_counts_each_batch_own_tokens(tmp_path, monkeypatch):
                      work=lambda batch: (batch.size, 100.0 * batch.size), peak_flops=1e4)
   lengths = {1: 512, 2: 64, 3: 128, 4: 512}  # step 1 compiles; step 4 is in flight at step 3's log
   for done, length in lengths.items():
-    steps.after_step(done, {'loss': np.float32(1.0)}, np.zeros((2, length)))
+    steps.after_steps(done, {'loss': np.float32(1.0)}, [np.zeros((2, length))])
   logged = steps.flush()
   assert logged['tokens_per_s'] == (2 * 64 + 2 * 128) / 2.0
   assert logged['mfu'] == 100.0 * (2 * 64 + 2 * 128) / 2.0 / 1e4
+
+
+def test_step_logger_logs_each_step_of_a_call_with_the_call_throughput(tmp_path, monkeypatch):
+  """train.steps_per_call: a call of 4 steps returns 4 stacked values; the logged steps in it
+  get their own values and share the call's tokens/s (the host sees only when it ends)."""
+  clock = iter([0.0, 10.0, 10.0, 12.0, 12.0, 14.0, 14.0])
+  monkeypatch.setattr('gpt_jax.report.time.perf_counter', lambda: next(clock))
+  log = RunLog(tmp_path, progress=False)
+  steps = StepLogger(log, every=2, total_steps=8,
+                     work=lambda batch: (batch.size, 100.0 * batch.size), peak_flops=1e4)
+  batches = [np.zeros((2, 16))] * 4
+  steps.after_steps(4, {'loss': np.arange(4, dtype=np.float32)}, batches)  # compiles
+  steps.after_steps(8, {'loss': np.arange(4, 8, dtype=np.float32)}, batches)
+  last = steps.flush()
+  records = {r['step']: r for r in read_metrics(tmp_path / 'metrics.jsonl')}
+  assert {step: r['loss'] for step, r in records.items()} == {2: 1.0, 4: 3.0, 6: 5.0, 8: 7.0}
+  assert 'tokens_per_s' not in records[4]  # the compiling call
+  assert records[6]['tokens_per_s'] == records[8]['tokens_per_s'] == 4 * 2 * 16 / 2.0
+  assert last['loss'] == 7.0 and last['mfu'] == 100.0 * 4 * 2 * 16 / 2.0 / 1e4

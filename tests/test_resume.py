@@ -119,11 +119,14 @@ def reference(tmp_path_factory, flags, environment):
   return workdir
 
 
-@pytest.mark.parametrize('kill', ['SIGKILL', 'SIGTERM'])
+@pytest.mark.parametrize('kill,steps_per_call', [('SIGKILL', 1), ('SIGTERM', 1), ('SIGTERM', 4)])
 def test_interrupted_run_resumes_to_the_same_parameters_and_loss_curve(
-    tmp_path, flags, environment, reference, kill):
+    tmp_path, flags, environment, reference, kill, steps_per_call):
+  """With steps_per_call=4 the reference is still the one-step-per-call run: the calls of
+  four steps (and the single steps around checkpoints every 5) give the same bits."""
   workdir = tmp_path / 'run'
   stop_after = random.randint(8, NUM_STEPS // 2)
+  flags = [*flags, f'--config.train.steps_per_call={steps_per_call}']
   process = _start(workdir, flags, environment)
   _wait_for_step(process, workdir, stop_after)
   process.send_signal(getattr(signal, kill))
@@ -132,6 +135,7 @@ def test_interrupted_run_resumes_to_the_same_parameters_and_loss_curve(
   else:  # saves at the next step boundary and exits cleanly
     output = _finish(process)
     saved = int(output.split('SIGTERM: saved step ')[1].split()[0])
+    assert ('compiled and ran a call of 4 steps' in output) == (steps_per_call == 4)
     assert stop_after <= saved < NUM_STEPS and _saved_steps(workdir)[-1] == saved
   assert NUM_STEPS not in _saved_steps(workdir), f'stopped after step {stop_after} too late'
 

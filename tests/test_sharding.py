@@ -9,10 +9,15 @@ from gpt_jax import sharding
 from helpers import make_trainer, max_relative_difference, tiny_config
 
 
-def _run_steps(mesh_config, devices, config, batches):
+def _run_steps(mesh_config, devices, config, batches, one_call=False):
+  """The state and losses after a step per batch: a call each, or all of them in one call."""
   mesh = sharding.make_mesh(mesh_config, devices)
   _, trainer = make_trainer(config, mesh)
   state = trainer.init(jax.random.key(0))
+  if one_call:
+    state, metrics = trainer.train_steps(
+        state, sharding.global_batch(np.stack(batches), mesh, steps_axis=True))
+    return state, [float(loss) for loss in metrics['loss']]
   losses = []
   for batch in batches:
     state, metrics = trainer.train_step(state, sharding.global_batch(batch, mesh))
@@ -85,3 +90,18 @@ def test_batch_that_cannot_split_over_data_and_fsdp_is_rejected():
   with pytest.raises(sharding.ShardingError, match='batch_size=6'):
     sharding.check_batch(6, mesh)
   assert sharding.check_batch(8, mesh) == 8  # one process holds the whole global batch
+
+
+def test_steps_in_one_call_on_2x2x2_mesh_match_single_device():
+  """train.steps_per_call: the stacked batches shard on their second axis."""
+  config = tiny_config()
+  rng = np.random.default_rng(1)
+  batches = [rng.integers(0, 64, (8, 17)).astype(np.int32) for _ in range(3)]
+  sharded, sharded_losses = _run_steps(dict(data=2, fsdp=2, tensor=2), jax.devices(), config,
+                                       batches, one_call=True)
+  single, single_losses = _run_steps(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1], config,
+                                     batches)
+  np.testing.assert_allclose(sharded_losses, single_losses, rtol=1e-5)
+  assert max_relative_difference(_without_key_bias(sharded.params),
+                                 _without_key_bias(single.params)) <= 1e-5
+  assert int(sharded.step) == 3
