@@ -178,3 +178,27 @@ def test_sharded_train_step_matches_one_device():
   np.testing.assert_allclose(metrics['lm_loss'], aux['lm_loss'], rtol=1e-5)
   jax.tree.map(lambda new, old, grad: np.testing.assert_allclose(new, old - grad, atol=1e-6),
                jax.device_get(state.params), initial, jax.device_get(grads))
+
+
+def test_finetuning_updates_in_one_call_equal_one_call_each_on_the_mesh():
+  """train.steps_per_call with fine-tuning's dict batches (rank-3 entailment tokens), dropout
+  on: two updates stacked in one call give the bits of two calls."""
+  model = GPTForTask(dataclasses.replace(CONFIG, n_layer=1), HEAD_LAYOUTS['entailment'],
+                     num_outputs=3)
+  batches = [_batch('entailment', [{'premise': f'w{i} w{i + j}', 'hypothesis': f'v{j}',
+                                    'label': (i + j) % 3} for i in range(8)]) for j in range(2)]
+  mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
+  trainer = train.Trainer(init_params=lambda rng: _init(model, batches[0]),
+                          loss_fn=transforms.finetune_loss_fn(model, 0.5), tx=optax.adam(1e-3),
+                          schedule=optax.constant_schedule(1e-3), mesh=mesh)
+  state, losses = trainer.init(jax.random.key(0)), []
+  for batch in batches:
+    state, metrics = trainer.train_step(state, jax.tree.map(
+        lambda x: sharding.global_batch(x, mesh), batch))
+    losses.append(float(metrics['loss']))
+  stacked = jax.tree.map(lambda *xs: sharding.global_batch(np.stack(xs), mesh, steps_axis=True),
+                         *batches)
+  called, metrics = trainer.train_steps(trainer.init(jax.random.key(0)), stacked)
+  np.testing.assert_array_equal(metrics['loss'], losses)
+  for a, b in zip(jax.tree.leaves(called.params), jax.tree.leaves(state.params), strict=True):
+    np.testing.assert_array_equal(a, b)
