@@ -40,15 +40,17 @@ def _without_key_bias(params):
   return params
 
 
-@pytest.mark.parametrize('grad_accum_steps', [1, 2])
-def test_step_on_2x2x2_mesh_matches_single_device(grad_accum_steps):
+@pytest.mark.parametrize('grad_accum_steps,one_call', [(1, False), (2, True)])
+def test_step_on_2x2x2_mesh_matches_single_device(grad_accum_steps, one_call):
+  """With one_call, the three updates run as one call (train.steps_per_call): the stacked
+  batches shard on their second axis."""
   assert len(jax.devices()) == 8
   config = tiny_config()
   config.optim.grad_accum_steps = grad_accum_steps
   rng = np.random.default_rng(0)
   batches = [rng.integers(0, 64, (8, 17)).astype(np.int32) for _ in range(3)]
   sharded, sharded_losses = _run_steps(dict(data=2, fsdp=2, tensor=2), jax.devices(), config,
-                                       batches)
+                                       batches, one_call)
   single, single_losses = _run_steps(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1], config,
                                      batches)
   np.testing.assert_allclose(sharded_losses, single_losses, rtol=1e-5)
@@ -91,17 +93,3 @@ def test_batch_that_cannot_split_over_data_and_fsdp_is_rejected():
     sharding.check_batch(6, mesh)
   assert sharding.check_batch(8, mesh) == 8  # one process holds the whole global batch
 
-
-def test_steps_in_one_call_on_2x2x2_mesh_match_single_device():
-  """train.steps_per_call: the stacked batches shard on their second axis."""
-  config = tiny_config()
-  rng = np.random.default_rng(1)
-  batches = [rng.integers(0, 64, (8, 17)).astype(np.int32) for _ in range(3)]
-  sharded, sharded_losses = _run_steps(dict(data=2, fsdp=2, tensor=2), jax.devices(), config,
-                                       batches, one_call=True)
-  single, single_losses = _run_steps(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1], config,
-                                     batches)
-  np.testing.assert_allclose(sharded_losses, single_losses, rtol=1e-5)
-  assert max_relative_difference(_without_key_bias(sharded.params),
-                                 _without_key_bias(single.params)) <= 1e-5
-  assert int(sharded.step) == 3
