@@ -74,7 +74,7 @@ def _model_fields(model_config_class, model: dict) -> dict:
 def make_jax_step(spec):
   """(step, trainer): step() runs one call of spec['steps_per_call'] (default 1) gpt_jax
   training steps and returns its metrics, unwaited. A --baseline tree older than
-  Trainer.train_steps runs one step per call; trainer.steps_per_call says which."""
+  Trainer.train_steps runs one step per call; step.updates_per_call says which."""
   import jax
   import ml_collections
   import numpy as np
@@ -91,7 +91,6 @@ def make_jax_step(spec):
   _, trainer = train.make_pretrainer(model_config, optim, mesh, spec['seq_len'], 10**6)
   state = trainer.init(jax.random.key(0))
   per_call = spec.get('steps_per_call', 1) if hasattr(trainer, 'train_steps') else 1
-  trainer.steps_per_call = per_call
   rows = np.random.default_rng(0).integers(
       0, model_config.vocab_size, (per_call, spec['batch'], spec['seq_len'] + 1)).astype(np.int32)
   if per_call == 1:
@@ -104,6 +103,7 @@ def make_jax_step(spec):
     state, step_metrics = run_call(state, batch)
     return step_metrics
 
+  step.updates_per_call = per_call
   return step, trainer
 
 
@@ -112,18 +112,19 @@ def jax_worker(spec, conn):
     sys.path.insert(0, spec['source_tree'])
   import jax
   import jax.numpy as jnp
+  import numpy as np
 
   from gpt_jax import flops
 
-  step, trainer = make_jax_step(spec)
+  step, _ = make_jax_step(spec)
   start = time.perf_counter()
   step_metrics = jax.block_until_ready(step())
   conn.send({'compile_s': time.perf_counter() - start,
              'matmul_peak': flops.measure_matmul_peak(jnp.float32),
-             'device': jax.devices()[0].device_kind, 'steps_per_call': trainer.steps_per_call})
+             'device': jax.devices()[0].device_kind, 'steps_per_call': step.updates_per_call})
   last = serve_timed_steps(conn, step, jax.block_until_ready)
   conn.send({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-             'loss': float(jnp.ravel(last['loss'])[-1])})
+             'loss': float(np.ravel(last['loss'])[-1])})  # a call's last
 
 
 def make_torch_step(spec):

@@ -177,7 +177,8 @@ def _stackable_groups(host_batches: list) -> list[list]:
   def shapes(batch):
     return jax.tree.structure(batch), [np.shape(leaf) for leaf in jax.tree.leaves(batch)]
 
-  if all(shapes(batch) == shapes(host_batches[0]) for batch in host_batches[1:]):
+  first = shapes(host_batches[0])
+  if all(shapes(batch) == first for batch in host_batches[1:]):
     return [host_batches]
   return [[batch] for batch in host_batches]
 

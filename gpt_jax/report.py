@@ -307,7 +307,7 @@ class StepLogger:
       self._dispatched.append((step, *self._work(batch)))
     if len(batches) not in self._compiled:  # a call of a new length compiles first
       jax.block_until_ready(metrics)
-      self._log.info(f'compiled and ran {_steps(len(batches))} in '
+      self._log.info(f'compiled and ran {_describe_call(len(batches))} in '
                      f'{time.perf_counter() - self._window_start:.1f}s')
       self._compiled.add(len(batches))
       self.restart_clock(done)
@@ -341,5 +341,5 @@ class StepLogger:
     return self.last
 
 
-def _steps(count: int) -> str:
+def _describe_call(count: int) -> str:
   return 'the first step' if count == 1 else f'a call of {count} steps'
