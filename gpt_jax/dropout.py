@@ -13,6 +13,7 @@ masks nn.Dropout draws; tests/test_dropout.py holds it to that.
 """
 
 import math
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -40,29 +41,39 @@ def threefry2x32(key0, key1, count0, count1):
   return x0, x1
 
 
-def random_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+def random_bits(key: jax.Array, shape: tuple[int, ...],
+                start: tuple[int, ...] | None = None,
+                window: tuple[int, ...] | None = None) -> jax.Array:
   """uint32 random bits of `shape`: jax.random.bits(key, shape), computed without a loop.
 
   Each element hashes its row-major index, as JAX's partitionable Threefry
-  does, so the result shards like any elementwise op. Falls back to JAX for
-  2**32 elements or more (the index then needs a second word) and for keys
-  that are not Threefry keys.
+  does, so the result shards like any elementwise op. With `start` and
+  `window`, only the bits of that window of the array (the elements from index
+  `start`, `window` of them along each axis) are computed: the same bits the
+  whole array has there. Falls back to JAX for 2**32 elements or more (the
+  index then needs a second word) and for keys that are not Threefry keys.
   """
+  start = start or (0,) * len(shape)
+  window = window or shape
   if math.prod(shape) >= 2**32 or str(jax.random.key_impl(key)) != 'threefry2x32':
-    return jax.random.bits(key, shape)
+    return jax.random.bits(key, shape)[tuple(map(slice, start, np.add(start, window)))]
   key0, key1 = jax.random.key_data(key)
   # One iota per axis rather than a reshaped flat iota: each shards along its own axis.
-  index = jnp.zeros(shape, jnp.uint32)
+  index = jnp.zeros(window, jnp.uint32)
   for axis in range(len(shape)):
     stride = np.uint32(math.prod(shape[axis + 1:]))
-    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * stride
-  bits0, bits1 = threefry2x32(key0, key1, jnp.zeros(shape, jnp.uint32), index)
+    position = jax.lax.broadcasted_iota(jnp.uint32, window, axis) + np.uint32(start[axis])
+    index = index + position * stride
+  bits0, bits1 = threefry2x32(key0, key1, jnp.zeros(window, jnp.uint32), index)
   return bits0 ^ bits1
 
 
-def keep_mask(key: jax.Array, keep_prob: float, shape: tuple[int, ...]) -> jax.Array:
-  """jax.random.bernoulli(key, keep_prob, shape), by the same float32 construction."""
-  mantissa = (random_bits(key, shape) >> np.uint32(9)) | np.uint32(0x3F800000)
+def keep_mask(key: jax.Array, keep_prob: float, shape: tuple[int, ...],
+              start: tuple[int, ...] | None = None,
+              window: tuple[int, ...] | None = None) -> jax.Array:
+  """jax.random.bernoulli(key, keep_prob, shape), by the same float32 construction (or its
+  window, as in random_bits)."""
+  mantissa = (random_bits(key, shape, start, window) >> np.uint32(9)) | np.uint32(0x3F800000)
   uniform = jax.lax.bitcast_convert_type(mantissa, jnp.float32) - 1.0  # in [0, 1)
   return uniform < jnp.float32(keep_prob)
 
@@ -72,12 +83,25 @@ class Dropout(nn.Module):
 
   rate: float
 
-  @nn.compact
   def __call__(self, inputs, deterministic: bool):
     if self.rate == 0.0 or deterministic:
       return inputs
+    return self.in_pieces(inputs.shape)(inputs, (0,) * inputs.ndim)
+
+  def in_pieces(self, shape: tuple[int, ...]) -> Callable:
+    """Training-mode dropout of an array of `shape` that is computed in pieces.
+
+    Returns drop(piece, start), which drops the elements of the piece whose
+    first element sits at index `start` of the whole array, with the mask the
+    whole array would get from __call__: one key is drawn for all pieces.
+    """
     if self.rate == 1.0:
-      return jnp.zeros_like(inputs)
+      return lambda piece, start: jnp.zeros_like(piece)
     keep_prob = 1.0 - self.rate
-    mask = keep_mask(self.make_rng('dropout'), keep_prob, inputs.shape)
-    return jax.lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))
+    key = self.make_rng('dropout')
+
+    def drop(piece, start):
+      mask = keep_mask(key, keep_prob, shape, start, piece.shape)
+      return jax.lax.select(mask, piece / keep_prob, jnp.zeros_like(piece))
+
+    return drop

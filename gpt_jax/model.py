@@ -7,7 +7,6 @@ move between the two without a renaming table.
 """
 
 import dataclasses
-import functools
 
 import flax.linen as nn
 import jax
@@ -189,7 +188,8 @@ class CausalSelfAttention(nn.Module):
     attn_dropout = Dropout(cfg.attn_pdrop)
     dropout = None
     if not deterministic and cfg.attn_pdrop > 0:
-      dropout = functools.partial(attn_dropout, deterministic=False)
+      # The probabilities may be computed in blocks of queries (see attention.py).
+      dropout = attn_dropout.in_pieces((x.shape[0], heads, query.shape[1], key.shape[1]))
     out = attention.attend(cfg.attention, query, key, value, mask, dropout)
 
     out = Linear((heads, head_dim), (d,), ('heads', 'head_dim', 'embed'),

@@ -37,8 +37,10 @@ def _qkv(batch=2, q_len=16, kv_len=16, heads=4, head_dim=8, seed=0):
           rng.standard_normal((batch, kv_len, heads, head_dim), np.float32))
 
 
-@pytest.mark.parametrize('implementation', ['xla', 'dot_product_attention'])
-def test_causal_attention_matches_float64_reference(implementation):
+@pytest.mark.parametrize('implementation,causal_block', [
+    ('xla', 128), ('xla', 5), ('dot_product_attention', 128)])
+def test_causal_attention_matches_float64_reference(implementation, causal_block, monkeypatch):
+  monkeypatch.setattr(attention, 'CAUSAL_BLOCK', causal_block)  # 5: blocks 5, 5, 5 and 1
   query, key, value = _qkv()
   causal = np.tril(np.ones((16, 16), bool))
   ours = jax.jit(lambda q, k, v: attention.attend(implementation, q, k, v))(query, key, value)
@@ -55,6 +57,26 @@ def test_cache_mask_attention_matches_float64_reference(implementation):
   ours = jax.jit(lambda q, k, v, m: attention.attend(implementation, q, k, v, m))(
       query, key, value, mask)
   np.testing.assert_allclose(ours, numpy_attention(query, key, value, mask), atol=1e-5)
+
+
+def test_causal_blocks_train_as_one_block_does(monkeypatch):
+  """The same loss and gradients, attention-probability dropout included (its masks are the
+  whole array's, block by block), up to the rounding of the softmax's shorter sums."""
+  config = dataclasses.replace(SMALL, attn_pdrop=0.5)
+  tokens = np.random.default_rng(1).integers(0, SMALL.vocab_size, (2, 30))
+  params = GPT(config).init(jax.random.key(0), tokens[:, :8])['params']
+
+  def loss(params):
+    logits = GPT(config).apply({'params': params}, tokens, deterministic=False,
+                               rngs={'dropout': jax.random.key(5)})
+    return jnp.mean(logits**2)
+
+  results = {}
+  for block in (32, 8):  # one block; blocks of 8, 8, 8 and 6 queries
+    monkeypatch.setattr(attention, 'CAUSAL_BLOCK', block)
+    results[block] = jax.value_and_grad(loss)(params)
+  jax.tree.map(lambda one, blocked: np.testing.assert_allclose(blocked, one, rtol=1e-5, atol=1e-7),
+               results[32], results[8])
 
 
 def test_dot_product_attention_logits_equal_xla():
@@ -108,7 +130,8 @@ def test_splash_on_cpu_is_a_user_error():
 
 
 @needs_libtpu
-def test_splash_train_step_compiles_for_v5e_and_saves_scores_memory():
+def test_splash_train_step_compiles_for_v5e_and_saves_scores_memory(monkeypatch):
+  monkeypatch.setattr(attention, 'CAUSAL_BLOCK', 1024)  # xla with the whole scores at once
   config = tiny_config(n_ctx=1024, attn_pdrop=0.0)
   config.train.update(seq_len=1024, batch_size=8)
   config.mesh.update(data=8, fsdp=1, tensor=1)

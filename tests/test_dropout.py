@@ -19,6 +19,29 @@ def test_random_bits_are_jax_random_bits(shape):
                                   jax.random.bits(key, shape))
 
 
+@pytest.mark.parametrize('impl', ['threefry2x32', 'rbg'])  # rbg: JAX's bits, then the window
+def test_a_windows_bits_are_the_whole_arrays_bits_there(impl):
+  key, shape = jax.random.key(4, impl=impl), (2, 3, 10, 10)
+  whole = jax.random.bits(key, shape)
+  for start, window in [((0, 0, 0, 0), shape), ((0, 0, 4, 0), (2, 3, 4, 8)),
+                        ((1, 2, 7, 3), (1, 1, 3, 7))]:
+    region = tuple(map(slice, start, np.add(start, window)))
+    np.testing.assert_array_equal(dropout.random_bits(key, shape, start, window), whole[region])
+
+
+def test_dropout_in_pieces_equals_dropout_of_the_whole():
+  x = jax.random.normal(jax.random.key(0), (2, 3, 10, 10))
+  rngs = {'dropout': jax.random.key(7)}
+  whole = dropout.Dropout(0.3).apply({}, x, deterministic=False, rngs=rngs)
+
+  def in_two_pieces(module):
+    drop = module.in_pieces(x.shape)
+    return jnp.concatenate([drop(x[:, :, :4], (0, 0, 0, 0)), drop(x[:, :, 4:], (0, 0, 4, 0))], 2)
+
+  pieces = dropout.Dropout(0.3).apply({}, rngs=rngs, method=in_two_pieces)
+  np.testing.assert_array_equal(pieces, whole)
+
+
 def test_threefry_matches_jax_threefry_on_arbitrary_counters():
   rng = np.random.default_rng(0)
   key = rng.integers(0, 2**32, 2, dtype=np.uint32)
@@ -60,8 +83,13 @@ def test_gpt_training_forward_and_gradient_unchanged_from_flax_dropout(monkeypat
                                rngs={'dropout': jax.random.key(5)})
     return jnp.mean(logits**2)
 
+  class Dropout(nn.Dropout):  # the class name makes the module's name, and so its rng
+    def in_pieces(self, shape):  # the attention runs as one block here: one piece
+      return lambda piece, start: self(piece, deterministic=False)
+
+  monkeypatch.setattr('gpt_jax.attention.CAUSAL_BLOCK', config.n_ctx)
   ours = jax.value_and_grad(loss)(params)
-  monkeypatch.setattr('gpt_jax.model.Dropout', nn.Dropout)
+  monkeypatch.setattr('gpt_jax.model.Dropout', Dropout)
   theirs = jax.value_and_grad(loss)(params)
   jax.tree.map(np.testing.assert_array_equal, ours, theirs)
 

@@ -47,7 +47,9 @@ def full_hf_model():
   return random_hf_model(seed=1)  # the paper's 117M shape with the released 40,478 vocabulary
 
 
-def test_small_model_logits_match_hugging_face():
+@pytest.mark.parametrize('causal_block', [128, 5])  # 5: the attention in blocks of 5, 5, 5, 1
+def test_small_model_logits_match_hugging_face(causal_block, monkeypatch):
+  monkeypatch.setattr('gpt_jax.attention.CAUSAL_BLOCK', causal_block)
   reference = random_hf_model(std=0.1, **SMALL)
   params, model_config = hf.params_from_hf(reference)
   tokens = np.random.default_rng(0).integers(0, SMALL['vocab_size'], (2, 16))
