@@ -310,15 +310,18 @@ def _read_only_manager(workdir: str | Path, state_handler=None) -> tuple[ocp.Che
 
 
 @contextlib.contextmanager
-def _quiet_closed_event_loop():
-  """Drops the 'Event loop is closed' errors of a failed read's leftover tensorstore callbacks.
+def _quiet_leftovers_of_a_failed_read():
+  """Drops the errors of a failed read's leftover tensorstore reads.
 
   When a damaged checkpoint fails to read, orbax closes its event loop while
-  tensorstore still completes the other reads of that step; each completion
-  then reports RuntimeError('Event loop is closed') through
-  sys.unraisablehook, dozens of tracebacks after the one warning that matters.
-  Those completions can come after the read has failed, so after a failure the
-  filter stays installed (it drops nothing else).
+  tensorstore still completes the other reads of that step. Each completion
+  then reports RuntimeError('Event loop is closed') through sys.unraisablehook,
+  or, once its task is collected, asyncio logs 'Task exception was never
+  retrieved' with tensorstore's own error: dozens of tracebacks after the one
+  warning that matters. They can come after the read has failed, so after a
+  failure the filters stay installed. They drop nothing else: the asyncio
+  filter only records whose exception is tensorstore's (its message carries
+  the failed read's `tensorstore_spec`).
   """
   previous = sys.unraisablehook
 
@@ -327,9 +330,17 @@ def _quiet_closed_event_loop():
     if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
       previous(unraisable)
 
+  def keep_record(record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not (record.getMessage().startswith('Task exception was never retrieved')
+                and 'tensorstore_spec' in str(error))
+
+  asyncio_logger = logging.getLogger('asyncio')
   sys.unraisablehook = hook
-  yield  # an exception propagates from here, leaving the filter in place
+  asyncio_logger.addFilter(keep_record)
+  yield  # an exception propagates from here, leaving the filters in place
   sys.unraisablehook = previous
+  asyncio_logger.removeFilter(keep_record)
 
 
 def _first_readable(manager: ocp.CheckpointManager, directory: Path, read, step: int | None):
@@ -337,7 +348,7 @@ def _first_readable(manager: ocp.CheckpointManager, directory: Path, read, step:
   steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
   for candidate in steps:
     try:
-      with _quiet_closed_event_loop():
+      with _quiet_leftovers_of_a_failed_read():
         return read(candidate)
     except UserError:
       raise

@@ -1,12 +1,18 @@
 """Clean output under bad input: undecodable task files, a damaged checkpoint, libtpu on a CPU."""
 
+import asyncio
+import gc
 import json
+import logging
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
-from gpt_jax import cli
+import pytest
+
+from gpt_jax import checkpoint, cli
 from gpt_jax.tasks import files
 from helpers import prepared_local_corpus
 
@@ -52,6 +58,38 @@ def test_falling_back_from_a_damaged_checkpoint_prints_one_warning_and_nothing_e
   assert result.stderr.splitlines() == [
       f'gpt-jax: warning: checkpoint {workdir.resolve() / "checkpoints" / "4"} is unreadable '
       '(ValueError); trying the previous one'], result.stderr[-3000:]
+
+
+def test_a_failed_reads_leftover_errors_are_dropped_and_nothing_else(caplog):
+  """The leftovers of a damaged checkpoint's read, which the test above cannot force, through
+  the same channels: asyncio's never-retrieved task errors and sys.unraisablehook."""
+  async def fail(message):
+    raise ValueError(message)
+
+  def log_never_retrieved(message):
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(fail(message))
+    loop.run_until_complete(asyncio.sleep(0))  # the task fails; nobody reads its exception
+    loop.close()
+    del task  # collected: asyncio logs 'Task exception was never retrieved'
+    gc.collect()
+
+  unraisables = []
+  saved_hook, saved_filters = sys.unraisablehook, list(logging.getLogger('asyncio').filters)
+  sys.unraisablehook = unraisables.append
+  try:
+    with pytest.raises(ValueError), checkpoint._quiet_leftovers_of_a_failed_read():
+      raise ValueError('the read failed')
+    log_never_retrieved('Requested byte range [0, 21421) is not valid [tensorstore_spec={}]')
+    log_never_retrieved('some other failure')
+    for error in (RuntimeError('Event loop is closed'), RuntimeError('other')):
+      sys.unraisablehook(types.SimpleNamespace(exc_value=error))
+  finally:
+    sys.unraisablehook = saved_hook
+    logging.getLogger('asyncio').filters[:] = saved_filters
+  logged = [record.exc_info[1].args[0] for record in caplog.records if record.name == 'asyncio']
+  assert logged == ['some other failure']
+  assert [str(unraisable.exc_value) for unraisable in unraisables] == ['other']
 
 
 def test_the_command_never_starts_libtpu_on_a_machine_without_tpu_chips():
