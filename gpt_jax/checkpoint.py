@@ -316,12 +316,12 @@ def _quiet_leftovers_of_a_failed_read():
   When a damaged checkpoint fails to read, orbax closes its event loop while
   tensorstore still completes the other reads of that step. Each completion
   then reports RuntimeError('Event loop is closed') through sys.unraisablehook,
-  or, once its task is collected, asyncio logs 'Task exception was never
-  retrieved' with tensorstore's own error: dozens of tracebacks after the one
-  warning that matters. They can come after the read has failed, so after a
-  failure the filters stay installed. They drop nothing else: the asyncio
-  filter only records whose exception is tensorstore's (its message carries
-  the failed read's `tensorstore_spec`).
+  or, once its task or future is collected, asyncio logs '<Task|Future>
+  exception was never retrieved' with tensorstore's own error: dozens of
+  tracebacks after the one warning that matters. They can come after the read
+  has failed, so after a failure the filters stay installed. They drop nothing
+  else: the asyncio filter only never-retrieved records whose exception is
+  tensorstore's (its message carries the failed read's `tensorstore_spec`).
   """
   previous = sys.unraisablehook
 
@@ -332,7 +332,7 @@ def _quiet_leftovers_of_a_failed_read():
 
   def keep_record(record: logging.LogRecord) -> bool:
     error = record.exc_info[1] if record.exc_info else None
-    return not (record.getMessage().startswith('Task exception was never retrieved')
+    return not ('exception was never retrieved' in record.getMessage()
                 and 'tensorstore_spec' in str(error))
 
   asyncio_logger = logging.getLogger('asyncio')
