@@ -320,8 +320,8 @@ def _quiet_leftovers_of_a_failed_read():
   exception was never retrieved' with tensorstore's own error: dozens of
   tracebacks after the one warning that matters. They can come after the read
   has failed, so after a failure the filters stay installed. They drop nothing
-  else: the asyncio filter only never-retrieved records whose exception is
-  tensorstore's (its message carries the failed read's `tensorstore_spec`).
+  else: the asyncio filter drops only never-retrieved records whose exception
+  is tensorstore's (its message carries the failed read's `tensorstore_spec`).
   """
   previous = sys.unraisablehook
 
