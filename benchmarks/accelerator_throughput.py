@@ -56,8 +56,12 @@ def main():
   parser.add_argument('--seq_len', type=int, default=512)
   parser.add_argument('--steps', type=int, default=10, help='steps per round and contender')
   parser.add_argument('--rounds', type=int, default=3)
-  parser.add_argument('--torch_compile', action=argparse.BooleanOptionalAction, default=True,
-                      help='also time torch.compile')
+  parser.add_argument(
+    '--torch_compile',
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help='also time torch.compile',
+  )
   args = parser.parse_args()
 
   import jax
@@ -68,10 +72,12 @@ def main():
   model = throughput._model_sizes('gpt1', None)
   spec = dict(model=model, batch=args.batch, seq_len=args.seq_len, dtype='bfloat16')
   contenders = {
-      'gpt_jax, paper dropout (xla)': (_jax_worker, {**spec, 'model': {**model, 'attention': 'xla'}}),
-      'gpt_jax, fused attention': (_jax_worker, {**spec, 'model': {
-          **model, 'attention': 'dot_product_attention', 'attn_pdrop': 0.0}}),
-      'torch eager': (_torch_worker, {**spec, 'compile': False}),
+    'gpt_jax, paper dropout (xla)': (_jax_worker, {**spec, 'model': {**model, 'attention': 'xla'}}),
+    'gpt_jax, fused attention': (
+      _jax_worker,
+      {**spec, 'model': {**model, 'attention': 'dot_product_attention', 'attn_pdrop': 0.0}},
+    ),
+    'torch eager': (_torch_worker, {**spec, 'compile': False}),
   }
   if args.torch_compile:
     contenders['torch.compile'] = (_torch_worker, {**spec, 'compile': True})
@@ -92,14 +98,20 @@ def main():
   tokens = args.batch * args.seq_len
   step_flops = flops.train_flops_per_token(ModelConfig.from_config(model), args.seq_len) * tokens
   peak, source = flops.peak_flops_per_device()
-  print(f'\n{jax.devices()[0].device_kind}: gpt1 (117M), {args.batch} x {args.seq_len} tokens, '
-        f'bfloat16, peak {peak / 1e12:.0f} TFLOP/s ({source})')
-  print(f'{"contender":32s} {"ms/step":>8s} {"tokens/s":>10s} {"MFU":>6s} {"peak GiB":>9s} '
-        f'{"first step s":>12s} {"loss":>7s}')
+  print(
+    f'\n{jax.devices()[0].device_kind}: gpt1 (117M), {args.batch} x {args.seq_len} tokens, '
+    f'bfloat16, peak {peak / 1e12:.0f} TFLOP/s ({source})'
+  )
+  print(
+    f'{"contender":32s} {"ms/step":>8s} {"tokens/s":>10s} {"MFU":>6s} {"peak GiB":>9s} '
+    f'{"first step s":>12s} {"loss":>7s}'
+  )
   for name, (step_s, info, final) in results.items():
-    print(f'{name:32s} {1e3 * step_s:8.1f} {tokens / step_s:10,.0f} '
-          f'{step_flops / step_s / peak:6.1%} {final["peak_gib"]:9.1f} {info["compile_s"]:12.1f} '
-          f'{final["loss"]:7.3f}')
+    print(
+      f'{name:32s} {1e3 * step_s:8.1f} {tokens / step_s:10,.0f} '
+      f'{step_flops / step_s / peak:6.1%} {final["peak_gib"]:9.1f} {info["compile_s"]:12.1f} '
+      f'{final["loss"]:7.3f}'
+    )
 
 
 if __name__ == '__main__':

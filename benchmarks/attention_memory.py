@@ -37,12 +37,18 @@ def main():
       config.train.update(seq_len=length, batch_size=args.tokens // length)
       report = dryrun.dry_run(config, args.topology)
       if report.out_of_memory:
-        print(f'| {length} | {config.train.batch_size} | {implementation} | does not fit: '
-              f'{report.out_of_memory} | | {report.compile_seconds:.0f} |', flush=True)
+        print(
+          f'| {length} | {config.train.batch_size} | {implementation} | does not fit: '
+          f'{report.out_of_memory} | | {report.compile_seconds:.0f} |',
+          flush=True,
+        )
         continue
-      print(f'| {length} | {config.train.batch_size} | {implementation} | '
-            f'{report.temp_bytes / GiB:.2f} | {report.peak_bytes / GiB:.2f} | '
-            f'{report.compile_seconds:.0f} |', flush=True)
+      print(
+        f'| {length} | {config.train.batch_size} | {implementation} | '
+        f'{report.temp_bytes / GiB:.2f} | {report.peak_bytes / GiB:.2f} | '
+        f'{report.compile_seconds:.0f} |',
+        flush=True,
+      )
 
 
 if __name__ == '__main__':

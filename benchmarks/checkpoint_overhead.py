@@ -53,11 +53,15 @@ def main() -> None:
   config.checkpoint.update(keep=2, keep_best=0)
   batch_size, seq_len = config.train.batch_size, config.train.seq_len
   mesh = sharding.make_mesh(config.mesh)
-  _, trainer = train.make_pretrainer(ModelConfig.from_config(config.model), config.optim, mesh,
-                                     seq_len, 10**6)
+  _, trainer = train.make_pretrainer(
+    ModelConfig.from_config(config.model), config.optim, mesh, seq_len, 10**6
+  )
   state = trainer.init(jax.random.key(0))
-  rows = np.random.default_rng(0).integers(0, config.model.vocab_size,
-                                           (batch_size, seq_len + 1)).astype(np.int32)
+  rows = (
+    np.random.default_rng(0)
+    .integers(0, config.model.vocab_size, (batch_size, seq_len + 1))
+    .astype(np.int32)
+  )
   batch = sharding.global_batch(rows, mesh)
   state, metrics = trainer.train_step(state, batch)  # compile
   jax.block_until_ready(metrics)
@@ -94,14 +98,18 @@ def main() -> None:
 
   size = sum(f.stat().st_size for f in (workdir / 'async').rglob('*') if f.is_file()) / 2
   baseline = statistics.median(step_times['none'])
-  print(f'{args.config}: batch {batch_size} x {seq_len} tokens on {mesh.size} '
-        f'{jax.devices()[0].platform} device(s); a checkpoint every {args.save_every} steps, '
-        f'{size / 2**20:.0f} MiB each; {args.blocks} blocks of {block_steps} steps per mode')
+  print(
+    f'{args.config}: batch {batch_size} x {seq_len} tokens on {mesh.size} '
+    f'{jax.devices()[0].platform} device(s); a checkpoint every {args.save_every} steps, '
+    f'{size / 2**20:.0f} MiB each; {args.blocks} blocks of {block_steps} steps per mode'
+  )
   for mode in MODES:
     median = statistics.median(step_times[mode])
-    line = (f'  {mode:5s}  step {median * 1e3:8.1f} ms (blocks: '
-            f'{", ".join(f"{t * 1e3:.0f}" for t in step_times[mode])})  '
-            f'overhead {100 * (median / baseline - 1):+5.1f}%')
+    line = (
+      f'  {mode:5s}  step {median * 1e3:8.1f} ms (blocks: '
+      f'{", ".join(f"{t * 1e3:.0f}" for t in step_times[mode])})  '
+      f'overhead {100 * (median / baseline - 1):+5.1f}%'
+    )
     if mode != 'none':
       line += f'  save() blocks the loop {statistics.median(save_call_times[mode]) * 1e3:.0f} ms'
     print(line)

@@ -35,10 +35,10 @@ def _compile(config_name: str, batch: int, scan_layers: bool, steps: int, queue)
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   seq_len = config.train.seq_len
   start, cpu_start = time.perf_counter(), time.process_time()
-  _, trainer = train.make_pretrainer(ModelConfig.from_config(config.model), config.optim, mesh,
-                                     seq_len, 100)
-  step = trainer.lower_train_step(
-      jax.ShapeDtypeStruct((batch, seq_len + 1), jnp.int32)).compile()
+  _, trainer = train.make_pretrainer(
+    ModelConfig.from_config(config.model), config.optim, mesh, seq_len, 100
+  )
+  step = trainer.lower_train_step(jax.ShapeDtypeStruct((batch, seq_len + 1), jnp.int32)).compile()
   seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
   with trainer.activation_sharding():
     state = trainer.init(jax.random.key(0))
@@ -51,8 +51,14 @@ def _compile(config_name: str, batch: int, scan_layers: bool, steps: int, queue)
       state, metrics = step(state, batch_array)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - begin)
-  queue.put((seconds, cpu_seconds, statistics.median(times) if times else float('nan'),
-             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20))
+  queue.put(
+    (
+      seconds,
+      cpu_seconds,
+      statistics.median(times) if times else float('nan'),
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    )
+  )
 
 
 def main() -> None:
@@ -66,14 +72,17 @@ def main() -> None:
   for round_ in range(args.rounds):
     for scan_layers in (False, True):
       queue = context.Queue()
-      process = context.Process(target=_compile,
-                                args=(args.config, args.batch, scan_layers, args.steps, queue))
+      process = context.Process(
+        target=_compile, args=(args.config, args.batch, scan_layers, args.steps, queue)
+      )
       process.start()
       seconds, cpu_seconds, step_seconds, peak_gib = queue.get()
       process.join()
-      print(f'round {round_}: {args.config} scan_layers={scan_layers}: compiled in '
-            f'{seconds:.1f} s ({cpu_seconds:.1f} s of CPU time), step {step_seconds:.3f} s, peak RSS {peak_gib:.2f} GiB',
-            flush=True)
+      print(
+        f'round {round_}: {args.config} scan_layers={scan_layers}: compiled in '
+        f'{seconds:.1f} s ({cpu_seconds:.1f} s of CPU time), step {step_seconds:.3f} s, peak RSS {peak_gib:.2f} GiB',
+        flush=True,
+      )
 
 
 if __name__ == '__main__':

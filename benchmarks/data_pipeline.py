@@ -48,6 +48,7 @@ class SlowFilesystem:
 
   def __init__(self, latency_s: float):
     import fsspec
+
     self._fs, self._latency_s = fsspec.filesystem('file'), latency_s
 
   def cat_ranges(self, paths, starts, ends):
@@ -58,11 +59,13 @@ class SlowFilesystem:
 def store_tokens_per_s(config, store, latency_ms: float | None, seconds: float) -> float:
   """Pipeline throughput at the paper's batch from `store`, locally or with added latency."""
   from gpt_jax.data import pipeline, workflow
+
   filesystem = None if latency_ms is None else SlowFilesystem(latency_ms / 1000)
   tokens = store.tokens('train', filesystem=filesystem)
   threads = workflow.reader_threads(config, PAPER_BATCH, local=latency_ms is None)
-  batches = pipeline.train_batches(tokens, seq_len=PAPER_SEQ_LEN, batch_size=PAPER_BATCH,
-                                   seed=0, num_threads=threads)
+  batches = pipeline.train_batches(
+    tokens, seq_len=PAPER_SEQ_LEN, batch_size=PAPER_BATCH, seed=0, num_threads=threads
+  )
   return pipeline_tokens_per_s(batches, PAPER_BATCH * PAPER_SEQ_LEN, seconds)
 
 
@@ -73,8 +76,9 @@ def train_step_tokens_per_s(config, data, tokens_per_batch: int, seconds: float)
   from gpt_jax.model import ModelConfig
 
   mesh = sharding.make_mesh(config.mesh)
-  _, trainer = train.make_pretrainer(ModelConfig.from_config(config.model), config.optim, mesh,
-                                     config.train.seq_len, 10**6)
+  _, trainer = train.make_pretrainer(
+    ModelConfig.from_config(config.model), config.optim, mesh, config.train.seq_len, 10**6
+  )
   state = trainer.init(jax.random.key(0))
   batches = [sharding.global_batch(next(data.train_batches), mesh) for _ in range(8)]
   for batch in batches[:2]:  # compile, then one warm step
@@ -97,8 +101,12 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--config', default='tiny')
   parser.add_argument('--seconds', type=float, default=10.0, help='measuring time of each side')
-  parser.add_argument('--latency_ms', type=float, default=30.0,
-                      help='added latency of each range read of the remote store')
+  parser.add_argument(
+    '--latency_ms',
+    type=float,
+    default=30.0,
+    help='added latency of each range read of the remote store',
+  )
   args = parser.parse_args(rest)
   config = config_lib.load_config(args.config, overrides)
   workflow.train_tokenizer(config)
@@ -112,19 +120,27 @@ def main(argv=None) -> int:
   remote = store_tokens_per_s(config, data.store, args.latency_ms, args.seconds)
   ratio = pipeline / step
   remote_ok = remote >= REQUIRED_REMOTE_TOKENS_PER_S and remote >= local / 2
-  print(f'\n{args.config}: batch {config.train.batch_size} x seq_len {config.train.seq_len}, '
-        f'{config.data.num_threads} reader threads')
+  print(
+    f'\n{args.config}: batch {config.train.batch_size} x seq_len {config.train.seq_len}, '
+    f'{config.data.num_threads} reader threads'
+  )
   print(f'data pipeline   {pipeline:14,.0f} tokens/s')
   print(f'train step      {step:14,.0f} tokens/s')
-  print(f'ratio           {ratio:14.1f}x  (required: >= {REQUIRED_RATIO:.0f}x) '
-        f'{"ok" if ratio >= REQUIRED_RATIO else "TOO SLOW"}')
+  print(
+    f'ratio           {ratio:14.1f}x  (required: >= {REQUIRED_RATIO:.0f}x) '
+    f'{"ok" if ratio >= REQUIRED_RATIO else "TOO SLOW"}'
+  )
   print(f'\nbatch {PAPER_BATCH} x {PAPER_SEQ_LEN} windows')
-  print(f'local store     {local:14,.0f} tokens/s (memory maps, '
-        f'{workflow.reader_threads(config, PAPER_BATCH, True)} reader threads)')
-  print(f'remote store    {remote:14,.0f} tokens/s (+{args.latency_ms:g} ms per read, '
-        f'{workflow.reader_threads(config, PAPER_BATCH, False)} reader threads, '
-        f'{config.data.read_concurrency} requests in flight), {remote / local:.2f}x local '
-        f'(required: >= 1,000,000 tokens/s and >= 0.5x) {"ok" if remote_ok else "TOO SLOW"}')
+  print(
+    f'local store     {local:14,.0f} tokens/s (memory maps, '
+    f'{workflow.reader_threads(config, PAPER_BATCH, True)} reader threads)'
+  )
+  print(
+    f'remote store    {remote:14,.0f} tokens/s (+{args.latency_ms:g} ms per read, '
+    f'{workflow.reader_threads(config, PAPER_BATCH, False)} reader threads, '
+    f'{config.data.read_concurrency} requests in flight), {remote / local:.2f}x local '
+    f'(required: >= 1,000,000 tokens/s and >= 0.5x) {"ok" if remote_ok else "TOO SLOW"}'
+  )
   return 0 if ratio >= REQUIRED_RATIO and remote_ok else 1
 
 

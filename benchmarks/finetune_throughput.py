@@ -31,11 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 REQUIRED_RATIO = 4.0
 _POSITIVE = ('good', 'great', 'lovely', 'superb', 'moving', 'charming', 'funny', 'brilliant')
 _NEGATIVE = ('bad', 'awful', 'dull', 'boring', 'clumsy', 'tedious', 'bland', 'painful')
-_FILLER = ('the film a story of its cast and an old director with every scene in this year '
-           'which makes for some moments about love family city night war music that never '
-           'quite feels like one more picture from his best work yet still offers enough to '
-           'keep us watching as it goes on through two hours where nothing much happens but '
-           'characters talk over dinner while the camera lingers').split()
+_FILLER = (
+  'the film a story of its cast and an old director with every scene in this year '
+  'which makes for some moments about love family city night war music that never '
+  'quite feels like one more picture from his best work yet still offers enough to '
+  'keep us watching as it goes on through two hours where nothing much happens but '
+  'characters talk over dinner while the camera lingers'
+).split()
 
 
 def make_examples(count: int, seed: int) -> list[dict]:
@@ -56,10 +58,20 @@ def make_examples(count: int, seed: int) -> list[dict]:
 def _config(overrides):
   from gpt_jax import config as config_lib
 
-  config = config_lib.load_config('finetune/local', [
-      'model.n_layer=2', 'model.n_embd=128', 'model.n_head=4', 'model.d_ff=512',
-      'model.n_ctx=512', 'optim.learning_rate=1e-3', 'mesh.fsdp=1', 'mesh.data=-1',
-      *overrides])
+  config = config_lib.load_config(
+    'finetune/local',
+    [
+      'model.n_layer=2',
+      'model.n_embd=128',
+      'model.n_head=4',
+      'model.d_ff=512',
+      'model.n_ctx=512',
+      'optim.learning_rate=1e-3',
+      'mesh.fsdp=1',
+      'mesh.data=-1',
+      *overrides,
+    ],
+  )
   return config
 
 
@@ -67,28 +79,38 @@ def run(config, tokenizer, train, validation, bucket: int, epochs: int) -> dict:
   """Fine-tunes from the same random weights; returns examples/s, compile time and accuracy."""
   import jax
 
-  from gpt_jax import sharding, train as train_lib
+  from gpt_jax import sharding
+  from gpt_jax import train as train_lib
   from gpt_jax.model import ModelConfig
   from gpt_jax.tasks import transforms
   from gpt_jax.tasks.batches import batches
   from gpt_jax.tasks.task import TaskShape
 
-  model_config = ModelConfig.from_config(
-      {**config.model, 'vocab_size': tokenizer.vocab_size})
+  model_config = ModelConfig.from_config({**config.model, 'vocab_size': tokenizer.vocab_size})
   mesh = sharding.make_mesh(config.mesh)
   batch_size, max_len = config.train.batch_size, model_config.n_ctx
   total_steps = epochs * (len(train) // batch_size)
-  model, trainer = train_lib.make_finetuner(model_config, TaskShape('classification', 2), config,
-                                            mesh, total_steps)
+  model, trainer = train_lib.make_finetuner(
+    model_config, TaskShape('classification', 2), config, mesh, total_steps
+  )
   state = trainer.init(jax.random.key(config.train.seed))
   seen, compile_seconds, timed_seconds, timed_examples = set(), 0.0, 0.0, 0
-  train_batches = batches(train, 'classification', tokenizer, max_len, batch_size, bucket=bucket,
-                          shuffle_seed=config.train.seed, num_epochs=epochs)
+  train_batches = batches(
+    train,
+    'classification',
+    tokenizer,
+    max_len,
+    batch_size,
+    bucket=bucket,
+    shuffle_seed=config.train.seed,
+    num_epochs=epochs,
+  )
   for batch in train_batches:
     batch.pop('truncated')
     start = time.perf_counter()
-    state, metrics = trainer.train_step(state, jax.tree.map(
-        lambda x: sharding.global_batch(x, mesh), batch))
+    state, metrics = trainer.train_step(
+      state, jax.tree.map(lambda x: sharding.global_batch(x, mesh), batch)
+    )
     jax.block_until_ready(metrics)
     seconds = time.perf_counter() - start
     if batch['tokens'].shape in seen:
@@ -98,15 +120,20 @@ def run(config, tokenizer, train, validation, bucket: int, epochs: int) -> dict:
       compile_seconds += seconds
   predict = jax.jit(transforms.predict_fn(model))
   correct = total = 0
-  for batch in batches(validation, 'classification', tokenizer, max_len, batch_size,
-                       bucket=bucket, pad_last=True):
+  for batch in batches(
+    validation, 'classification', tokenizer, max_len, batch_size, bucket=bucket, pad_last=True
+  ):
     valid = batch['valid'].astype(bool)
     predicted = np.asarray(predict(state.params, batch)).argmax(-1)
     correct += int((predicted == batch['label'])[valid].sum())
     total += int(valid.sum())
-  return {'examples_per_s': timed_examples / timed_seconds, 'shapes': len(seen),
-          'compile_seconds': compile_seconds, 'accuracy': correct / total,
-          'final_loss': float(metrics['loss'])}
+  return {
+    'examples_per_s': timed_examples / timed_seconds,
+    'shapes': len(seen),
+    'compile_seconds': compile_seconds,
+    'accuracy': correct / total,
+    'final_loss': float(metrics['loss']),
+  }
 
 
 def main(argv=None) -> int:
@@ -125,26 +152,38 @@ def main(argv=None) -> int:
   train = make_examples(args.train_examples, seed=0)
   validation = make_examples(args.validation_examples, seed=1)
   with tempfile.TemporaryDirectory() as directory:
-    tokenizer = train_tokenizer([e['text'] for e in train], Path(directory) / 'tokenizer.model',
-                                vocab_size=512, max_bytes=10**7)
-  lengths = [len(encode_example('classification', e, tokenizer, 512, length=0)['tokens'])
-             for e in train]
-  print(f'{len(train)} training sentences: {np.mean(lengths):.1f} tokens on average with <s> and '
-        f'<e>, longest {max(lengths)} (SST-2 with our tokenizer: ~25, ~66); model '
-        f'{config.model.n_layer} x {config.model.n_embd}, context {config.model.n_ctx}, batch '
-        f'{config.train.batch_size}, {args.epochs} epochs')
+    tokenizer = train_tokenizer(
+      [e['text'] for e in train],
+      Path(directory) / 'tokenizer.model',
+      vocab_size=512,
+      max_bytes=10**7,
+    )
+  lengths = [
+    len(encode_example('classification', e, tokenizer, 512, length=0)['tokens']) for e in train
+  ]
+  print(
+    f'{len(train)} training sentences: {np.mean(lengths):.1f} tokens on average with <s> and '
+    f'<e>, longest {max(lengths)} (SST-2 with our tokenizer: ~25, ~66); model '
+    f'{config.model.n_layer} x {config.model.n_embd}, context {config.model.n_ctx}, batch '
+    f'{config.train.batch_size}, {args.epochs} epochs'
+  )
   results = {}
   for name, bucket in (('padded-512', 0), ('bucketed', 64)):
     results[name] = run(config, tokenizer, train, validation, bucket, args.epochs)
     r = results[name]
-    print(f'{name:<11} {r["examples_per_s"]:8.1f} examples/s | {r["shapes"]} shape(s) compiled '
-          f'in {r["compile_seconds"]:.1f} s | final train loss {r["final_loss"]:.3f} | '
-          f'validation accuracy {r["accuracy"]:.3f}', flush=True)
+    print(
+      f'{name:<11} {r["examples_per_s"]:8.1f} examples/s | {r["shapes"]} shape(s) compiled '
+      f'in {r["compile_seconds"]:.1f} s | final train loss {r["final_loss"]:.3f} | '
+      f'validation accuracy {r["accuracy"]:.3f}',
+      flush=True,
+    )
   ratio = results['bucketed']['examples_per_s'] / results['padded-512']['examples_per_s']
   noise = 2 * math.sqrt(0.25 / args.validation_examples)  # two standard errors at 50 %
   gap = abs(results['bucketed']['accuracy'] - results['padded-512']['accuracy'])
-  print(f'bucketed / padded-512: {ratio:.1f}x examples/s (target >= {REQUIRED_RATIO:.0f}x); '
-        f'accuracy difference {gap:.3f} (two standard errors: {noise:.3f})')
+  print(
+    f'bucketed / padded-512: {ratio:.1f}x examples/s (target >= {REQUIRED_RATIO:.0f}x); '
+    f'accuracy difference {gap:.3f} (two standard errors: {noise:.3f})'
+  )
   return 0 if ratio >= REQUIRED_RATIO else 1
 
 

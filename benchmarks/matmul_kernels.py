@@ -19,13 +19,20 @@ import argparse
 import multiprocessing
 import time
 
+
 def shapes(tokens: int, d: int = 768, d_ff: int = 3072, vocab: int = 40478):
   """(name, rows, contracted, columns): out[rows, columns] = a[rows, contracted] @ b[...]."""
-  return [('qkv forward', tokens, d, 3 * d), ('qkv weight grad', d, tokens, 3 * d),
-          ('mlp in forward', tokens, d, d_ff), ('mlp in weight grad', d, tokens, d_ff),
-          ('mlp out forward', tokens, d_ff, d), ('logits forward', tokens, d, vocab),
-          ('logits input grad', tokens, vocab, d), ('logits weight grad', d, tokens, vocab),
-          ('square 2048', 2048, 2048, 2048)]
+  return [
+    ('qkv forward', tokens, d, 3 * d),
+    ('qkv weight grad', d, tokens, 3 * d),
+    ('mlp in forward', tokens, d, d_ff),
+    ('mlp in weight grad', d, tokens, d_ff),
+    ('mlp out forward', tokens, d_ff, d),
+    ('logits forward', tokens, d, vocab),
+    ('logits input grad', tokens, vocab, d),
+    ('logits weight grad', d, tokens, vocab),
+    ('square 2048', 2048, 2048, 2048),
+  ]
 
 
 LAYOUTS = {'NN': 'mk,kn->mn', 'TN': 'km,kn->mn', 'NT': 'mk,nk->mn'}
@@ -50,26 +57,29 @@ def _operands(make, layout: str, rows: int, contracted: int, columns: int):
 def jax_rates(tokens: int, conn) -> None:
   import jax
   import jax.numpy as jnp
+
   rates = {}
   for name, rows, contracted, columns in shapes(tokens):
     for layout, spec in LAYOUTS.items():
-      a, b = _operands(lambda shape: jnp.ones(shape, jnp.float32), layout, rows, contracted,
-                       columns)
+      a, b = _operands(
+        lambda shape: jnp.ones(shape, jnp.float32), layout, rows, contracted, columns
+      )
       matmul = jax.jit(lambda a, b, spec=spec: jnp.einsum(spec, a, b))
-      seconds = _best_seconds(lambda: matmul(a, b).block_until_ready())
+      seconds = _best_seconds(lambda m=matmul, a=a, b=b: m(a, b).block_until_ready())
       rates[name, layout] = 2 * rows * contracted * columns / seconds
   conn.send(rates)
 
 
 def torch_rates(tokens: int, conn) -> None:
   import torch
+
   rates = {}
   for name, rows, contracted, columns in shapes(tokens):
     for layout in LAYOUTS:
       a, b = _operands(lambda shape: torch.ones(shape), layout, rows, contracted, columns)
       a = a.t() if layout == 'TN' else a  # a transposed view, as autograd passes it
       b = b.t() if layout == 'NT' else b
-      seconds = _best_seconds(lambda: torch.matmul(a, b))
+      seconds = _best_seconds(lambda a=a, b=b: torch.matmul(a, b))
       rates[name, layout] = 2 * rows * contracted * columns / seconds
   conn.send(rates)
 
@@ -94,8 +104,11 @@ def main() -> None:
   print(f'| matmul (rows x contracted x columns) | {" | ".join(LAYOUTS)} |')
   print('| --- |' + ' --- |' * len(LAYOUTS))
   for name, rows, contracted, columns in shapes(args.tokens):
-    cells = [f'{xla[name, layout] / 1e9:.0f} / {torch[name, layout] / 1e9:.0f} '
-             f'({xla[name, layout] / torch[name, layout]:.2f})' for layout in LAYOUTS]
+    cells = [
+      f'{xla[name, layout] / 1e9:.0f} / {torch[name, layout] / 1e9:.0f} '
+      f'({xla[name, layout] / torch[name, layout]:.2f})'
+      for layout in LAYOUTS
+    ]
     print(f'| {name} ({rows} x {contracted} x {columns}) | {" | ".join(cells)} |')
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpt_jax import dryrun
 from gpt_jax import config as config_lib
+from gpt_jax import dryrun
 from gpt_jax.model import REMAT_POLICIES
 
 
@@ -22,13 +22,16 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--config', required=True)
   parser.add_argument('--topology', required=True)
-  parser.add_argument('--policies', default=','.join(REMAT_POLICIES),
-                      help='comma-separated model.remat values; default all')
+  parser.add_argument(
+    '--policies',
+    default=','.join(REMAT_POLICIES),
+    help='comma-separated model.remat values; default all',
+  )
   args, rest = parser.parse_known_args()
   unknown = [arg for arg in rest if not (arg.startswith('--config.') and '=' in arg)]
   if unknown:
     parser.error(f'unrecognised arguments {unknown}; overrides look like --config.a.b=value')
-  overrides = [arg[len('--config.'):] for arg in rest]
+  overrides = [arg[len('--config.') :] for arg in rest]
   config = config_lib.load_config(args.config, overrides)
   reports = dryrun.remat_reports(config, args.topology, args.policies.split(','))
   print(dryrun.remat_table(config, args.topology, reports), flush=True)

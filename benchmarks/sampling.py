@@ -44,38 +44,67 @@ def benchmark(args) -> dict:
   torch.set_num_threads(args.torch_threads)
   model = load_config(args.config).model
   if args.prompt_len + args.new_tokens > model.n_ctx:
-    raise SystemExit(f'--prompt_len {args.prompt_len} + --new_tokens {args.new_tokens} exceeds '
-                     f'the {args.config} context of {model.n_ctx}')
+    raise SystemExit(
+      f'--prompt_len {args.prompt_len} + --new_tokens {args.new_tokens} exceeds '
+      f'the {args.config} context of {model.n_ctx}'
+    )
   torch.manual_seed(0)
-  reference = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(
-      vocab_size=model.vocab_size, n_positions=model.n_ctx, n_embd=model.n_embd,
-      n_layer=model.n_layer, n_head=model.n_head, afn='gelu',
-      layer_norm_epsilon=model.layer_norm_epsilon)).eval()
+  reference = transformers.OpenAIGPTLMHeadModel(
+    transformers.OpenAIGPTConfig(
+      vocab_size=model.vocab_size,
+      n_positions=model.n_ctx,
+      n_embd=model.n_embd,
+      n_layer=model.n_layer,
+      n_head=model.n_head,
+      afn='gelu',
+      layer_norm_epsilon=model.layer_norm_epsilon,
+    )
+  ).eval()
   params, model_config = hf.params_from_hf(reference)
   params = jax.device_put(params)
-  cached_reference = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-      vocab_size=model.vocab_size, n_positions=model.n_ctx, n_embd=model.n_embd,
-      n_layer=model.n_layer, n_head=model.n_head, n_inner=model.d_ff,
-      activation_function='gelu_new', layer_norm_epsilon=model.layer_norm_epsilon,
-      bos_token_id=None, eos_token_id=None)).eval()
-  prompts = np.random.default_rng(0).integers(
-      0, model.vocab_size, (args.batch, args.prompt_len)).astype(np.int64)
+  cached_reference = transformers.GPT2LMHeadModel(
+    transformers.GPT2Config(
+      vocab_size=model.vocab_size,
+      n_positions=model.n_ctx,
+      n_embd=model.n_embd,
+      n_layer=model.n_layer,
+      n_head=model.n_head,
+      n_inner=model.d_ff,
+      activation_function='gelu_new',
+      layer_norm_epsilon=model.layer_norm_epsilon,
+      bos_token_id=None,
+      eos_token_id=None,
+    )
+  ).eval()
+  prompts = (
+    np.random.default_rng(0)
+    .integers(0, model.vocab_size, (args.batch, args.prompt_len))
+    .astype(np.int64)
+  )
 
   def ours():
-    return sample.generate(params, model_config, prompts.tolist(), args.new_tokens,
-                           temperature=0)
+    return sample.generate(params, model_config, prompts.tolist(), args.new_tokens, temperature=0)
 
   def hugging_face(hf_model):
     def run():
       with torch.inference_mode():
-        out = hf_model.generate(torch.from_numpy(prompts), max_new_tokens=args.new_tokens,
-                                min_new_tokens=args.new_tokens, do_sample=False,
-                                use_cache=True, pad_token_id=0)
-      return out[:, args.prompt_len:].tolist()
+        out = hf_model.generate(
+          torch.from_numpy(prompts),
+          max_new_tokens=args.new_tokens,
+          min_new_tokens=args.new_tokens,
+          do_sample=False,
+          use_cache=True,
+          pad_token_id=0,
+        )
+      return out[:, args.prompt_len :].tolist()
+
     return run
 
-  contenders = {'gpt_jax': ours, 'hf_openai_gpt': hugging_face(reference),
-                'hf_gpt2_cached': hugging_face(cached_reference)}
+  contenders = {
+    'gpt_jax': ours,
+    'hf_openai_gpt': hugging_face(reference),
+    'hf_gpt2_cached': hugging_face(cached_reference),
+  }
   first_tokens, first_call_s = {}, {}
   for name, run in contenders.items():  # warm-up; ours compiles here
     start = time.perf_counter()
@@ -88,48 +117,74 @@ def benchmark(args) -> dict:
       run()
       timings[name].append(time.perf_counter() - start)
   new_tokens = args.batch * args.new_tokens
-  results = {name: dict(seconds=statistics.median(t), tokens_per_s=new_tokens / statistics.median(t),
-                        all_seconds=t)
-             for name, t in timings.items()}
+  results = {
+    name: dict(
+      seconds=statistics.median(t), tokens_per_s=new_tokens / statistics.median(t), all_seconds=t
+    )
+    for name, t in timings.items()
+  }
   ours_per_s = results['gpt_jax']['tokens_per_s']
   return dict(
-      config=args.config, model=dict(model), batch=args.batch, prompt_len=args.prompt_len,
-      new_tokens=args.new_tokens, rounds=args.rounds, first_call_s=first_call_s,
-      cpu_threads=os.cpu_count(), torch_threads=args.torch_threads, results=results,
-      same_tokens_as_hf_openai_gpt=first_tokens['gpt_jax'] == first_tokens['hf_openai_gpt'],
-      ratios={f'gpt_jax / {name}': ours_per_s / r['tokens_per_s']
-              for name, r in results.items() if name != 'gpt_jax'},
-      versions=dict(jax=jax.__version__, torch=torch.__version__,
-                    transformers=transformers.__version__))
+    config=args.config,
+    model=dict(model),
+    batch=args.batch,
+    prompt_len=args.prompt_len,
+    new_tokens=args.new_tokens,
+    rounds=args.rounds,
+    first_call_s=first_call_s,
+    cpu_threads=os.cpu_count(),
+    torch_threads=args.torch_threads,
+    results=results,
+    same_tokens_as_hf_openai_gpt=first_tokens['gpt_jax'] == first_tokens['hf_openai_gpt'],
+    ratios={
+      f'gpt_jax / {name}': ours_per_s / r['tokens_per_s']
+      for name, r in results.items()
+      if name != 'gpt_jax'
+    },
+    versions=dict(
+      jax=jax.__version__, torch=torch.__version__, transformers=transformers.__version__
+    ),
+  )
 
 
 def _print(report):
   m = report['model']
-  print(f'{report["config"]} ({m["n_layer"]} layers, {m["n_embd"]} wide, vocab '
-        f'{m["vocab_size"]}): batch {report["batch"]}, prompt {report["prompt_len"]} tokens, '
-        f'{report["new_tokens"]} new tokens, greedy, float32, {report["cpu_threads"]} CPU cores, '
-        f'{report["torch_threads"]} torch threads')
+  print(
+    f'{report["config"]} ({m["n_layer"]} layers, {m["n_embd"]} wide, vocab '
+    f'{m["vocab_size"]}): batch {report["batch"]}, prompt {report["prompt_len"]} tokens, '
+    f'{report["new_tokens"]} new tokens, greedy, float32, {report["cpu_threads"]} CPU cores, '
+    f'{report["torch_threads"]} torch threads'
+  )
   for name, r in report['results'].items():
-    print(f'  {name:15s} {r["tokens_per_s"]:9,.1f} new tokens/s  ({r["seconds"]:.3f} s per call, '
-          f'median of {report["rounds"]})')
+    print(
+      f'  {name:15s} {r["tokens_per_s"]:9,.1f} new tokens/s  ({r["seconds"]:.3f} s per call, '
+      f'median of {report["rounds"]})'
+    )
   for name, ratio in report['ratios'].items():
     print(f'  ratio {name}: {ratio:.2f}x')
-  print(f'  gpt_jax and OpenAIGPTLMHeadModel chose the same tokens: '
-        f'{report["same_tokens_as_hf_openai_gpt"]}')
+  print(
+    f'  gpt_jax and OpenAIGPTLMHeadModel chose the same tokens: '
+    f'{report["same_tokens_as_hf_openai_gpt"]}'
+  )
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--config', default='small',
-                      help='config name from configs/ (small; gpt1 is the paper size)')
+  parser.add_argument(
+    '--config', default='small', help='config name from configs/ (small; gpt1 is the paper size)'
+  )
   parser.add_argument('--prompt_len', type=int, default=64)
   parser.add_argument('--new_tokens', type=int, default=128)
   parser.add_argument('--batch', type=int, default=1)
   parser.add_argument('--rounds', type=int, default=3, help='timed calls per contender')
   # One token at a time is latency-bound: on a shared CPU, extra intra-op threads
   # mostly wait for each other (here 1 thread ran Hugging Face ~10x faster than 2).
-  parser.add_argument('--torch_threads', type=int, default=1,
-                      help=f'PyTorch intra-op threads (default 1; this machine has {os.cpu_count()})')
+  parser.add_argument(
+    '--torch_threads',
+    type=int,
+    default=1,
+    help=f'PyTorch intra-op threads (default 1; this machine has {os.cpu_count()})',
+  )
   parser.add_argument('--json', help='also write the results to this JSON file')
   args = parser.parse_args()
   report = benchmark(args)

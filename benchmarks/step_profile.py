@@ -39,20 +39,47 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import throughput  # noqa: E402  (benchmarks/ is not a package)
 
-GROUPS = ('qkv matmul', 'scores matmul', 'probs x values matmul', 'attn proj matmul',
-          'mlp in matmul', 'mlp out matmul', 'logits matmul', 'softmax (scale, mask)', 'dropout',
-          'layernorm', 'gelu', 'residual adds', 'embeddings', 'cross-entropy',
-          'optimizer (clip + adamw)', 'copies/transposes', 'other')
+GROUPS = (
+  'qkv matmul',
+  'scores matmul',
+  'probs x values matmul',
+  'attn proj matmul',
+  'mlp in matmul',
+  'mlp out matmul',
+  'logits matmul',
+  'softmax (scale, mask)',
+  'dropout',
+  'layernorm',
+  'gelu',
+  'residual adds',
+  'embeddings',
+  'cross-entropy',
+  'optimizer (clip + adamw)',
+  'copies/transposes',
+  'other',
+)
 
 # gpt_jax: JAX op_name paths (model.py's module names) -> group. First match wins.
-_LINEAR_ROLES = (('/c_attn/', 'qkv matmul'), ('/attn/c_proj/', 'attn proj matmul'),
-                 ('/c_fc/', 'mlp in matmul'), ('/mlp/c_proj/', 'mlp out matmul'),
-                 ('tokens_embed.attend', 'logits matmul'), ('bqhd,bkhd->bhqk', 'scores matmul'),
-                 ('/scores/', 'scores matmul'), ('bhqk,bkhd->bqhd', 'probs x values matmul'),
-                 ('/values/', 'probs x values matmul'))
-_JAX_ELEMENTWISE = (('Dropout', 'dropout'), ('/ln_', 'layernorm'), ('/mlp/', 'gelu'),
-                    ('/attn/', 'softmax (scale, mask)'), (r'/h_\d+/add', 'residual adds'),
-                    ('_embed', 'embeddings'), ('GPT.hidden_states/add', 'embeddings'))
+_LINEAR_ROLES = (
+  ('/c_attn/', 'qkv matmul'),
+  ('/attn/c_proj/', 'attn proj matmul'),
+  ('/c_fc/', 'mlp in matmul'),
+  ('/mlp/c_proj/', 'mlp out matmul'),
+  ('tokens_embed.attend', 'logits matmul'),
+  ('bqhd,bkhd->bhqk', 'scores matmul'),
+  ('/scores/', 'scores matmul'),
+  ('bhqk,bkhd->bqhd', 'probs x values matmul'),
+  ('/values/', 'probs x values matmul'),
+)
+_JAX_ELEMENTWISE = (
+  ('Dropout', 'dropout'),
+  ('/ln_', 'layernorm'),
+  ('/mlp/', 'gelu'),
+  ('/attn/', 'softmax (scale, mask)'),
+  (r'/h_\d+/add', 'residual adds'),
+  ('_embed', 'embeddings'),
+  ('GPT.hidden_states/add', 'embeddings'),
+)
 
 
 def _jax_group(op_name: str, instruction: str, is_dot: bool) -> str:
@@ -132,16 +159,32 @@ def _per_step(step_totals: list[collections.Counter]) -> dict:
 
 
 # PyTorch: Hugging Face module names -> group of the ops they run.
-_TORCH_MODULES = (('.attn.c_attn', 'qkv matmul'), ('.attn.c_proj', 'attn proj matmul'),
-                  ('.mlp.c_fc', 'mlp in matmul'), ('.mlp.c_proj', 'mlp out matmul'),
-                  ('lm_head', 'logits matmul'), ('dropout', 'dropout'), ('drop', 'dropout'),
-                  ('.ln_', 'layernorm'), ('.mlp.act', 'gelu'), ('_embed', 'embeddings'),
-                  ('.attn', 'attention'), (r'^transformer\.h\.\d+$', 'residual adds'))
-_TORCH_OPS = (('cross_entropy', 'cross-entropy'), ('log_softmax', 'cross-entropy'),
-              ('nll_loss', 'cross-entropy'), ('permute', 'copies/transposes'),
-              ('contiguous', 'copies/transposes'), ('clone', 'copies/transposes'),
-              ('copy', 'copies/transposes'), ('Optimizer', 'optimizer (clip + adamw)'),
-              ('foreach', 'optimizer (clip + adamw)'), ('clip', 'optimizer (clip + adamw)'))
+_TORCH_MODULES = (
+  ('.attn.c_attn', 'qkv matmul'),
+  ('.attn.c_proj', 'attn proj matmul'),
+  ('.mlp.c_fc', 'mlp in matmul'),
+  ('.mlp.c_proj', 'mlp out matmul'),
+  ('lm_head', 'logits matmul'),
+  ('dropout', 'dropout'),
+  ('drop', 'dropout'),
+  ('.ln_', 'layernorm'),
+  ('.mlp.act', 'gelu'),
+  ('_embed', 'embeddings'),
+  ('.attn', 'attention'),
+  (r'^transformer\.h\.\d+$', 'residual adds'),
+)
+_TORCH_OPS = (
+  ('cross_entropy', 'cross-entropy'),
+  ('log_softmax', 'cross-entropy'),
+  ('nll_loss', 'cross-entropy'),
+  ('permute', 'copies/transposes'),
+  ('contiguous', 'copies/transposes'),
+  ('clone', 'copies/transposes'),
+  ('copy', 'copies/transposes'),
+  ('Optimizer', 'optimizer (clip + adamw)'),
+  ('foreach', 'optimizer (clip + adamw)'),
+  ('clip', 'optimizer (clip + adamw)'),
+)
 
 
 def _torch_forward_group(region: str | None, event) -> str:
@@ -160,6 +203,7 @@ def _torch_forward_group(region: str | None, event) -> str:
 
 def _label_modules(model, torch):
   """Marks each labelled module's forward with a record_function range named 'module:GROUP'."""
+
   def label(name):
     return next((group for pattern, group in _TORCH_MODULES if re.search(pattern, name)), None)
 
@@ -182,7 +226,7 @@ def _torch_step_groups(events) -> collections.Counter:
   def forward(event, region):
     if event.name.startswith('module:'):
       for child in event.cpu_children:
-        forward(child, event.name[len('module:'):])
+        forward(child, event.name[len('module:') :])
       return
     group = _torch_forward_group(region, event)
     totals[group] += event.cpu_time_total / 1e3
@@ -212,8 +256,9 @@ def profile_torch(spec: dict, steps: int) -> dict:
   step().item()
   step_totals, walls = [], []
   for _ in range(steps):
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                record_shapes=True) as profile:
+    with torch.profiler.profile(
+      activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True
+    ) as profile:
       start = time.perf_counter()
       step().item()
       walls.append(time.perf_counter() - start)
@@ -229,8 +274,9 @@ def _worker(framework, spec, steps, conn):
 def run(config_name: str, steps: int) -> dict:
   """{framework: ({group: median ms}, profiled wall ms)} for one config, each in its own process."""
   batch, seq_len = throughput.SHAPES[config_name]
-  spec = dict(model=throughput._model_sizes(config_name, None), batch=batch, seq_len=seq_len,
-              dtype='float32')
+  spec = dict(
+    model=throughput._model_sizes(config_name, None), batch=batch, seq_len=seq_len, dtype='float32'
+  )
   results = {}
   for framework in ('gpt_jax', 'torch'):
     context = multiprocessing.get_context('spawn')
@@ -248,14 +294,17 @@ def print_table(config_name: str, results: dict) -> None:
   (ours, our_wall), (theirs, their_wall) = results['gpt_jax'], results['torch']
   batch, seq_len = throughput.SHAPES[config_name]
   print(f'\n{config_name} ({batch} x {seq_len}), ms per step (median of profiled steps)')
-  print(f'| group | gpt_jax | PyTorch eager | gpt_jax - PyTorch |\n| --- | ---: | ---: | ---: |')
+  print('| group | gpt_jax | PyTorch eager | gpt_jax - PyTorch |\n| --- | ---: | ---: | ---: |')
   for group in GROUPS:
-    print(f'| {group} | {ours[group]:.1f} | {theirs[group]:.1f} | '
-          f'{ours[group] - theirs[group]:+.1f} |')
+    print(
+      f'| {group} | {ours[group]:.1f} | {theirs[group]:.1f} | {ours[group] - theirs[group]:+.1f} |'
+    )
   total, their_total = sum(ours.values()), sum(theirs.values())
   print(f'| sum of ops | {total:.1f} | {their_total:.1f} | {total - their_total:+.1f} |')
-  print(f'| step wall time (profiled) | {our_wall:.1f} | {their_wall:.1f} | '
-        f'{our_wall - their_wall:+.1f} |')
+  print(
+    f'| step wall time (profiled) | {our_wall:.1f} | {their_wall:.1f} | '
+    f'{our_wall - their_wall:+.1f} |'
+  )
 
 
 def main():

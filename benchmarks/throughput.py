@@ -44,6 +44,7 @@ SHAPES = {'tiny': (16, 128), 'small': (16, 256), 'gpt1': (4, 512)}
 
 def _model_sizes(config_name: str, vocab_size: int | None) -> dict:
   from gpt_jax.config import load_config
+
   model = load_config(config_name).model
   if vocab_size:
     model.vocab_size = vocab_size
@@ -82,17 +83,32 @@ def make_jax_step(spec):
   from gpt_jax import sharding, train
   from gpt_jax.model import ModelConfig
 
-  model_config = ModelConfig.from_config({**_model_fields(ModelConfig, spec['model']),
-                                          'dtype': spec['dtype']})
-  optim = ml_collections.ConfigDict(dict(
-      learning_rate=2.5e-4, schedule='cosine', warmup_steps=10, warmup_fraction=0.0, b1=0.9,
-      b2=0.999, eps=1e-8, weight_decay=0.01, clip_norm=1.0, grad_accum_steps=1))
+  model_config = ModelConfig.from_config(
+    {**_model_fields(ModelConfig, spec['model']), 'dtype': spec['dtype']}
+  )
+  optim = ml_collections.ConfigDict(
+    dict(
+      learning_rate=2.5e-4,
+      schedule='cosine',
+      warmup_steps=10,
+      warmup_fraction=0.0,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.01,
+      clip_norm=1.0,
+      grad_accum_steps=1,
+    )
+  )
   mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   _, trainer = train.make_pretrainer(model_config, optim, mesh, spec['seq_len'], 10**6)
   state = trainer.init(jax.random.key(0))
   per_call = spec.get('steps_per_call', 1) if hasattr(trainer, 'train_steps') else 1
-  rows = np.random.default_rng(0).integers(
-      0, model_config.vocab_size, (per_call, spec['batch'], spec['seq_len'] + 1)).astype(np.int32)
+  rows = (
+    np.random.default_rng(0)
+    .integers(0, model_config.vocab_size, (per_call, spec['batch'], spec['seq_len'] + 1))
+    .astype(np.int32)
+  )
   if per_call == 1:
     batch, run_call = sharding.global_batch(rows[0], mesh), trainer.train_step
   else:
@@ -118,13 +134,22 @@ def jax_worker(spec, conn):
 
   step, _ = make_jax_step(spec)
   start = time.perf_counter()
-  step_metrics = jax.block_until_ready(step())
-  conn.send({'compile_s': time.perf_counter() - start,
-             'matmul_peak': flops.measure_matmul_peak(jnp.float32),
-             'device': jax.devices()[0].device_kind, 'steps_per_call': step.updates_per_call})
+  jax.block_until_ready(step())
+  conn.send(
+    {
+      'compile_s': time.perf_counter() - start,
+      'matmul_peak': flops.measure_matmul_peak(jnp.float32),
+      'device': jax.devices()[0].device_kind,
+      'steps_per_call': step.updates_per_call,
+    }
+  )
   last = serve_timed_steps(conn, step, jax.block_until_ready)
-  conn.send({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-             'loss': float(np.ravel(last['loss'])[-1])})  # a call's last
+  conn.send(
+    {
+      'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      'loss': float(np.ravel(last['loss'])[-1]),
+    }
+  )  # a call's last
 
 
 def make_torch_step(spec):
@@ -137,10 +162,17 @@ def make_torch_step(spec):
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   m = spec['model']
   config = transformers.OpenAIGPTConfig(
-      vocab_size=m['vocab_size'], n_positions=m['n_ctx'], n_embd=m['n_embd'],
-      n_layer=m['n_layer'], n_head=m['n_head'], afn='gelu', resid_pdrop=m['resid_pdrop'],
-      embd_pdrop=m['embd_pdrop'], attn_pdrop=m['attn_pdrop'],
-      layer_norm_epsilon=m['layer_norm_epsilon'])
+    vocab_size=m['vocab_size'],
+    n_positions=m['n_ctx'],
+    n_embd=m['n_embd'],
+    n_layer=m['n_layer'],
+    n_head=m['n_head'],
+    afn='gelu',
+    resid_pdrop=m['resid_pdrop'],
+    embd_pdrop=m['embd_pdrop'],
+    attn_pdrop=m['attn_pdrop'],
+    layer_norm_epsilon=m['layer_norm_epsilon'],
+  )
   model = transformers.OpenAIGPTLMHeadModel(config).to(device).train()
   # The paper's decoupled weight decay: matrices only, as on the JAX side.
   decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -179,13 +211,18 @@ def torch_worker(spec, conn):
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   start = time.perf_counter()
   loss = step().item()
-  conn.send({'compile_s': time.perf_counter() - start,
-             'matmul_peak': _matmul_peak_torch(torch, device, torch.float32),
-             'device': torch.cuda.get_device_name() if device == 'cuda' else 'cpu',
-             'steps_per_call': 1})
+  conn.send(
+    {
+      'compile_s': time.perf_counter() - start,
+      'matmul_peak': _matmul_peak_torch(torch, device, torch.float32),
+      'device': torch.cuda.get_device_name() if device == 'cuda' else 'cpu',
+      'steps_per_call': 1,
+    }
+  )
   loss = serve_timed_steps(conn, step, lambda loss: loss.item())
-  conn.send({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-             'loss': loss})
+  conn.send(
+    {'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'loss': loss}
+  )
 
 
 def serve_timed_steps(conn, step, wait):
@@ -237,13 +274,17 @@ def benchmark(config_name: str, args) -> dict:
   model = _model_sizes(config_name, args.vocab_size)
   spec = dict(model=model, batch=batch, seq_len=seq_len, dtype=args.dtype)
   jax_spec = {**spec, 'steps_per_call': args.steps_per_call}
-  contenders = {'gpt_jax': (jax_worker, jax_spec),
-                'torch': (torch_worker, {**spec, 'compile': False})}
+  contenders = {
+    'gpt_jax': (jax_worker, jax_spec),
+    'torch': (torch_worker, {**spec, 'compile': False}),
+  }
   if args.torch_compile:
     contenders['torch.compile'] = (torch_worker, {**spec, 'compile': True})
   if args.baseline:
     contenders[f'gpt_jax@{Path(args.baseline).name}'] = (
-        jax_worker, {**jax_spec, 'source_tree': str(Path(args.baseline).resolve())})
+      jax_worker,
+      {**jax_spec, 'source_tree': str(Path(args.baseline).resolve())},
+    )
   timings = {name: [] for name in contenders}
   first_info, last_final, peak_mb = {}, {}, {}
   for round_index in range(args.rounds):
@@ -253,59 +294,94 @@ def benchmark(config_name: str, args) -> dict:
       first_info.setdefault(name, info)  # compile time and matmul peak: from the first process
       last_final[name] = final
       peak_mb[name] = max(peak_mb.get(name, 0), final['peak_rss_mb'])
-      print(f'  {config_name}: round {round_index + 1}/{args.rounds} {name} '
-            f'{1e3 * step_s:,.0f} ms/step (first call of {info["steps_per_call"]} '
-            f'step(s) {info["compile_s"]:.1f}s)',
-            flush=True)
+      print(
+        f'  {config_name}: round {round_index + 1}/{args.rounds} {name} '
+        f'{1e3 * step_s:,.0f} ms/step (first call of {info["steps_per_call"]} '
+        f'step(s) {info["compile_s"]:.1f}s)',
+        flush=True,
+      )
   tokens = batch * seq_len
   flops = flops.train_flops_per_token(ModelConfig.from_config(model), seq_len) * tokens
   peak = max(info['matmul_peak'] for info in first_info.values())
   results = {}
   for name, info in first_info.items():
     step_s = statistics.median(timings[name])
-    results[name] = dict(step_s=step_s, tokens_per_s=tokens / step_s, flops_per_s=flops / step_s,
-                         steps_per_call=info['steps_per_call'],
-                         mfu=flops / step_s / peak, compile_s=info['compile_s'],
-                         matmul_peak=info['matmul_peak'], device=info['device'],
-                         **{**last_final[name], 'peak_rss_mb': peak_mb[name]})
+    results[name] = dict(
+      step_s=step_s,
+      tokens_per_s=tokens / step_s,
+      flops_per_s=flops / step_s,
+      steps_per_call=info['steps_per_call'],
+      mfu=flops / step_s / peak,
+      compile_s=info['compile_s'],
+      matmul_peak=info['matmul_peak'],
+      device=info['device'],
+      **{**last_final[name], 'peak_rss_mb': peak_mb[name]},
+    )
   best_torch = max(v['tokens_per_s'] for k, v in results.items() if k.startswith('torch'))
   for result in results.values():
     result['ratio_vs_torch'] = result['tokens_per_s'] / best_torch
-  return dict(config=config_name, batch=batch, seq_len=seq_len, dtype=args.dtype,
-              model=model, peak_flops=peak, results=results)
+  return dict(
+    config=config_name,
+    batch=batch,
+    seq_len=seq_len,
+    dtype=args.dtype,
+    model=model,
+    peak_flops=peak,
+    results=results,
+  )
 
 
 def _print(report):
-  print(f'\n{report["config"]}: batch {report["batch"]} x {report["seq_len"]} tokens, '
-        f'{report["dtype"]}, peak {report["peak_flops"] / 1e12:.3f} TFLOP/s (measured matmul)')
-  print(f'  {"":18s} {"tokens/s":>10s} {"step ms":>9s} {"vs torch":>8s} {"TFLOP/s":>8s} '
-        f'{"MFU":>6s} {"peak MB":>8s} {"steps/call":>10s} {"first call s":>12s}')
+  print(
+    f'\n{report["config"]}: batch {report["batch"]} x {report["seq_len"]} tokens, '
+    f'{report["dtype"]}, peak {report["peak_flops"] / 1e12:.3f} TFLOP/s (measured matmul)'
+  )
+  print(
+    f'  {"":18s} {"tokens/s":>10s} {"step ms":>9s} {"vs torch":>8s} {"TFLOP/s":>8s} '
+    f'{"MFU":>6s} {"peak MB":>8s} {"steps/call":>10s} {"first call s":>12s}'
+  )
   for name, r in report['results'].items():
-    print(f'  {name:18s} {r["tokens_per_s"]:10,.0f} {1e3 * r["step_s"]:9.1f} '
-          f'{r["ratio_vs_torch"]:7.2f}x {r["flops_per_s"] / 1e12:8.3f} {100 * r["mfu"]:5.1f}% '
-          f'{r["peak_rss_mb"]:8,.0f} {r["steps_per_call"]:10d} {r["compile_s"]:12.1f}')
+    print(
+      f'  {name:18s} {r["tokens_per_s"]:10,.0f} {1e3 * r["step_s"]:9.1f} '
+      f'{r["ratio_vs_torch"]:7.2f}x {r["flops_per_s"] / 1e12:8.3f} {100 * r["mfu"]:5.1f}% '
+      f'{r["peak_rss_mb"]:8,.0f} {r["steps_per_call"]:10d} {r["compile_s"]:12.1f}'
+    )
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--configs', default='tiny,small,gpt1',
-                      help='comma-separated config names from configs/')
+  parser.add_argument(
+    '--configs', default='tiny,small,gpt1', help='comma-separated config names from configs/'
+  )
   parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
   parser.add_argument('--batch', type=int, help='override the batch size of every config')
   parser.add_argument('--seq_len', type=int, help='override the sequence length')
   parser.add_argument('--vocab_size', type=int, help='override the vocabulary size')
   parser.add_argument('--steps', type=int, default=3, help='timed steps per round and framework')
-  parser.add_argument('--warmup', type=int, default=2,
-                      help='untimed steps after the first, per round and framework')
-  parser.add_argument('--steps_per_call', type=int, default=8,
-                      help="gpt_jax's updates per compiled call (train.steps_per_call); steps "
-                      'and warmup round up to whole calls')
-  parser.add_argument('--rounds', type=int, default=3,
-                      help='rounds: a fresh worker of each contender per round')
-  parser.add_argument('--torch_compile', action=argparse.BooleanOptionalAction, default=True,
-                      help='also time torch.compile (default on)')
-  parser.add_argument('--baseline', help='another checkout of gpt_jax (e.g. `git worktree add '
-                      '/tmp/before COMMIT`) whose train step is timed too, for before/after')
+  parser.add_argument(
+    '--warmup', type=int, default=2, help='untimed steps after the first, per round and framework'
+  )
+  parser.add_argument(
+    '--steps_per_call',
+    type=int,
+    default=8,
+    help="gpt_jax's updates per compiled call (train.steps_per_call); steps "
+    'and warmup round up to whole calls',
+  )
+  parser.add_argument(
+    '--rounds', type=int, default=3, help='rounds: a fresh worker of each contender per round'
+  )
+  parser.add_argument(
+    '--torch_compile',
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help='also time torch.compile (default on)',
+  )
+  parser.add_argument(
+    '--baseline',
+    help='another checkout of gpt_jax (e.g. `git worktree add '
+    '/tmp/before COMMIT`) whose train step is timed too, for before/after',
+  )
   parser.add_argument('--json', help='write the results to this JSON file')
   args = parser.parse_args()
   reports = []

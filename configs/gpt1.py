@@ -12,7 +12,8 @@ def get_config() -> ml_collections.ConfigDict:
   # instead of compiling them again. A local directory or gs://; '' turns it off.
   config.compile_cache_dir = '~/.cache/gpt_jax/jax_cache'
 
-  config.model = ml_collections.ConfigDict(dict(
+  config.model = ml_collections.ConfigDict(
+    dict(
       vocab_size=40478,  # 40,000 BPE merges + base symbols, as in the released model
       n_ctx=512,
       n_embd=768,
@@ -33,9 +34,11 @@ def get_config() -> ml_collections.ConfigDict:
       # 'xla' (the reference), 'dot_product_attention' (cuDNN flash attention on NVIDIA
       # GPUs) or 'splash' (Pallas, TPU); the last two need attn_pdrop=0 to train
       attention='xla',
-  ))
+    )
+  )
 
-  config.optim = ml_collections.ConfigDict(dict(
+  config.optim = ml_collections.ConfigDict(
+    dict(
       learning_rate=2.5e-4,  # Adam, max lr 2.5e-4
       schedule='cosine',  # linear warmup from 0, cosine annealing to 0
       warmup_steps=2000,
@@ -46,9 +49,11 @@ def get_config() -> ml_collections.ConfigDict:
       weight_decay=0.01,  # "modified L2": decoupled, weight matrices only
       clip_norm=1.0,  # global-norm gradient clipping, as in the original release
       grad_accum_steps=1,
-  ))
+    )
+  )
 
-  config.train = ml_collections.ConfigDict(dict(
+  config.train = ml_collections.ConfigDict(
+    dict(
       batch_size=64,  # global batch: 64 random contiguous windows ...
       seq_len=512,  # ... of 512 tokens
       num_epochs=100.0,  # epochs over the corpus; sets num_steps when that is -1
@@ -63,25 +68,29 @@ def get_config() -> ml_collections.ConfigDict:
       # call's temporaries afresh, once per call); on TPU / GPU it only saves dispatches.
       # Calls end at evaluations and saves, so use a divisor of eval_every and every_steps.
       steps_per_call=1,
-  ))
+    )
+  )
 
   # Checkpoints in <workdir>/checkpoints: also saved after every evaluation, at the end and
   # on SIGTERM; rerunning the same command on the workdir resumes from the newest.
-  config.checkpoint = ml_collections.ConfigDict(dict(
+  config.checkpoint = ml_collections.ConfigDict(
+    dict(
       every_steps=1000,
       keep=3,  # the newest checkpoints kept ...
       keep_best=1,  # ... plus the best by best_metric (0: none)
       best_metric='eval_loss',
       best_mode='min',
       async_save=True,  # write files in the background while training goes on
-  ))
+    )
+  )
 
   # Device mesh: sizes of ('data', 'fsdp', 'tensor'); one may be -1 (the rest).
   config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
 
   # Pretraining data (gpt_jax/data): a corpus, a BPE tokenizer of model.vocab_size pieces
   # trained on it (`gpt-jax tokenizer`), and its token store (`gpt-jax prepare`).
-  config.data = ml_collections.ConfigDict(dict(
+  config.data = ml_collections.ConfigDict(
+    dict(
       # pg19 (books, the closest public stand-in for BooksCorpus; a TFDS dataset you prepare),
       # stdlib_docs (the offline default), local_text, or any TFDS dataset name.
       corpus='pg19',
@@ -104,13 +113,16 @@ def get_config() -> ml_collections.ConfigDict:
       # Range requests in flight per process for a store in a bucket (more reader threads
       # are started to keep them busy, up to 16).
       read_concurrency=256,
-  ))
+    )
+  )
 
   # Where runs report besides metrics.jsonl and TensorBoard (written by process 0 only).
-  config.report = ml_collections.ConfigDict(dict(
+  config.report = ml_collections.ConfigDict(
+    dict(
       wandb_project='',  # a Weights & Biases project: logs the config once, metrics every log
       wandb_entity='',  # W&B team or user ('': your default)
       wandb_name='',  # run name ('': the workdir's name)
       wandb_mode='',  # 'online', 'offline' (sync later with `wandb sync`) or '': W&B's default
-  ))
+    )
+  )
   return config

@@ -25,8 +25,9 @@ from gpt_jax.configs import gpt1
 
 def get_config():
   config = gpt1.get_config()
-  config.model.update(n_layer=48, n_embd=1600, n_head=25, d_ff=6400, dtype='bfloat16',
-                      remat='full', scan_layers=True)
+  config.model.update(
+    n_layer=48, n_embd=1600, n_head=25, d_ff=6400, dtype='bfloat16', remat='full', scan_layers=True
+  )
   config.mesh.update(data=1, fsdp=-1, tensor=1)
   config.train.batch_size = 256
   config.optim.learning_rate = 2e-4

@@ -38,12 +38,12 @@ CAUSAL_BLOCK = 128  # queries per block of the 'xla' causal attention
 
 def check_implementation(name: str) -> None:
   if name not in IMPLEMENTATIONS:
-    raise UserError(f'unknown model.attention={name!r}; expected one of: '
-                    f'{", ".join(IMPLEMENTATIONS)}')
+    raise UserError(
+      f'unknown model.attention={name!r}; expected one of: {", ".join(IMPLEMENTATIONS)}'
+    )
 
 
-def attend(implementation: str, query, key, value, mask=None,
-           dropout: Callable | None = None):
+def attend(implementation: str, query, key, value, mask=None, dropout: Callable | None = None):
   """Attention output (batch, q_len, heads, head_dim).
 
   mask: None for causal self-attention over equal query and key lengths, or a
@@ -55,13 +55,24 @@ def attend(implementation: str, query, key, value, mask=None,
   if implementation == 'xla':
     return xla_attention(query, key, value, mask, dropout)
   if dropout is not None:
-    raise UserError(f'model.attention={implementation!r} has no attention-probability dropout; '
-                    'set model.attn_pdrop=0 or use model.attention=xla')
+    raise UserError(
+      f'model.attention={implementation!r} has no attention-probability dropout; '
+      'set model.attn_pdrop=0 or use model.attention=xla'
+    )
   if implementation == 'dot_product_attention':
-    use_cudnn = (mask is None and _target_platform() in ('gpu', 'cuda')
-                 and query.dtype in (jnp.bfloat16, jnp.float16))
-    return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=mask is None,
-                                        implementation='cudnn' if use_cudnn else 'xla')
+    use_cudnn = (
+      mask is None
+      and _target_platform() in ('gpu', 'cuda')
+      and query.dtype in (jnp.bfloat16, jnp.float16)
+    )
+    return jax.nn.dot_product_attention(
+      query,
+      key,
+      value,
+      mask=mask,
+      is_causal=mask is None,
+      implementation='cudnn' if use_cudnn else 'xla',
+    )
   if mask is not None:
     return xla_attention(query, key, value, mask, None)
   return splash_attention(query, key, value)
@@ -85,8 +96,11 @@ def xla_attention(query, key, value, mask=None, dropout: Callable | None = None)
   for start in range(0, length, CAUSAL_BLOCK):
     end = min(start + CAUSAL_BLOCK, length)
     causal = jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None]
-    outputs.append(_attend_block(query[:, start:end], key[:, :end], value[:, :end], causal,
-                                 dropout, first_query=start))
+    outputs.append(
+      _attend_block(
+        query[:, start:end], key[:, :end], value[:, :end], causal, dropout, first_query=start
+      )
+    )
   return jnp.concatenate(outputs, axis=1)  # of one block: XLA emits no copy
 
 
@@ -118,9 +132,16 @@ def _splash_per_shard(query, key, value):
   block = min(512, length)  # the largest of 128, 256, 512 that divides the length
   while length % block:
     block //= 2
-  sizes = kernel.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
-                            block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
-                            block_q_dq=block, block_kv_dq=block)
+  sizes = kernel.BlockSizes(
+    block_q=block,
+    block_kv=block,
+    block_kv_compute=block,
+    block_q_dkv=block,
+    block_kv_dkv=block,
+    block_kv_dkv_compute=block,
+    block_q_dq=block,
+    block_kv_dq=block,
+  )
   splash = kernel.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1)
   # The kernel does not scale the scores; scaling the queries is the same product.
   return jax.vmap(splash)(query / math.sqrt(query.shape[-1]), key, value)
@@ -136,12 +157,16 @@ def splash_attention(query, key, value):
   """
   mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty and _target_platform() != 'tpu':
-    raise UserError(f"model.attention='splash' is a TPU kernel and this program compiles for "
-                    f'{_target_platform()}; use model.attention=xla or dot_product_attention')
+    raise UserError(
+      f"model.attention='splash' is a TPU kernel and this program compiles for "
+      f'{_target_platform()}; use model.attention=xla or dot_product_attention'
+    )
   length = query.shape[1]
   if length % SPLASH_BLOCK:
-    raise UserError(f"model.attention='splash' needs a sequence length that is a multiple of "
-                    f'{SPLASH_BLOCK}; got {length}')
+    raise UserError(
+      f"model.attention='splash' needs a sequence length that is a multiple of "
+      f'{SPLASH_BLOCK}; got {length}'
+    )
   to_heads_first = functools.partial(jnp.swapaxes, axis1=1, axis2=2)
   query, key, value = map(to_heads_first, (query, key, value))
   if mesh.empty:
@@ -149,6 +174,7 @@ def splash_attention(query, key, value):
   # The kernel is one opaque call that XLA cannot split: shard_map hands each
   # device its own batch rows and heads, as the activations are laid out.
   spec = nn.logical_to_mesh_axes(('activation_batch', 'activation_heads', None, None))
-  out = jax.shard_map(_splash_per_shard, mesh=mesh, in_specs=(spec, spec, spec),
-                      out_specs=spec, check_vma=False)(query, key, value)
+  out = jax.shard_map(
+    _splash_per_shard, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False
+  )(query, key, value)
   return to_heads_first(out)

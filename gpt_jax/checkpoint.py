@@ -31,7 +31,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
-from gpt_jax import layer_layout, sharding, workdir as workdir_lib
+from gpt_jax import layer_layout, sharding
+from gpt_jax import workdir as workdir_lib
 from gpt_jax.errors import UserError, warn
 
 STATE, DATA, CONFIG = 'state', 'data', 'config'
@@ -50,6 +51,7 @@ logging.getLogger('absl').addFilter(_NoMissingMetricsNotice())
 
 # The data item. Orbax's JSON item is written by the primary process only, but each
 # process reads its own shard of the data, so each writes its own iterator state.
+
 
 class _DataStateHandler(ocp.CheckpointHandler):
   """Stores this process's data-iterator state as `process_<i>-of-<n>.json`."""
@@ -102,11 +104,15 @@ def _set_iterator_state(iterator, stored: dict) -> None:
 
 
 def _item_handlers() -> dict:
-  return {STATE: ocp.StandardCheckpointHandler(), DATA: _DataStateHandler(),
-          CONFIG: ocp.JsonCheckpointHandler()}
+  return {
+    STATE: ocp.StandardCheckpointHandler(),
+    DATA: _DataStateHandler(),
+    CONFIG: ocp.JsonCheckpointHandler(),
+  }
 
 
 # Up-front checks.
+
 
 def checkpoint_bytes(abstract_state) -> int:
   """Bytes of one checkpoint: parameters and optimizer state (the rest is tiny)."""
@@ -120,15 +126,20 @@ def check_compatible(stored_params, expected_params, where: str) -> None:
   arrays or ShapeDtypeStructs; both are compared by path before anything is read.
   """
   stored, expected = _shapes_by_name(stored_params), _shapes_by_name(expected_params)
-  problems = [f'{name} {stored[name]} in the checkpoint vs {shape} in the model'
-              for name, shape in expected.items() if name in stored and stored[name] != shape]
+  problems = [
+    f'{name} {stored[name]} in the checkpoint vs {shape} in the model'
+    for name, shape in expected.items()
+    if name in stored and stored[name] != shape
+  ]
   problems += [f'{name} missing from the checkpoint' for name in expected if name not in stored]
   problems += [f'{name} not in the model' for name in stored if name not in expected]
   if problems:
     shown = problems[:20] + ([f'... and {len(problems) - 20} more'] if len(problems) > 20 else [])
-    raise UserError(f'checkpoint {where} was saved from a different model ({len(problems)} '
-                    f'mismatched parameters: {"; ".join(shown)}); use the config it was trained '
-                    'with (omit --config to reuse the stored one) or another --workdir')
+    raise UserError(
+      f'checkpoint {where} was saved from a different model ({len(problems)} '
+      f'mismatched parameters: {"; ".join(shown)}); use the config it was trained '
+      'with (omit --config to reuse the stored one) or another --workdir'
+    )
 
 
 def _shapes_by_name(tree) -> dict[str, tuple]:
@@ -143,8 +154,9 @@ def _into_layout_of(tree, target):
   """
   if jax.tree.structure(tree) == jax.tree.structure(target):
     return tree  # saved in the same layout
-  return jax.jit(lambda t: layer_layout.like(t, target),
-                 out_shardings=jax.tree.map(lambda t: t.sharding, target))(tree)
+  return jax.jit(
+    lambda t: layer_layout.like(t, target), out_shardings=jax.tree.map(lambda t: t.sharding, target)
+  )(tree)
 
 
 class Checkpointer:
@@ -167,18 +179,27 @@ class Checkpointer:
       if checkpoint_config.best_mode not in ('min', 'max'):
         raise UserError(f'checkpoint.best_mode={checkpoint_config.best_mode!r}: use min or max')
       best_fn = lambda metrics: metrics[self._best_metric]  # noqa: E731
-      policies.append(checkpoint_managers.BestN(
-          get_metric_fn=best_fn, reverse=checkpoint_config.best_mode == 'min',
-          n=checkpoint_config.keep_best, keep_checkpoints_without_metrics=False))
+      policies.append(
+        checkpoint_managers.BestN(
+          get_metric_fn=best_fn,
+          reverse=checkpoint_config.best_mode == 'min',
+          n=checkpoint_config.keep_best,
+          keep_checkpoints_without_metrics=False,
+        )
+      )
     self._manager = ocp.CheckpointManager(
-        self.directory, item_handlers=_item_handlers(),
-        options=ocp.CheckpointManagerOptions(
-            enable_async_checkpointing=checkpoint_config.async_save,
-            cleanup_tmp_directories=True,  # what a killed save left behind
-            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
-            # Only so that orbax writes each step's metrics: a resumed run must still know
-            # which checkpoint is best. What is kept is the preservation policy's call.
-            best_fn=best_fn, best_mode=checkpoint_config.best_mode))
+      self.directory,
+      item_handlers=_item_handlers(),
+      options=ocp.CheckpointManagerOptions(
+        enable_async_checkpointing=checkpoint_config.async_save,
+        cleanup_tmp_directories=True,  # what a killed save left behind
+        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+        # Only so that orbax writes each step's metrics: a resumed run must still know
+        # which checkpoint is best. What is kept is the preservation policy's call.
+        best_fn=best_fn,
+        best_mode=checkpoint_config.best_mode,
+      ),
+    )
 
   def __enter__(self) -> 'Checkpointer':
     return self
@@ -193,23 +214,33 @@ class Checkpointer:
     """(step, metrics) of the best kept checkpoint by best_metric; a tie goes to the later step."""
     self._manager.wait_until_finished()
     sign = -1 if self._best_mode == 'min' else 1
-    scored = [(sign * metrics[self._best_metric], step, metrics)
-              for step in self._manager.all_steps()
-              if (metrics := self._manager.metrics(step)) and self._best_metric in metrics]
+    scored = [
+      (sign * metrics[self._best_metric], step, metrics)
+      for step in self._manager.all_steps()
+      if (metrics := self._manager.metrics(step)) and self._best_metric in metrics
+    ]
     if not scored:
       return None, {}
     _, step, metrics = max(scored, key=lambda item: item[:2])
     return step, dict(metrics)
 
-  def save(self, step: int, state, config: ml_collections.ConfigDict, data_iterator=None,
-           metrics: dict | None = None) -> None:
+  def save(
+    self,
+    step: int,
+    state,
+    config: ml_collections.ConfigDict,
+    data_iterator=None,
+    metrics: dict | None = None,
+  ) -> None:
     """Starts saving `state` as `step`; returns once the arrays are off the device.
 
     `metrics` (e.g. {'eval_loss': ...}) rank this checkpoint for keep_best.
     """
     if metrics is not None and self._keep_best and self._best_metric not in metrics:
-      raise UserError(f'checkpoint.best_metric={self._best_metric!r} is not among the metrics '
-                      f'this run evaluates ({", ".join(metrics)})')
+      raise UserError(
+        f'checkpoint.best_metric={self._best_metric!r} is not among the metrics '
+        f'this run evaluates ({", ".join(metrics)})'
+      )
     items = {STATE: ocp.args.StandardSave(state), CONFIG: ocp.args.JsonSave(config.to_dict())}
     data_state = _iterator_state(data_iterator)
     if data_state is not None:
@@ -255,20 +286,26 @@ class Checkpointer:
     if stored is not None and hasattr(iterator, 'set_state'):
       _set_iterator_state(iterator, stored)
     elif stored is not None:
-      warn(f'the data iterator has no set_state(), so it starts from its beginning instead '
-            f'of where checkpoint {step} left it')
+      warn(
+        f'the data iterator has no set_state(), so it starts from its beginning instead '
+        f'of where checkpoint {step} left it'
+      )
     elif hasattr(iterator, 'set_state'):
-      warn(f'checkpoint {step} holds no data position for {_data_file_name()} (saved by a '
-            'different number of processes, or from an iterator without get_state()); the '
-            'data iterator starts from its beginning')
+      warn(
+        f'checkpoint {step} holds no data position for {_data_file_name()} (saved by a '
+        'different number of processes, or from an iterator without get_state()); the '
+        'data iterator starts from its beginning'
+      )
 
   def _set_aside(self, step: int, error: Exception) -> None:
     """Moves an unreadable step out of the way so training can save that step again."""
     step_dir = self.directory / str(step)
     target = self.workdir / workdir_lib.DAMAGED_CHECKPOINTS_DIR / str(step)
-    warn(f'checkpoint {step_dir} is unreadable ({type(error).__name__}: '
-          f'{str(error).splitlines()[0] if str(error) else ""}); moved it to {target} and '
-          'trying the previous one')
+    warn(
+      f'checkpoint {step_dir} is unreadable ({type(error).__name__}: '
+      f'{str(error).splitlines()[0] if str(error) else ""}); moved it to {target} and '
+      'trying the previous one'
+    )
     if jax.process_index() == 0:
       target.parent.mkdir(exist_ok=True)
       if target.exists():
@@ -289,24 +326,29 @@ class Checkpointer:
 # Reading a workdir without training: the config to resume with, parameters to fine-tune
 # or sample from.
 
+
 def _absolute(workdir: str | Path) -> epath.Path:
   """orbax wants an absolute directory; a bucket URL already is one."""
   workdir = workdir_lib.path(workdir)
   return workdir.resolve() if workdir_lib.is_local(workdir) else workdir
 
 
-def _read_only_manager(workdir: str | Path, state_handler=None) -> tuple[ocp.CheckpointManager,
-                                                                         epath.Path]:
+def _read_only_manager(
+  workdir: str | Path, state_handler=None
+) -> tuple[ocp.CheckpointManager, epath.Path]:
   directory = _absolute(workdir) / workdir_lib.CHECKPOINTS_DIR
   if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
-    raise UserError(f'{workdir} holds no checkpoint (nothing in {directory}); give a config to '
-                    'start a new run there, or the workdir of a run that saved one')
+    raise UserError(
+      f'{workdir} holds no checkpoint (nothing in {directory}); give a config to '
+      'start a new run there, or the workdir of a run that saved one'
+    )
   handlers = _item_handlers()
   if state_handler is not None:
     handlers[STATE] = state_handler
   # Never saved to; `read_only=True` would say so too, but warns on every open.
-  return ocp.CheckpointManager(directory, item_handlers=handlers,
-                               options=ocp.CheckpointManagerOptions(create=False)), directory
+  return ocp.CheckpointManager(
+    directory, item_handlers=handlers, options=ocp.CheckpointManagerOptions(create=False)
+  ), directory
 
 
 @contextlib.contextmanager
@@ -332,8 +374,9 @@ def _quiet_leftovers_of_a_failed_read():
 
   def keep_record(record: logging.LogRecord) -> bool:
     error = record.exc_info[1] if record.exc_info else None
-    return not ('exception was never retrieved' in record.getMessage()
-                and 'tensorstore_spec' in str(error))
+    return not (
+      'exception was never retrieved' in record.getMessage() and 'tensorstore_spec' in str(error)
+    )
 
   asyncio_logger = logging.getLogger('asyncio')
   sys.unraisablehook = hook
@@ -354,10 +397,13 @@ def _first_readable(manager: ocp.CheckpointManager, directory: Path, read, step:
       raise
     except Exception as error:  # noqa: BLE001 -- damage: try the previous checkpoint
       if step is not None:
-        raise UserError(f'checkpoint {directory / str(step)} is unreadable '
-                        f'({type(error).__name__}: {error})') from None
-      warn(f'checkpoint {directory / str(candidate)} is unreadable ({type(error).__name__}); '
-            'trying the previous one')
+        raise UserError(
+          f'checkpoint {directory / str(step)} is unreadable ({type(error).__name__}: {error})'
+        ) from None
+      warn(
+        f'checkpoint {directory / str(candidate)} is unreadable ({type(error).__name__}); '
+        'trying the previous one'
+      )
   raise UserError(f'no readable checkpoint in {directory}')
 
 
@@ -366,9 +412,13 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
   manager, directory = _read_only_manager(workdir)
   with manager:
     stored = _first_readable(
-        manager, directory,
-        lambda step: manager.restore(step, args=ocp.args.Composite(
-            **{CONFIG: ocp.args.JsonRestore()}))[CONFIG], None)
+      manager,
+      directory,
+      lambda step: manager.restore(
+        step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()})
+      )[CONFIG],
+      None,
+    )
   return ml_collections.ConfigDict(_upgrade_config(stored))
 
 
@@ -410,8 +460,16 @@ def load_params(workdir: str | Path, target=None, step: int | None = None):
     else:
       item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored)
       restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)
-    restored = manager.restore(candidate, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
-        item={'params': item}, restore_args={'params': restore_args}, partial_restore=True)}))
+    restored = manager.restore(
+      candidate,
+      args=ocp.args.Composite(
+        **{
+          STATE: ocp.args.PyTreeRestore(
+            item={'params': item}, restore_args={'params': restore_args}, partial_restore=True
+          )
+        }
+      ),
+    )
     params = restored[STATE]['params']
     return params if target is None else _into_layout_of(params, target)
 

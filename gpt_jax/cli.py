@@ -26,33 +26,41 @@ Run `gpt-jax <mode> --help` for the flags of one mode and the config sections it
 # The config sections each mode reads (the fields are documented in configs/gpt1.py and
 # configs/finetune/base.py).
 _SECTIONS = {
-    'tokenizer': 'model.vocab_size, data',
-    'prepare': 'model.vocab_size, data',
-    'pretrain': 'model, train, optim, data, mesh, checkpoint, report',
-    'finetune': 'model (numerics and dropout; the shape comes from --init), train, optim, task, '
-                'finetune, mesh, checkpoint, report',
+  'tokenizer': 'model.vocab_size, data',
+  'prepare': 'model.vocab_size, data',
+  'pretrain': 'model, train, optim, data, mesh, checkpoint, report',
+  'finetune': 'model (numerics and dropout; the shape comes from --init), train, optim, task, '
+  'finetune, mesh, checkpoint, report',
 }
 
 
 def _mode_epilog(mode: str) -> str:
-  return (f'config sections read: {_SECTIONS[mode]}\n\n'
-          f'{_EPILOG}')
+  return f'config sections read: {_SECTIONS[mode]}\n\n{_EPILOG}'
 
 
 def _add_print_config_flag(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument('--print_config', action='store_true',
-                      help='print the resolved config (after overrides) and exit')
+  parser.add_argument(
+    '--print_config',
+    action='store_true',
+    help='print the resolved config (after overrides) and exit',
+  )
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument('--config', required=True,
-                      help='shipped config name (tiny, gpt1, finetune/sst2) or a config file')
+  parser.add_argument(
+    '--config',
+    required=True,
+    help='shipped config name (tiny, gpt1, finetune/sst2) or a config file',
+  )
   _add_print_config_flag(parser)
 
 
 def _add_resumable_config_flags(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument('--config', help='shipped config name (tiny, gpt1) or a config file; omit '
-                      'it to resume with the config stored in --workdir')
+  parser.add_argument(
+    '--config',
+    help='shipped config name (tiny, gpt1) or a config file; omit '
+    'it to resume with the config stored in --workdir',
+  )
   _add_print_config_flag(parser)
 
 
@@ -68,27 +76,39 @@ def _resolved_config(args, overrides):
 
 
 def _add_workdir_flag(parser: argparse.ArgumentParser, required: bool = True) -> None:
-  parser.add_argument('--workdir', required=required,
-                      help='directory for checkpoints, logs and metrics of this run')
+  parser.add_argument(
+    '--workdir', required=required, help='directory for checkpoints, logs and metrics of this run'
+  )
 
 
 def _add_profile_flag(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument('--profile', nargs='?', const='10:5', metavar='START:COUNT',
-                      help='write a JAX profiler trace of COUNT steps from step START to '
-                      'WORKDIR/profile (view in TensorBoard or Perfetto); default 10:5')
+  parser.add_argument(
+    '--profile',
+    nargs='?',
+    const='10:5',
+    metavar='START:COUNT',
+    help='write a JAX profiler trace of COUNT steps from step START to '
+    'WORKDIR/profile (view in TensorBoard or Perfetto); default 10:5',
+  )
 
 
 def _add_dry_run_flags(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument('--dry_run', action='store_true',
-                      help='train nothing: compile the sharded train step for --topology and '
-                      'report per-chip memory, FLOPs and whether it fits (needs libtpu, '
-                      'pip install "gpt_jax[tpu]"; no TPU)')
-  parser.add_argument('--topology', help='TPU slice for --dry_run, e.g. v5e:2x4 (v5e-8), '
-                      'v4:2x2x1 (v4-8), v5e:8x8 (v5e-64)')
+  parser.add_argument(
+    '--dry_run',
+    action='store_true',
+    help='train nothing: compile the sharded train step for --topology and '
+    'report per-chip memory, FLOPs and whether it fits (needs libtpu, '
+    'pip install "gpt_jax[tpu]"; no TPU)',
+  )
+  parser.add_argument(
+    '--topology',
+    help='TPU slice for --dry_run, e.g. v5e:2x4 (v5e-8), v4:2x2x1 (v4-8), v5e:8x8 (v5e-64)',
+  )
 
 
 def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
   from gpt_jax import distributed
+
   distributed.add_flags(parser)
 
 
@@ -98,6 +118,7 @@ def _pretrain(args, overrides) -> None:
     _dry_run(args, overrides)
     return
   from gpt_jax import distributed
+
   # Before anything asks JAX for its devices (reading a stored config does).
   distributed.initialize_from_args(args)
   config = _pretrain_config(args, overrides)
@@ -118,15 +139,24 @@ def _pretrain(args, overrides) -> None:
   if jax.process_index() == 0:
     data.tokenizer.copy_to(workdir)  # the run can always decode its own ids
   try:
-    result = pretrain.run_pretraining(config, workdir, data.train_batches, data.eval_batches,
-                                      data.train_tokens, log, _profile_window(args.profile))
+    result = pretrain.run_pretraining(
+      config,
+      workdir,
+      data.train_batches,
+      data.eval_batches,
+      data.train_tokens,
+      log,
+      _profile_window(args.profile),
+    )
   finally:
     log.close()  # flushes TensorBoard and draws curves.png, also after an error
   if result['preempted']:
     return
-  log.info(f'done: eval loss {result["eval"]["loss"]:.4f} | '
-           f'perplexity {result["eval"]["perplexity"]:.2f} | unigram entropy of the corpus '
-           f'{data.store.unigram_entropy():.4f} nats | curves in {workdir / "curves.png"}')
+  log.info(
+    f'done: eval loss {result["eval"]["loss"]:.4f} | '
+    f'perplexity {result["eval"]["perplexity"]:.2f} | unigram entropy of the corpus '
+    f'{data.store.unigram_entropy():.4f} nats | curves in {workdir / "curves.png"}'
+  )
 
 
 def _pretrain_config(args, overrides):
@@ -158,8 +188,10 @@ def _profile_window(text: str | None) -> tuple[int, int] | None:
 
 
 # mode -> (dry-run function name in gpt_jax.dryrun, an example config)
-_DRY_RUNS = {'pretrain': ('dry_run', 'configs/gpt1_v5e_8.py'),
-             'finetune': ('finetune_dry_run', 'finetune/race_middle')}
+_DRY_RUNS = {
+  'pretrain': ('dry_run', 'configs/gpt1_v5e_8.py'),
+  'finetune': ('finetune_dry_run', 'finetune/race_middle'),
+}
 
 
 def _dry_run(args, overrides) -> None:
@@ -169,15 +201,18 @@ def _dry_run(args, overrides) -> None:
 
   function, example = _DRY_RUNS[args.mode]
   if not (args.dry_run and args.topology and args.config):
-    raise UserError('a dry run needs --dry_run, --topology and --config, e.g. '
-                    f'gpt-jax {args.mode} --config {example} --dry_run --topology v5e:2x4')
-  report = getattr(dryrun, function)(config_lib.load_config(args.config, overrides),
-                                     args.topology)
+    raise UserError(
+      'a dry run needs --dry_run, --topology and --config, e.g. '
+      f'gpt-jax {args.mode} --config {example} --dry_run --topology v5e:2x4'
+    )
+  report = getattr(dryrun, function)(config_lib.load_config(args.config, overrides), args.topology)
   print(report.table())
   if not report.fits:
-    raise UserError(f'{args.config} does not fit on {args.topology}; shrink the per-chip share: '
-                    'model.remat=full, optim.grad_accum_steps > 1, or shard the state over '
-                    'more chips with mesh.fsdp')
+    raise UserError(
+      f'{args.config} does not fit on {args.topology}; shrink the per-chip share: '
+      'model.remat=full, optim.grad_accum_steps > 1, or shard the state over '
+      'more chips with mesh.fsdp'
+    )
 
 
 def _tokenizer(args, overrides) -> None:
@@ -186,6 +221,7 @@ def _tokenizer(args, overrides) -> None:
   if config is not None:
     from gpt_jax import distributed
     from gpt_jax.data import workflow
+
     distributed.initialize_from_args(args)  # several processes: process 0 trains, all wait
     workflow.train_tokenizer(config)
 
@@ -196,6 +232,7 @@ def _prepare(args, overrides) -> None:
   if config is not None:
     from gpt_jax import distributed
     from gpt_jax.data import workflow
+
     distributed.initialize_from_args(args)  # several processes: each writes its share of shards
     workflow.prepare(config)
 
@@ -211,8 +248,8 @@ def _finetune(args, overrides) -> None:
   if config is None:
     return
   from gpt_jax import distributed
+
   distributed.initialize_from_args(args)  # before anything asks JAX for its devices
-  import jax
 
   from gpt_jax import compile_cache, finetune, tracking
   from gpt_jax.report import RunLog
@@ -231,8 +268,10 @@ def _finetune(args, overrides) -> None:
 
 
 def _add_init_flag(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument('--init', help='pretraining workdir or Hugging Face directory to start '
-                      'from (sets config.finetune.init)')
+  parser.add_argument(
+    '--init',
+    help='pretraining workdir or Hugging Face directory to start from (sets config.finetune.init)',
+  )
 
 
 def _sample(args, overrides) -> None:
@@ -251,13 +290,20 @@ def _sample(args, overrides) -> None:
   if not prompts:
     raise UserError('give at least one --prompt TEXT or a --prompts_file with one prompt a line')
   compile_cache.enable()
-  weights = load_weights(args.workdir, tokenizer_required=args.tokenizer is None,
-                         flag='--workdir')
+  weights = load_weights(args.workdir, tokenizer_required=args.tokenizer is None, flag='--workdir')
   tokenizer = Tokenizer(args.tokenizer) if args.tokenizer else weights.tokenizer
   continuations = sample.generate_text(
-      weights.params, weights.model_config, tokenizer, prompts, args.max_new_tokens,
-      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-      stop_tokens=[] if tokenizer.eod_id is None else [tokenizer.eod_id], seed=args.seed)
+    weights.params,
+    weights.model_config,
+    tokenizer,
+    prompts,
+    args.max_new_tokens,
+    temperature=args.temperature,
+    top_k=args.top_k,
+    top_p=args.top_p,
+    stop_tokens=[] if tokenizer.eod_id is None else [tokenizer.eod_id],
+    seed=args.seed,
+  )
   for index, (prompt, continuation) in enumerate(zip(prompts, continuations)):
     if index:
       print('-' * 40)
@@ -283,10 +329,12 @@ def _eval(args, overrides) -> None:
   if bool(args.workdir) == bool(args.init):
     raise UserError('eval needs exactly one of --workdir (a gpt_jax run) or --init (any weights)')
   from gpt_jax import distributed
+
   distributed.initialize_from_args(args)  # before anything asks JAX for its devices
   import jax
 
   from gpt_jax import checkpoint
+
   stored = checkpoint.load_config(args.workdir) if args.workdir else None
   if args.zero_shot:
     result = _eval_zero_shot(args, overrides)
@@ -299,12 +347,18 @@ def _eval(args, overrides) -> None:
     out.write_text(json.dumps(result, indent=2) + '\n')
   if 'splits' in result:
     for split, scores in result['splits'].items():
-      print(f'{result["task"]} {split}: ' + ' | '.join(
-          f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k, v in scores.items()))
+      print(
+        f'{result["task"]} {split}: '
+        + ' | '.join(
+          f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k, v in scores.items()
+        )
+      )
     print(f'wrote {out}')
   else:
-    print(f'loss {result["loss"]:.4f} | perplexity {result["perplexity"]:.2f} | bits per byte '
-          f'{result["bits_per_byte"]:.4f} | {result["tokens_scored"]:,} tokens | wrote {out}')
+    print(
+      f'loss {result["loss"]:.4f} | perplexity {result["perplexity"]:.2f} | bits per byte '
+      f'{result["bits_per_byte"]:.4f} | {result["tokens_scored"]:,} tokens | wrote {out}'
+    )
 
 
 def _eval_text(args, overrides, config) -> dict:
@@ -316,8 +370,9 @@ def _eval_text(args, overrides, config) -> dict:
   _no_overrides('eval', overrides)
   weights = load_weights(args.workdir or args.init, flag='--workdir' if args.workdir else '--init')
   if args.text:
-    tokens, text_bytes = evaluation.token_stream(weights.tokenizer,
-                                                 evaluation.read_documents(args.text))
+    tokens, text_bytes = evaluation.token_stream(
+      weights.tokenizer, evaluation.read_documents(args.text)
+    )
   elif config is not None:
     tokens, text_bytes = _corpus_split(config, weights.tokenizer, args.split or 'validation')
   else:
@@ -325,10 +380,14 @@ def _eval_text(args, overrides, config) -> dict:
   seq_len = _eval_seq_len(args, weights, config.train.seq_len if config else 0)
   mesh = sharding.make_mesh(config.mesh if config else dict(data=-1, fsdp=1, tensor=1))
   scorer = Scorer(weights.params, weights.model_config, mesh, args.batch_size, seq_len)
-  result = evaluation.evaluate_stream(scorer, tokens, text_bytes, stride=args.stride or seq_len,
-                                      max_windows=args.max_windows)
-  return {**result, 'source': weights.source,
-          'text': args.text or f'{args.split or "validation"} split'}
+  result = evaluation.evaluate_stream(
+    scorer, tokens, text_bytes, stride=args.stride or seq_len, max_windows=args.max_windows
+  )
+  return {
+    **result,
+    'source': weights.source,
+    'text': args.text or f'{args.split or "validation"} split',
+  }
 
 
 def _eval_seq_len(args, weights, default: int) -> int:
@@ -345,13 +404,21 @@ def _eval_zero_shot(args, overrides) -> dict:
   from gpt_jax.weights import load_weights
 
   if not args.config:
-    raise UserError('--zero_shot needs --config naming the task (finetune/sst2, finetune/local '
-                    'with --config.task.validation=FILE --config.task.verbalizer=...)')
+    raise UserError(
+      '--zero_shot needs --config naming the task (finetune/sst2, finetune/local '
+      'with --config.task.validation=FILE --config.task.verbalizer=...)'
+    )
   config = config_lib.load_config(args.config, overrides)
   weights = load_weights(args.workdir or args.init, flag='--workdir' if args.workdir else '--init')
   result = evaluation.zero_shot_task(
-      weights, config, sharding.make_mesh(config.mesh), batch_size=args.batch_size,
-      seq_len=_eval_seq_len(args, weights, 0), split=args.split, task_file=args.task_file)
+    weights,
+    config,
+    sharding.make_mesh(config.mesh),
+    batch_size=args.batch_size,
+    seq_len=_eval_seq_len(args, weights, 0),
+    split=args.split,
+    task_file=args.task_file,
+  )
   return {**result, 'source': weights.source}
 
 
@@ -361,18 +428,26 @@ def _eval_finetuned(args, overrides, config) -> dict:
   from gpt_jax import evaluation, sharding
 
   if args.config:
-    raise UserError('a fine-tuning --workdir brings its own task config; override fields with '
-                    '--config.task.FIELD=VALUE, or add --zero_shot for the zero-shot probe')
+    raise UserError(
+      'a fine-tuning --workdir brings its own task config; override fields with '
+      '--config.task.FIELD=VALUE, or add --zero_shot for the zero-shot probe'
+    )
   for override in overrides:
     config_lib.apply_override(config, override)
   return evaluation.finetuned_task(
-      workdir_lib.path(args.workdir), config, sharding.make_mesh(config.mesh),
-      batch_size=args.batch_size, split=args.split, task_file=args.task_file)
+    workdir_lib.path(args.workdir),
+    config,
+    sharding.make_mesh(config.mesh),
+    batch_size=args.batch_size,
+    split=args.split,
+    task_file=args.task_file,
+  )
 
 
 def _corpus_split(config, tokenizer, split: str):
   """(tokens, UTF-8 bytes) of one split of the run's token store."""
-  from gpt_jax.data import corpora, store as store_lib, workflow
+  from gpt_jax.data import corpora, workflow
+  from gpt_jax.data import store as store_lib
 
   directory = workflow.store_path(config, corpora.open_corpus(config.data), tokenizer)
   store = store_lib.TokenStore(directory)  # one line if missing or incomplete, saying how
@@ -384,21 +459,39 @@ def _corpus_split(config, tokenizer, split: str):
 def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--workdir', help='gpt_jax workdir: its model, tokenizer, corpus and mesh')
   parser.add_argument('--init', help='any weights: Hugging Face dir, OpenAI release, hf:ORG/NAME')
-  parser.add_argument('--split', help="corpus split of --workdir's run (default validation); "
-                      "with a task: one of its splits (default: every validation split)")
+  parser.add_argument(
+    '--split',
+    help="corpus split of --workdir's run (default validation); "
+    'with a task: one of its splits (default: every validation split)',
+  )
   parser.add_argument('--text', help='a .txt file (one document) or .jsonl ("text" per line)')
-  parser.add_argument('--zero_shot', action='store_true', help='score the --config task with '
-                      'the language model alone (the paper\'s zero-shot probes)')
+  parser.add_argument(
+    '--zero_shot',
+    action='store_true',
+    help="score the --config task with the language model alone (the paper's zero-shot probes)",
+  )
   parser.add_argument('--config', help='the task of --zero_shot (finetune/sst2, finetune/local)')
-  parser.add_argument('--task_file', help='a task file (.jsonl/.csv/.tsv) to score instead of '
-                      'the task\'s splits (fine-tuning workdirs and --zero_shot)')
-  parser.add_argument('--seq_len', type=int, default=0,
-                      help='window length (default: the run\'s train.seq_len, else n_ctx)')
-  parser.add_argument('--stride', type=int, default=0,
-                      help='tokens between window starts (default seq_len: no overlap)')
+  parser.add_argument(
+    '--task_file',
+    help='a task file (.jsonl/.csv/.tsv) to score instead of '
+    "the task's splits (fine-tuning workdirs and --zero_shot)",
+  )
+  parser.add_argument(
+    '--seq_len',
+    type=int,
+    default=0,
+    help="window length (default: the run's train.seq_len, else n_ctx)",
+  )
+  parser.add_argument(
+    '--stride',
+    type=int,
+    default=0,
+    help='tokens between window starts (default seq_len: no overlap)',
+  )
   parser.add_argument('--max_windows', type=int, default=0, help='score only the first N windows')
-  parser.add_argument('--batch_size', type=int, default=8,
-                      help='rows per batch (windows, answers or examples)')
+  parser.add_argument(
+    '--batch_size', type=int, default=8, help='rows per batch (windows, answers or examples)'
+  )
   parser.add_argument('--out', help='where to write eval.json (default WORKDIR/eval.json)')
 
 
@@ -408,87 +501,159 @@ def _glue_submission(args, overrides) -> None:
 
   _no_overrides('glue-submission', overrides)
   out, missing = glue.make_submission(args.workdirs, args.out, partial=args.partial)
-  print(f'wrote {out}' + (f' without {", ".join(missing)}' if missing else
-                          ': every file GLUE expects; upload it at gluebenchmark.com'))
+  print(
+    f'wrote {out}'
+    + (
+      f' without {", ".join(missing)}'
+      if missing
+      else ': every file GLUE expects; upload it at gluebenchmark.com'
+    )
+  )
 
 
 def _add_glue_submission_flags(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument('--workdirs', nargs='+', required=True,
-                      help='fine-tuning workdirs of GLUE tasks (cola, sst2, mrpc, stsb, qqp, '
-                      'mnli, qnli, rte); MNLI\'s also holds AX.tsv')
+  parser.add_argument(
+    '--workdirs',
+    nargs='+',
+    required=True,
+    help='fine-tuning workdirs of GLUE tasks (cola, sst2, mrpc, stsb, qqp, '
+    "mnli, qnli, rte); MNLI's also holds AX.tsv",
+  )
   parser.add_argument('--out', default='glue_submission.zip', help='the zip to write')
-  parser.add_argument('--partial', action='store_true',
-                      help='zip the files there are even if some task is missing')
+  parser.add_argument(
+    '--partial', action='store_true', help='zip the files there are even if some task is missing'
+  )
 
 
 def _no_overrides(mode: str, overrides: list[str]) -> None:
   if overrides:
-    raise UserError(f'{mode} takes no config overrides (got --config.{overrides[0]}); the model '
-                    'and its settings come from --workdir')
+    raise UserError(
+      f'{mode} takes no config overrides (got --config.{overrides[0]}); the model '
+      'and its settings come from --workdir'
+    )
 
 
 def _add_export_flags(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument('--workdir', required=True,
-                      help='pretraining or fine-tuning workdir (its newest checkpoint)')
-  parser.add_argument('--out', required=True,
-                      help='Hugging Face directory to create (must not exist or be empty)')
+  parser.add_argument(
+    '--workdir', required=True, help='pretraining or fine-tuning workdir (its newest checkpoint)'
+  )
+  parser.add_argument(
+    '--out', required=True, help='Hugging Face directory to create (must not exist or be empty)'
+  )
 
 
 def _add_sample_flags(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument('--workdir', required=True, help='pretraining or fine-tuning workdir, or '
-                      'a Hugging Face openai-gpt directory (e.g. from `gpt-jax export`)')
+  parser.add_argument(
+    '--workdir',
+    required=True,
+    help='pretraining or fine-tuning workdir, or '
+    'a Hugging Face openai-gpt directory (e.g. from `gpt-jax export`)',
+  )
   parser.add_argument('--prompt', action='append', help='text to continue (repeatable)')
   parser.add_argument('--prompts_file', help='UTF-8 file with one prompt a line')
   parser.add_argument('--tokenizer', help='sentencepiece model; default WORKDIR/tokenizer.model')
-  parser.add_argument('--max_new_tokens', type=int, default=100,
-                      help='tokens to add to each prompt (fewer at end of document)')
+  parser.add_argument(
+    '--max_new_tokens',
+    type=int,
+    default=100,
+    help='tokens to add to each prompt (fewer at end of document)',
+  )
   parser.add_argument('--temperature', type=float, default=1.0, help='0 = greedy')
-  parser.add_argument('--top_k', type=int, default=0,
-                      help='sample among the k most likely tokens (0 = all)')
-  parser.add_argument('--top_p', type=float, default=1.0,
-                      help='nucleus sampling: the most likely tokens up to this mass (1 = all)')
+  parser.add_argument(
+    '--top_k', type=int, default=0, help='sample among the k most likely tokens (0 = all)'
+  )
+  parser.add_argument(
+    '--top_p',
+    type=float,
+    default=1.0,
+    help='nucleus sampling: the most likely tokens up to this mass (1 = all)',
+  )
   parser.add_argument('--seed', type=int, default=0)
 
 
 # mode name -> (function, help, flag adders)
 MODES = {
-    'tokenizer': (_tokenizer, 'train the BPE tokenizer of a config on its corpus',
-                  [_add_config_flags, _add_distributed_flags]),
-    'prepare': (_prepare, 'tokenise the corpus of a config into its token store',
-                [_add_config_flags, _add_distributed_flags]),
-    'pretrain': (_pretrain, 'pretrain a GPT on a text corpus (next-token prediction)',
-                 [_add_resumable_config_flags,
-                  functools.partial(_add_workdir_flag, required=False), _add_dry_run_flags,
-                  _add_profile_flag, _add_distributed_flags]),
-    'finetune': (_finetune, 'fine-tune on a classification / entailment / similarity / '
-                 'multiple-choice task',
-                 [_add_config_flags, functools.partial(_add_workdir_flag, required=False),
-                  _add_init_flag, _add_dry_run_flags, _add_distributed_flags]),
-    'sample': (_sample, 'continue text prompts with a trained GPT (KV-cache decoding)',
-               [_add_sample_flags]),
-    'eval': (_eval, 'loss, perplexity and bits per byte on text; zero-shot task probes; a '
-             'fine-tuned model on its task', [_add_eval_flags, _add_distributed_flags]),
-    'export': (_export, 'write a workdir as a Hugging Face openai-gpt directory (safetensors)',
-               [_add_export_flags]),
-    'glue-submission': (_glue_submission, 'zip the GLUE test predictions of fine-tuning runs '
-                        'for the leaderboard', [_add_glue_submission_flags]),
+  'tokenizer': (
+    _tokenizer,
+    'train the BPE tokenizer of a config on its corpus',
+    [_add_config_flags, _add_distributed_flags],
+  ),
+  'prepare': (
+    _prepare,
+    'tokenise the corpus of a config into its token store',
+    [_add_config_flags, _add_distributed_flags],
+  ),
+  'pretrain': (
+    _pretrain,
+    'pretrain a GPT on a text corpus (next-token prediction)',
+    [
+      _add_resumable_config_flags,
+      functools.partial(_add_workdir_flag, required=False),
+      _add_dry_run_flags,
+      _add_profile_flag,
+      _add_distributed_flags,
+    ],
+  ),
+  'finetune': (
+    _finetune,
+    'fine-tune on a classification / entailment / similarity / multiple-choice task',
+    [
+      _add_config_flags,
+      functools.partial(_add_workdir_flag, required=False),
+      _add_init_flag,
+      _add_dry_run_flags,
+      _add_distributed_flags,
+    ],
+  ),
+  'sample': (
+    _sample,
+    'continue text prompts with a trained GPT (KV-cache decoding)',
+    [_add_sample_flags],
+  ),
+  'eval': (
+    _eval,
+    'loss, perplexity and bits per byte on text; zero-shot task probes; a '
+    'fine-tuned model on its task',
+    [_add_eval_flags, _add_distributed_flags],
+  ),
+  'export': (
+    _export,
+    'write a workdir as a Hugging Face openai-gpt directory (safetensors)',
+    [_add_export_flags],
+  ),
+  'glue-submission': (
+    _glue_submission,
+    'zip the GLUE test predictions of fine-tuning runs for the leaderboard',
+    [_add_glue_submission_flags],
+  ),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog='gpt-jax', description='GPT-1 (Radford et al. 2018) in JAX/Flax: pretraining, '
-      'fine-tuning and sampling from a laptop CPU to a TPU pod.',
-      epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--traceback', action='store_true',
-                      help='show the full traceback of an error instead of one line')
-  parser.add_argument('--version', action='version',
-                      version=f'gpt-jax {importlib.metadata.version("gpt_jax")}')
+    prog='gpt-jax',
+    description='GPT-1 (Radford et al. 2018) in JAX/Flax: pretraining, '
+    'fine-tuning and sampling from a laptop CPU to a TPU pod.',
+    epilog=_EPILOG,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+    '--traceback',
+    action='store_true',
+    help='show the full traceback of an error instead of one line',
+  )
+  parser.add_argument(
+    '--version', action='version', version=f'gpt-jax {importlib.metadata.version("gpt_jax")}'
+  )
   modes = parser.add_subparsers(dest='mode', metavar='MODE', required=True)
   for name, (function, help_text, flag_adders) in MODES.items():
-    sub = modes.add_parser(name, help=help_text, description=function.__doc__,
-                           epilog=_mode_epilog(name) if name in _SECTIONS else None,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = modes.add_parser(
+      name,
+      help=help_text,
+      description=function.__doc__,
+      epilog=_mode_epilog(name) if name in _SECTIONS else None,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub.add_argument('--traceback', action='store_true', help=argparse.SUPPRESS)
     for add in flag_adders:
       add(sub)
@@ -504,9 +669,9 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     arg = argv[i]
     if arg.startswith('--config.'):
       if '=' in arg:
-        overrides.append(arg[len('--config.'):])
+        overrides.append(arg[len('--config.') :])
       elif i + 1 < len(argv):
-        overrides.append(f'{arg[len("--config."):]}={argv[i + 1]}')
+        overrides.append(f'{arg[len("--config.") :]}={argv[i + 1]}')
         i += 1
       else:
         raise UserError(f'{arg} needs a value, e.g. {arg}=2')
@@ -523,6 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     rest, overrides = _split_overrides(argv)
     args = build_parser().parse_args(rest)
     from gpt_jax import distributed
+
     distributed.skip_absent_tpu()  # before any mode starts JAX
     args.run(args, overrides)
   except (UserError, FileNotFoundError) as error:

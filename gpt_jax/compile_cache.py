@@ -31,8 +31,10 @@ def enable(config=None) -> str | None:
     try:
       os.makedirs(cache_dir, exist_ok=True)
     except OSError as error:
-      raise UserError(f'compile_cache_dir {cache_dir} cannot be created ({error.strerror}); '
-                      'pass another --config.compile_cache_dir, or "" to turn the cache off') from None
+      raise UserError(
+        f'compile_cache_dir {cache_dir} cannot be created ({error.strerror}); '
+        'pass another --config.compile_cache_dir, or "" to turn the cache off'
+      ) from None
   jax.config.update('jax_compilation_cache_dir', cache_dir or None)
   # JAX decides once, at the first compilation, whether and where to cache; forget
   # that decision so this setting holds even after something has compiled.

@@ -52,8 +52,10 @@ def _load_module(name_or_path: str):
     return importlib.import_module(module_name)
   path = pathlib.Path(name_or_path)
   if not path.is_file():
-    raise UserError(f'config file {name_or_path} not found; pass a file path or a shipped name '
-                    f'({", ".join(shipped_configs())})')
+    raise UserError(
+      f'config file {name_or_path} not found; pass a file path or a shipped name '
+      f'({", ".join(shipped_configs())})'
+    )
   # A private module name: the user's file never shadows, or is shadowed by, another module.
   spec = importlib.util.spec_from_file_location(f'_gpt_jax_user_config_{path.stem}', path)
   module = importlib.util.module_from_spec(spec)
@@ -91,8 +93,10 @@ def _child(node, key, where):
     known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
     hint = difflib.get_close_matches(key, known, n=1)
     field = f'{where}.{key}' if where else key
-    raise UserError(f'unknown config field {field}' +
-                    (f'; did you mean {hint[0]}?' if hint else f'; known: {", ".join(known)}'))
+    raise UserError(
+      f'unknown config field {field}'
+      + (f'; did you mean {hint[0]}?' if hint else f'; known: {", ".join(known)}')
+    )
   return node[key]
 
 
@@ -108,7 +112,9 @@ def _convert(text: str, current, dotted: str):
   try:
     value = ast.literal_eval(text)
   except (ValueError, SyntaxError):
-    raise UserError(f'config field {dotted} expects a {type(current).__name__}; got {text!r}') from None
+    raise UserError(
+      f'config field {dotted} expects a {type(current).__name__}; got {text!r}'
+    ) from None
   if isinstance(current, float) and isinstance(value, int):
     value = float(value)
   if isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)):

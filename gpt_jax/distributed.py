@@ -35,20 +35,28 @@ def skip_absent_tpu() -> None:
     return
   if importlib.util.find_spec('libtpu') is None:
     return
-  if any(name.startswith(('jax-cuda', 'jax_cuda', 'jax-rocm', 'jax_rocm'))
-         for name in (dist.metadata['Name'] or '' for dist in importlib.metadata.distributions())):
+  if any(
+    name.startswith(('jax-cuda', 'jax_cuda', 'jax-rocm', 'jax_rocm'))
+    for name in (dist.metadata['Name'] or '' for dist in importlib.metadata.distributions())
+  ):
     return
   import jax
+
   jax.config.update('jax_platforms', 'cpu')
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
   group = parser.add_argument_group(
-      'multi-process runs', 'Automatic on TPU VMs and pod slices (one process per worker). On '
-      'CPU or GPU clusters start one process per host, each with the same --coordinator_address '
-      'and --num_processes and its own --process_id.')
-  group.add_argument('--coordinator_address', metavar='HOST:PORT',
-                     help="process 0's host and a free port, reachable from every process")
+    'multi-process runs',
+    'Automatic on TPU VMs and pod slices (one process per worker). On '
+    'CPU or GPU clusters start one process per host, each with the same --coordinator_address '
+    'and --num_processes and its own --process_id.',
+  )
+  group.add_argument(
+    '--coordinator_address',
+    metavar='HOST:PORT',
+    help="process 0's host and a free port, reachable from every process",
+  )
   group.add_argument('--num_processes', type=int, metavar='N', help='processes in the run')
   group.add_argument('--process_id', type=int, metavar='I', help='this process, 0 .. N-1')
 
@@ -57,8 +65,11 @@ def initialize_from_args(args: argparse.Namespace) -> None:
   initialize(args.coordinator_address, args.num_processes, args.process_id)
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> None:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> None:
   """Joins this process to a multi-process run when flags or the environment say it is one.
 
   With all three arguments the run is explicit (CPU or GPU clusters, or
@@ -67,24 +78,34 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   `jax.distributed.initialize()` finds the other processes itself; otherwise
   this is a one-process run and nothing happens.
   """
-  given = {'--coordinator_address': coordinator_address, '--num_processes': num_processes,
-           '--process_id': process_id}
+  given = {
+    '--coordinator_address': coordinator_address,
+    '--num_processes': num_processes,
+    '--process_id': process_id,
+  }
   if all(value is None for value in given.values()):
     if _in_a_cluster():
       import jax
+
       jax.distributed.initialize()
     return
   missing = [flag for flag, value in given.items() if value is None]
   if missing:
-    raise UserError(f'a multi-process run needs --coordinator_address, --num_processes and '
-                    f'--process_id together; missing {", ".join(missing)}')
+    raise UserError(
+      f'a multi-process run needs --coordinator_address, --num_processes and '
+      f'--process_id together; missing {", ".join(missing)}'
+    )
   if num_processes < 1 or not 0 <= process_id < num_processes:
-    raise UserError(f'--process_id {process_id} must be in 0 .. --num_processes - 1 '
-                    f'(--num_processes {num_processes})')
+    raise UserError(
+      f'--process_id {process_id} must be in 0 .. --num_processes - 1 '
+      f'(--num_processes {num_processes})'
+    )
   if ':' not in coordinator_address:
-    raise UserError(f'--coordinator_address {coordinator_address!r}: expected HOST:PORT, '
-                    'e.g. 10.0.0.1:1234')
+    raise UserError(
+      f'--coordinator_address {coordinator_address!r}: expected HOST:PORT, e.g. 10.0.0.1:1234'
+    )
   import jax
+
   # CPU devices of different processes talk over gloo (TCP); without it XLA's CPU
   # client has no cross-process collectives. GPU and TPU ignore this setting.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
@@ -108,7 +129,9 @@ def barrier(name: str, timeout_s: int = 24 * 3600) -> None:
   """Returns once every process of the run has called barrier(name); nothing in a one-process
   run. The long default timeout covers a process tokenising its share of a large corpus."""
   import jax
+
   if jax.process_count() == 1:
     return
   from orbax.checkpoint import multihost
+
   multihost.sync_global_processes(name, timeout=timeout_s)

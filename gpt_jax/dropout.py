@@ -41,9 +41,12 @@ def threefry2x32(key0, key1, count0, count1):
   return x0, x1
 
 
-def random_bits(key: jax.Array, shape: tuple[int, ...],
-                start: tuple[int, ...] | None = None,
-                window: tuple[int, ...] | None = None) -> jax.Array:
+def random_bits(
+  key: jax.Array,
+  shape: tuple[int, ...],
+  start: tuple[int, ...] | None = None,
+  window: tuple[int, ...] | None = None,
+) -> jax.Array:
   """uint32 random bits of `shape`: jax.random.bits(key, shape), computed without a loop.
 
   Each element hashes its row-major index, as JAX's partitionable Threefry
@@ -61,16 +64,20 @@ def random_bits(key: jax.Array, shape: tuple[int, ...],
   # One iota per axis rather than a reshaped flat iota: each shards along its own axis.
   index = jnp.zeros(window, jnp.uint32)
   for axis in range(len(shape)):
-    stride = np.uint32(math.prod(shape[axis + 1:]))
+    stride = np.uint32(math.prod(shape[axis + 1 :]))
     position = jax.lax.broadcasted_iota(jnp.uint32, window, axis) + np.uint32(start[axis])
     index = index + position * stride
   bits0, bits1 = threefry2x32(key0, key1, jnp.zeros(window, jnp.uint32), index)
   return bits0 ^ bits1
 
 
-def keep_mask(key: jax.Array, keep_prob: float, shape: tuple[int, ...],
-              start: tuple[int, ...] | None = None,
-              window: tuple[int, ...] | None = None) -> jax.Array:
+def keep_mask(
+  key: jax.Array,
+  keep_prob: float,
+  shape: tuple[int, ...],
+  start: tuple[int, ...] | None = None,
+  window: tuple[int, ...] | None = None,
+) -> jax.Array:
   """jax.random.bernoulli(key, keep_prob, shape), by the same float32 construction (or its
   window, as in random_bits)."""
   mantissa = (random_bits(key, shape, start, window) >> np.uint32(9)) | np.uint32(0x3F800000)

@@ -20,7 +20,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.experimental import topologies
 
 from gpt_jax import flops, sharding, train
@@ -42,10 +41,10 @@ class TpuGeneration:
 
 # HBM per chip from Google Cloud's TPU system architecture pages.
 GENERATIONS = {
-    'v4': TpuGeneration(32 * GiB, 'megacore', 'v4:2x2x1 (v4-8)'),
-    'v5e': TpuGeneration(16 * GiB, 'default', 'v5e:2x4 (v5e-8)'),
-    'v5p': TpuGeneration(95 * GiB, 'megacore', 'v5p:2x2x1 (v5p-8)'),
-    'v6e': TpuGeneration(32 * GiB, 'default', 'v6e:2x4 (v6e-8)'),
+  'v4': TpuGeneration(32 * GiB, 'megacore', 'v4:2x2x1 (v4-8)'),
+  'v5e': TpuGeneration(16 * GiB, 'default', 'v5e:2x4 (v5e-8)'),
+  'v5p': TpuGeneration(95 * GiB, 'megacore', 'v5p:2x2x1 (v5p-8)'),
+  'v6e': TpuGeneration(32 * GiB, 'default', 'v6e:2x4 (v6e-8)'),
 }
 
 _TOPOLOGY = re.compile(r'(?P<generation>[a-z0-9]+):(?P<dims>\d+(x\d+){1,2})')
@@ -56,9 +55,13 @@ def libtpu_installed() -> bool:
 
 
 def _topology_help() -> str:
-  return ('known topologies are GENERATION:CHIPS_PER_AXIS for generation '
-          + ', '.join(GENERATIONS) + ', e.g. '
-          + ', '.join(g.example for g in GENERATIONS.values()) + ', v5e:8x8 (v5e-64)')
+  return (
+    'known topologies are GENERATION:CHIPS_PER_AXIS for generation '
+    + ', '.join(GENERATIONS)
+    + ', e.g. '
+    + ', '.join(g.example for g in GENERATIONS.values())
+    + ', v5e:8x8 (v5e-64)'
+  )
 
 
 def _tell_libtpu_it_is_alone() -> None:
@@ -83,17 +86,21 @@ def topology_devices(topology: str) -> tuple[list[jax.Device], TpuGeneration]:
   if not match or match['generation'] not in GENERATIONS:
     raise UserError(f'unknown TPU topology {topology!r}; {_topology_help()}')
   if not libtpu_installed():
-    raise UserError('the dry run compiles with libtpu, which is not installed; '
-                    'pip install "gpt_jax[tpu]" (it needs no TPU)')
+    raise UserError(
+      'the dry run compiles with libtpu, which is not installed; '
+      'pip install "gpt_jax[tpu]" (it needs no TPU)'
+    )
   generation = GENERATIONS[match['generation']]
   _tell_libtpu_it_is_alone()
   try:
     description = topologies.get_topology_desc(
-        topology_name=topology, platform='tpu', chip_config_name=generation.chip_config)
+      topology_name=topology, platform='tpu', chip_config_name=generation.chip_config
+    )
   except jax.errors.JaxRuntimeError as error:
     reason = str(error).splitlines()[0]
-    raise UserError(f'libtpu rejected TPU topology {topology!r} ({reason}); '
-                    f'{_topology_help()}') from None
+    raise UserError(
+      f'libtpu rejected TPU topology {topology!r} ({reason}); {_topology_help()}'
+    ) from None
   return list(description.devices), generation
 
 
@@ -128,15 +135,24 @@ class DryRunReport:
 
   def table(self) -> str:
     mesh = ' '.join(f'{axis}={size}' for axis, size in self.mesh_shape.items())
-    rows = [('parameters', self.param_bytes), ('optimizer state', self.opt_state_bytes),
-            ('batch', self.batch_bytes), ('activations + temporaries', self.temp_bytes),
-            ('generated code', self.code_bytes), ('peak (XLA)', self.peak_bytes),
-            ('HBM', self.hbm_bytes)]
-    lines = [f'{self.topology}: {self.num_chips} x {self.device_kind}, mesh {mesh}, '
-             f'compiled in {self.compile_seconds:.0f} s',
-             f'  {"per chip":<27}{"GiB":>8}']
-    lines += [f'  {name:<27}' + ('       -' if count is None else f'{count / GiB:>8.3f}')
-              for name, count in rows]
+    rows = [
+      ('parameters', self.param_bytes),
+      ('optimizer state', self.opt_state_bytes),
+      ('batch', self.batch_bytes),
+      ('activations + temporaries', self.temp_bytes),
+      ('generated code', self.code_bytes),
+      ('peak (XLA)', self.peak_bytes),
+      ('HBM', self.hbm_bytes),
+    ]
+    lines = [
+      f'{self.topology}: {self.num_chips} x {self.device_kind}, mesh {mesh}, '
+      f'compiled in {self.compile_seconds:.0f} s',
+      f'  {"per chip":<27}{"GiB":>8}',
+    ]
+    lines += [
+      f'  {name:<27}' + ('       -' if count is None else f'{count / GiB:>8.3f}')
+      for name, count in rows
+    ]
     model = f'{self.model_flops:.3e} (model matmuls)'
     if self.out_of_memory:
       lines.append(f'  FLOPs per step per chip: {model}')
@@ -145,8 +161,10 @@ class DryRunReport:
       once = ' with the scanned block counted once' if self.scan_layers else ''
       lines.append(f'  FLOPs per step per chip: {self.xla_flops:.3e} (XLA{once}), {model}')
       verdict = 'fits' if self.fits else 'DOES NOT FIT'
-      lines.append(f'  {verdict}: peak {self.peak_bytes / GiB:.2f} GiB = '
-                   f'{self.peak_bytes / self.hbm_bytes:.0%} of {self.hbm_bytes / GiB:.0f} GiB HBM')
+      lines.append(
+        f'  {verdict}: peak {self.peak_bytes / GiB:.2f} GiB = '
+        f'{self.peak_bytes / self.hbm_bytes:.0%} of {self.hbm_bytes / GiB:.0f} GiB HBM'
+      )
     return '\n'.join(lines)
 
 
@@ -160,12 +178,18 @@ def dry_run(config, topology: str) -> DryRunReport:
   mesh = sharding.make_mesh(config.mesh, devices)
   sharding.check_batch(batch_size, mesh)
   # The schedule's length changes no shape or cost of the compiled step.
-  _, trainer = train.make_pretrainer(model_config, config.optim, mesh, seq_len,
-                                     max(int(config.train.num_steps), 1))
+  _, trainer = train.make_pretrainer(
+    model_config, config.optim, mesh, seq_len, max(int(config.train.num_steps), 1)
+  )
   batch = jax.ShapeDtypeStruct((batch_size, seq_len + 1), jnp.int32)
-  return _compile_and_measure(trainer, batch, topology, generation,
-                              flops.train_flops_per_token(model_config, seq_len)
-                              * batch_size * seq_len, model_config.scan_layers)
+  return _compile_and_measure(
+    trainer,
+    batch,
+    topology,
+    generation,
+    flops.train_flops_per_token(model_config, seq_len) * batch_size * seq_len,
+    model_config.scan_layers,
+  )
 
 
 def finetune_dry_run(config, topology: str) -> DryRunReport:
@@ -188,30 +212,51 @@ def finetune_dry_run(config, topology: str) -> DryRunReport:
   _, trainer = train.make_finetuner(model_config, task_shape, config, mesh, total_steps=1)
   tokens = task_shape.input_shape(batch_size, max_len)
   label = jnp.float32 if task_shape.regression else jnp.int32
-  batch = {'tokens': jax.ShapeDtypeStruct(tokens, jnp.int32),
-           'lm_mask': jax.ShapeDtypeStruct(tokens, jnp.int32),
-           'extract_index': jax.ShapeDtypeStruct(tokens[:-1], jnp.int32),
-           **{key: jax.ShapeDtypeStruct((batch_size,), dtype) for key, dtype in
-              (('label', label), ('valid', jnp.int32), ('position', jnp.int32))}}
-  return _compile_and_measure(trainer, batch, topology, generation,
-                              flops.train_flops_per_token(model_config, max_len)
-                              * math.prod(tokens), model_config.scan_layers)
+  batch = {
+    'tokens': jax.ShapeDtypeStruct(tokens, jnp.int32),
+    'lm_mask': jax.ShapeDtypeStruct(tokens, jnp.int32),
+    'extract_index': jax.ShapeDtypeStruct(tokens[:-1], jnp.int32),
+    **{
+      key: jax.ShapeDtypeStruct((batch_size,), dtype)
+      for key, dtype in (('label', label), ('valid', jnp.int32), ('position', jnp.int32))
+    },
+  }
+  return _compile_and_measure(
+    trainer,
+    batch,
+    topology,
+    generation,
+    flops.train_flops_per_token(model_config, max_len) * math.prod(tokens),
+    model_config.scan_layers,
+  )
 
 
-def _compile_and_measure(trainer: train.Trainer, batch, topology: str,
-                         generation: TpuGeneration, model_flops: float,
-                         scan_layers: bool) -> DryRunReport:
+def _compile_and_measure(
+  trainer: train.Trainer,
+  batch,
+  topology: str,
+  generation: TpuGeneration,
+  model_flops: float,
+  scan_layers: bool,
+) -> DryRunReport:
   """Compiles the trainer's step for the abstract `batch` and reads XLA's per-chip figures."""
   mesh = trainer.mesh
   state, shardings = trainer.abstract_state, trainer.state_shardings
   report = functools.partial(
-      DryRunReport, topology=topology, device_kind=mesh.devices.flat[0].device_kind,
-      num_chips=mesh.size, mesh_shape=dict(mesh.shape), hbm_bytes=generation.hbm_bytes,
-      param_bytes=sharding.tree_bytes(state.params, shardings.params),
-      opt_state_bytes=sharding.tree_bytes(state.opt_state, shardings.opt_state),
-      batch_bytes=sharding.tree_bytes(
-          batch, jax.tree.map(lambda _: sharding.batch_sharding(mesh), batch)),
-      model_flops=model_flops / mesh.size, scan_layers=scan_layers)
+    DryRunReport,
+    topology=topology,
+    device_kind=mesh.devices.flat[0].device_kind,
+    num_chips=mesh.size,
+    mesh_shape=dict(mesh.shape),
+    hbm_bytes=generation.hbm_bytes,
+    param_bytes=sharding.tree_bytes(state.params, shardings.params),
+    opt_state_bytes=sharding.tree_bytes(state.opt_state, shardings.opt_state),
+    batch_bytes=sharding.tree_bytes(
+      batch, jax.tree.map(lambda _: sharding.batch_sharding(mesh), batch)
+    ),
+    model_flops=model_flops / mesh.size,
+    scan_layers=scan_layers,
+  )
 
   start = time.perf_counter()
   try:
@@ -225,9 +270,12 @@ def _compile_and_measure(trainer: train.Trainer, batch, topology: str,
   compile_seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
   return report(
-      compile_seconds=compile_seconds, temp_bytes=memory.temp_size_in_bytes,
-      code_bytes=memory.generated_code_size_in_bytes, peak_bytes=memory.peak_memory_in_bytes,
-      xla_flops=compiled.cost_analysis()['flops'])
+    compile_seconds=compile_seconds,
+    temp_bytes=memory.temp_size_in_bytes,
+    code_bytes=memory.generated_code_size_in_bytes,
+    peak_bytes=memory.peak_memory_in_bytes,
+    xla_flops=compiled.cost_analysis()['flops'],
+  )
 
 
 def remat_reports(config, topology: str, policies=REMAT_POLICIES) -> dict[str, DryRunReport]:
@@ -248,15 +296,19 @@ def remat_table(config, topology: str, reports: dict[str, DryRunReport]) -> str:
   (with scan_layers, for the scanned block counted once: XLA does not multiply
   a loop body by its trip count).
   """
-  lines = [f'{config.model.n_layer} layers x {config.model.n_embd}, batch '
-           f'{config.train.batch_size} x {config.train.seq_len}, scan_layers='
-           f'{config.model.scan_layers}, on {topology} (per chip)',
-           '| model.remat | peak GiB | temporaries GiB | XLA FLOPs / step | compile s |',
-           '| --- | --- | --- | --- | --- |']
+  lines = [
+    f'{config.model.n_layer} layers x {config.model.n_embd}, batch '
+    f'{config.train.batch_size} x {config.train.seq_len}, scan_layers='
+    f'{config.model.scan_layers}, on {topology} (per chip)',
+    '| model.remat | peak GiB | temporaries GiB | XLA FLOPs / step | compile s |',
+    '| --- | --- | --- | --- | --- |',
+  ]
   for policy, report in reports.items():
     if report.out_of_memory:
       lines.append(f'| {policy} | does not fit | - | - | {report.compile_seconds:.0f} |')
       continue
-    lines.append(f'| {policy} | {report.peak_bytes / GiB:.2f} | {report.temp_bytes / GiB:.2f} | '
-                 f'{report.xla_flops:.3e} | {report.compile_seconds:.0f} |')
+    lines.append(
+      f'| {policy} | {report.peak_bytes / GiB:.2f} | {report.temp_bytes / GiB:.2f} | '
+      f'{report.xla_flops:.3e} | {report.compile_seconds:.0f} |'
+    )
   return '\n'.join(lines)

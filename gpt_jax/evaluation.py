@@ -29,8 +29,9 @@ from gpt_jax.errors import UserError
 from gpt_jax.scoring import Scorer
 
 
-def strided_windows(num_tokens: int, seq_len: int, stride: int,
-                    max_windows: int = 0) -> list[tuple[int, int, int]]:
+def strided_windows(
+  num_tokens: int, seq_len: int, stride: int, max_windows: int = 0
+) -> list[tuple[int, int, int]]:
   """(start, first scored target, scored targets) per window; targets count from the window's start."""
   if not 0 < stride <= seq_len:
     raise UserError(f'--stride {stride} must be between 1 and --seq_len {seq_len}')
@@ -48,32 +49,50 @@ def _rows(tokens: np.ndarray, windows, seq_len: int) -> tuple[np.ndarray, np.nda
   rows = np.zeros((len(windows), seq_len + 1), np.int32)
   weights = np.zeros((len(windows), seq_len), np.float32)
   for i, (start, first, count) in enumerate(windows):
-    piece = tokens[start:start + seq_len + 1]
-    rows[i, :len(piece)] = piece
-    weights[i, first:first + count] = 1.0
+    piece = tokens[start : start + seq_len + 1]
+    rows[i, : len(piece)] = piece
+    weights[i, first : first + count] = 1.0
   return rows, weights
 
 
-def evaluate_stream(scorer: Scorer, tokens: np.ndarray, text_bytes: int, *, stride: int,
-                    max_windows: int = 0, show_progress: bool = True) -> dict:
+def evaluate_stream(
+  scorer: Scorer,
+  tokens: np.ndarray,
+  text_bytes: int,
+  *,
+  stride: int,
+  max_windows: int = 0,
+  show_progress: bool = True,
+) -> dict:
   """Loss (nats/token), perplexity and bits per byte of `tokens` under the scorer's model."""
   seq_len = scorer.length
   windows = strided_windows(len(tokens), seq_len, stride, max_windows)
   total_nats, scored = 0.0, 0
   chunk = scorer.batch_size * 8  # windows built and scored at a time
-  with tqdm.tqdm(total=len(windows), unit='window', desc='evaluating',
-                 disable=not show_progress, dynamic_ncols=True) as progress:
+  with tqdm.tqdm(
+    total=len(windows),
+    unit='window',
+    desc='evaluating',
+    disable=not show_progress,
+    dynamic_ncols=True,
+  ) as progress:
     for begin in range(0, len(windows), chunk):
-      rows, weights = _rows(tokens, windows[begin:begin + chunk], seq_len)
+      rows, weights = _rows(tokens, windows[begin : begin + chunk], seq_len)
       log_probs, _ = scorer.score(rows)
       total_nats -= float(np.sum(log_probs.astype(np.float64) * weights))
       scored += int(weights.sum())
       progress.update(len(rows))
   loss = total_nats / scored
   scored_bytes = text_bytes * scored / (len(tokens) - 1)
-  return {'loss': loss, 'perplexity': math.exp(min(loss, 50.0)),
-          'bits_per_byte': total_nats / math.log(2) / scored_bytes, 'tokens_scored': scored,
-          'windows': len(windows), 'seq_len': seq_len, 'stride': stride}
+  return {
+    'loss': loss,
+    'perplexity': math.exp(min(loss, 50.0)),
+    'bits_per_byte': total_nats / math.log(2) / scored_bytes,
+    'tokens_scored': scored,
+    'windows': len(windows),
+    'seq_len': seq_len,
+    'stride': stride,
+  }
 
 
 def read_documents(path) -> list[str]:
@@ -111,19 +130,22 @@ def task_splits(task, split: str | None = None, task_file: str | None = None) ->
   every validation split."""
   if task_file:
     from gpt_jax.tasks import files
+
     examples, _ = files.read_examples(task_file, task.kind, task.labels, task.regression)
     return {workdir_lib.path(task_file).name: examples}
   named = {**task.test, **task.validation}
   if split is None:
     return dict(task.validation)
   if split not in named:
-    raise UserError(f'--split {split}: {task.name} has the splits {sorted(named)}; or give '
-                    '--task_file FILE')
+    raise UserError(
+      f'--split {split}: {task.name} has the splits {sorted(named)}; or give --task_file FILE'
+    )
   return {split: named[split]}
 
 
-def zero_shot_task(weights, config, mesh, *, batch_size: int, seq_len: int, split=None,
-                   task_file=None) -> dict:
+def zero_shot_task(
+  weights, config, mesh, *, batch_size: int, seq_len: int, split=None, task_file=None
+) -> dict:
   """The paper's zero-shot probe of config.task on the language model `weights`."""
   from gpt_jax import zero_shot
   from gpt_jax.tasks.load import load_task
@@ -131,13 +153,13 @@ def zero_shot_task(weights, config, mesh, *, batch_size: int, seq_len: int, spli
   task = load_task(config.task, needs_train=False)
   probe = zero_shot.probe_for(task, config.task)
   scorer = Scorer(weights.params, weights.model_config, mesh, batch_size, seq_len)
-  splits = zero_shot.evaluate(scorer, weights.tokenizer, task, probe,
-                              task_splits(task, split, task_file))
+  splits = zero_shot.evaluate(
+    scorer, weights.tokenizer, task, probe, task_splits(task, split, task_file)
+  )
   return {'task': task.name, 'zero_shot': probe.method, 'splits': splits}
 
 
-def finetuned_task(workdir, config, mesh, *, batch_size: int, split=None,
-                   task_file=None) -> dict:
+def finetuned_task(workdir, config, mesh, *, batch_size: int, split=None, task_file=None) -> dict:
   """A fine-tuning workdir's task metrics (its best checkpoint) on splits or a task file."""
   import dataclasses
 
@@ -155,16 +177,21 @@ def finetuned_task(workdir, config, mesh, *, batch_size: int, split=None,
   summary = workdir / workdir_lib.SUMMARY_FILE
   best_step = json.loads(summary.read_text())['best_step'] if summary.exists() else None
   params = checkpoint.load_params(workdir, step=best_step)
-  model_config = dataclasses.replace(config_from_params(params['transformer']),
-                                     dtype=config.model.dtype)
+  model_config = dataclasses.replace(
+    config_from_params(params['transformer']), dtype=config.model.dtype
+  )
   max_len = config.task.max_len if config.task.max_len > 0 else model_config.n_ctx
   model = GPTForTask(model_config, task.head_layout, task.num_outputs, clf_pdrop=0.0)
   shape = task.input_shape(1, max_len)
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape, jnp.int32),
-                                               jnp.zeros(shape[:-1], jnp.int32))['params'])
+  abstract = jax.eval_shape(
+    lambda: model.init(
+      jax.random.key(0), jnp.zeros(shape, jnp.int32), jnp.zeros(shape[:-1], jnp.int32)
+    )['params']
+  )
   shardings = sharding.param_shardings(abstract, mesh)
-  predictor = TaskPredictor(model, shardings, mesh, task, tokenizer_in(workdir), max_len,
-                            config.task.get('bucket', 0))
+  predictor = TaskPredictor(
+    model, shardings, mesh, task, tokenizer_in(workdir), max_len, config.task.get('bucket', 0)
+  )
   params = jax.device_put(params, shardings)
   scores = {}
   for name, examples in task_splits(task, split, task_file).items():

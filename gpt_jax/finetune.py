@@ -16,7 +16,8 @@ import math
 
 import jax
 
-from gpt_jax import checkpoint, glue, layer_layout, loop, sharding, workdir as workdir_lib
+from gpt_jax import checkpoint, glue, layer_layout, loop, sharding
+from gpt_jax import workdir as workdir_lib
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPTForTask
 from gpt_jax.predict import TaskPredictor, TruncationCount, split_metrics
@@ -28,6 +29,7 @@ from gpt_jax.tasks.task import Task
 from gpt_jax.train import Trainer, make_finetuner
 from gpt_jax.weights import Weights, load_weights, with_token_ids
 
+
 def load_init(config) -> Weights:
   """The weights finetune.init names, grown by the fine-tuning tokens and set to the config's numerics.
 
@@ -35,25 +37,39 @@ def load_init(config) -> Weights:
   (the paper's no-pretraining ablation).
   """
   if not config.finetune.init:
-    raise UserError('finetune.init is empty: give a pretraining workdir or a Hugging Face '
-                    'directory (--init PATH); add --config.finetune.random_init=True to train '
-                    'that model shape from random weights instead')
+    raise UserError(
+      'finetune.init is empty: give a pretraining workdir or a Hugging Face '
+      'directory (--init PATH); add --config.finetune.random_init=True to train '
+      'that model shape from random weights instead'
+    )
   weights = load_weights(config.finetune.init, flag='finetune.init')
   tokenizer = weights.tokenizer
   special = [tokenizer.start_id, tokenizer.delimiter_id, tokenizer.extract_id]
   # The paper gives <s>, $ and <e> new N(0, 0.02) rows; rows pretraining only ever pushed
   # around as softmax negatives are re-drawn to match (unless keep_special_rows).
-  weights = with_token_ids(weights, [*special, tokenizer.pad_id], config.train.seed,
-                           redraw=() if config.finetune.keep_special_rows else special)
+  weights = with_token_ids(
+    weights,
+    [*special, tokenizer.pad_id],
+    config.train.seed,
+    redraw=() if config.finetune.keep_special_rows else special,
+  )
   if config.finetune.random_init:
-    weights = dataclasses.replace(weights, params=None, source=(
-        f'random initialisation (model shape and tokenizer of {config.finetune.init})'))
+    weights = dataclasses.replace(
+      weights,
+      params=None,
+      source=(f'random initialisation (model shape and tokenizer of {config.finetune.init})'),
+    )
   # Fine-tuning keeps the pretrained shape; numerics and dropout come from the config.
   model_config = dataclasses.replace(
-      weights.model_config, dtype=config.model.dtype, remat=config.model.remat,
-      scan_layers=config.model.scan_layers, embd_pdrop=config.model.embd_pdrop,
-      attn_pdrop=config.model.attn_pdrop, resid_pdrop=config.model.resid_pdrop,
-      attention=config.model.attention)
+    weights.model_config,
+    dtype=config.model.dtype,
+    remat=config.model.remat,
+    scan_layers=config.model.scan_layers,
+    embd_pdrop=config.model.embd_pdrop,
+    attn_pdrop=config.model.attn_pdrop,
+    resid_pdrop=config.model.resid_pdrop,
+    attention=config.model.attention,
+  )
   params = weights.params
   if params is not None:  # the weights' block layout may differ from the config's
     params = layer_layout.convert(params, model_config.scan_layers)
@@ -93,13 +109,27 @@ def _set_up(config) -> _Run:
   train_examples = _train_examples(config, task)
   steps_per_epoch = len(train_examples) // config.train.batch_size
   if not steps_per_epoch:
-    raise UserError(f'{len(train_examples)} training examples make no batch of '
-                    f'train.batch_size={config.train.batch_size}')
-  total_steps = (config.train.num_steps if config.train.num_steps > 0
-                 else math.ceil(config.train.num_epochs * steps_per_epoch))
+    raise UserError(
+      f'{len(train_examples)} training examples make no batch of '
+      f'train.batch_size={config.train.batch_size}'
+    )
+  total_steps = (
+    config.train.num_steps
+    if config.train.num_steps > 0
+    else math.ceil(config.train.num_epochs * steps_per_epoch)
+  )
   model, trainer = make_finetuner(model_config, task.shape, config, mesh, total_steps)
-  return _Run(task, weights, train_examples, max_len, config.task.bucket, steps_per_epoch,
-              total_steps, model, trainer)
+  return _Run(
+    task,
+    weights,
+    train_examples,
+    max_len,
+    config.task.bucket,
+    steps_per_epoch,
+    total_steps,
+    model,
+    trainer,
+  )
 
 
 def _initial_state(run: _Run, config):
@@ -108,24 +138,41 @@ def _initial_state(run: _Run, config):
   state = run.trainer.init(rng)
   if run.weights.params is None:
     return state
-  checkpoint.check_compatible(run.weights.params, run.trainer.abstract_state.params['transformer'],
-                              config.finetune.init)
-  return run.trainer.from_params({'transformer': run.weights.params,
-                                  'classifier': state.params['classifier']}, rng)
+  checkpoint.check_compatible(
+    run.weights.params, run.trainer.abstract_state.params['transformer'], config.finetune.init
+  )
+  return run.trainer.from_params(
+    {'transformer': run.weights.params, 'classifier': state.params['classifier']}, rng
+  )
 
 
 def _predictor(run: _Run) -> TaskPredictor:
-  return TaskPredictor(run.model, run.trainer.param_shardings, run.trainer.mesh, run.task,
-                       run.weights.tokenizer, run.max_len, run.bucket)
+  return TaskPredictor(
+    run.model,
+    run.trainer.param_shardings,
+    run.trainer.mesh,
+    run.task,
+    run.weights.tokenizer,
+    run.max_len,
+    run.bucket,
+  )
 
 
 def _train_batches(run: _Run, config, start: int) -> TruncationCount:
-  return TruncationCount(batches(
-      run.train_examples, run.task.kind, run.weights.tokenizer, run.max_len,
-      config.train.batch_size // jax.process_count(), bucket=run.bucket,
+  return TruncationCount(
+    batches(
+      run.train_examples,
+      run.task.kind,
+      run.weights.tokenizer,
+      run.max_len,
+      config.train.batch_size // jax.process_count(),
+      bucket=run.bucket,
       shuffle_seed=config.train.seed,
       num_epochs=math.ceil(run.total_steps / run.steps_per_epoch),
-      shard=(jax.process_index(), jax.process_count()), start=start))
+      shard=(jax.process_index(), jax.process_count()),
+      start=start,
+    )
+  )
 
 
 def _checkpoint_config(config, best_metric: str):
@@ -135,8 +182,7 @@ def _checkpoint_config(config, best_metric: str):
   return checkpoint_config
 
 
-def _train(run: _Run, config, workdir, log: RunLog,
-           truncated: dict) -> tuple[loop.Outcome, tuple]:
+def _train(run: _Run, config, workdir, log: RunLog, truncated: dict) -> tuple[loop.Outcome, tuple]:
   """Runs (or resumes) the training loop; notes in `truncated` how many examples of
   each split it cut.
 
@@ -149,13 +195,15 @@ def _train(run: _Run, config, workdir, log: RunLog,
     scores = {}
     for split, examples in task.validation.items():
       split_scores, _, truncated[split] = predictor.score(
-          params, examples, config.finetune.eval_batch_size)
+        params, examples, config.finetune.eval_batch_size
+      )
       scores.update({f'{split}_{name}': value for name, value in split_scores.items()})
     log.scalars(step, {'epoch': step / run.steps_per_epoch, **scores}, split='validation')
     return scores
 
-  with checkpoint.Checkpointer(workdir, _checkpoint_config(config, _best_metric(task))
-                               ) as checkpoints:
+  with checkpoint.Checkpointer(
+    workdir, _checkpoint_config(config, _best_metric(task))
+  ) as checkpoints:
     state = checkpoints.restore_latest(trainer)
     if state is None:
       state = _initial_state(run, config)
@@ -164,20 +212,36 @@ def _train(run: _Run, config, workdir, log: RunLog,
     first_step = int(state.step)
     log.drop_after(first_step)
     schedule = loop.Schedule(
-        is_eval_step=lambda done: done % run.steps_per_epoch == 0 or done == run.total_steps,
-        evaluate=evaluate,
-        save=lambda done, saved, scores: checkpoints.save(done, saved, config, metrics=scores))
+      is_eval_step=lambda done: done % run.steps_per_epoch == 0 or done == run.total_steps,
+      evaluate=evaluate,
+      save=lambda done, saved, scores: checkpoints.save(done, saved, config, metrics=scores),
+    )
     # Batches are padded to their own bucket length: count the tokens each step computed on.
     steps = loop.step_logger(
-        log, run.weights.model_config, trainer.mesh, every=config.train.log_every,
-        total_steps=run.total_steps,
-        tokens_of=lambda batch: (batch['tokens'].size * jax.process_count(),
-                                 batch['tokens'].shape[-1]))
+      log,
+      run.weights.model_config,
+      trainer.mesh,
+      every=config.train.log_every,
+      total_steps=run.total_steps,
+      tokens_of=lambda batch: (
+        batch['tokens'].size * jax.process_count(),
+        batch['tokens'].shape[-1],
+      ),
+    )
     guard = loop.NonFiniteGuard(config.train.max_nonfinite_in_a_row, log, checkpoints.latest_step)
     train_batches = _train_batches(run, config, first_step)
-    outcome = loop.run(trainer, state, train_batches, first_step=first_step,
-                       total_steps=run.total_steps, schedule=schedule, steps=steps, guard=guard,
-                       log=log, steps_per_call=config.train.steps_per_call)
+    outcome = loop.run(
+      trainer,
+      state,
+      train_batches,
+      first_step=first_step,
+      total_steps=run.total_steps,
+      schedule=schedule,
+      steps=steps,
+      guard=guard,
+      log=log,
+      steps_per_call=config.train.steps_per_call,
+    )
     best = checkpoints.best()
   truncated['train'] = train_batches.total(len(run.train_examples))
   return outcome, best
@@ -187,23 +251,27 @@ def _best_metric(task: Task) -> str:
   return f'{next(iter(task.validation))}_{task.metrics[0]}'
 
 
-def _predict_tests(run: _Run, config, workdir, best_step: int,
-                   truncated: dict) -> tuple[list, dict]:
+def _predict_tests(
+  run: _Run, config, workdir, best_step: int, truncated: dict
+) -> tuple[list, dict]:
   """Predicts every test split with the best checkpoint; writes one file per split.
 
   Returns the files and the scores of the labelled splits ({'test_accuracy': ...}).
   """
   trainer, task = run.trainer, run.task
   best_params = checkpoint.load_params(
-      workdir, target=sharding.abstract_with_shardings(trainer.abstract_state.params,
-                                                       trainer.param_shardings),
-      step=best_step)
+    workdir,
+    target=sharding.abstract_with_shardings(trainer.abstract_state.params, trainer.param_shardings),
+    step=best_step,
+  )
   predictor, written, scores = _predictor(run), [], {}
   for split, examples in task.test.items():
     predictions, labels, truncated[split] = predictor.predict(
-        best_params, examples, config.finetune.eval_batch_size)
-    scores.update({f'{split}_{name}': value
-                   for name, value in split_metrics(task, predictions, labels).items()})
+      best_params, examples, config.finetune.eval_batch_size
+    )
+    scores.update(
+      {f'{split}_{name}': value for name, value in split_metrics(task, predictions, labels).items()}
+    )
     name = task.submission_files.get(split, f'{task.name.replace("/", "_")}_{split}.tsv')
     if jax.process_index() == 0:
       glue.write_predictions(workdir / name, task, examples, predictions)
@@ -215,8 +283,9 @@ def _majority_baselines(task: Task) -> dict:
   """{split: accuracy of the majority class} for every labelled validation and test split."""
   if task.regression:
     return {}
-  baselines = {split: task_metrics.majority_baseline(task, split)
-               for split in [*task.validation, *task.test]}
+  baselines = {
+    split: task_metrics.majority_baseline(task, split) for split in [*task.validation, *task.test]
+  }
   return {split: value for split, value in baselines.items() if value is not None}
 
 
@@ -228,13 +297,17 @@ def run_finetuning(config, workdir, log: RunLog | None = None) -> dict:
   log = log or RunLog(workdir)
   if jax.process_index() == 0:
     run.weights.tokenizer.copy_to(workdir)  # sampling and export from this workdir need it
-  log.info(f'fine-tuning {task.name} ({task.kind}, {len(run.train_examples):,} training '
-           f'examples, {run.total_steps:,} steps of {config.train.batch_size}) from '
-           f'{run.weights.source}')
+  log.info(
+    f'fine-tuning {task.name} ({task.kind}, {len(run.train_examples):,} training '
+    f'examples, {run.total_steps:,} steps of {config.train.batch_size}) from '
+    f'{run.weights.source}'
+  )
   baselines = _majority_baselines(task)
   if baselines:
-    log.info('majority-class baseline (accuracy): '
-             + ', '.join(f'{split} {value:.4f}' for split, value in baselines.items()))
+    log.info(
+      'majority-class baseline (accuracy): '
+      + ', '.join(f'{split} {value:.4f}' for split, value in baselines.items())
+    )
   truncated = {}
   outcome, (best_step, best) = _train(run, config, workdir, log, truncated)
   if outcome.preempted:
@@ -242,15 +315,26 @@ def run_finetuning(config, workdir, log: RunLog | None = None) -> dict:
   written, test_scores = _predict_tests(run, config, workdir, best_step, truncated)
   if test_scores:
     log.scalars(best_step, test_scores, split='test')
-  log.info(f'examples truncated to {run.max_len} tokens: '
-           + ', '.join(f'{split} {count}' for split, count in truncated.items()))
+  log.info(
+    f'examples truncated to {run.max_len} tokens: '
+    + ', '.join(f'{split} {count}' for split, count in truncated.items())
+  )
   best_metric = _best_metric(task)
-  log.info(f'best {best_metric} {best[best_metric]:.4f} at step {best_step}; test predictions: '
-           + (', '.join(str(p) for p in written) or 'none (the task has no test split)'))
-  summary = {'task': task.name, 'init': run.weights.source, 'best_step': best_step,
-             'best': best, 'test': test_scores, 'majority_baseline': baselines,
-             'truncated': truncated, 'skipped_steps': outcome.skipped_steps,
-             'predictions': [p.name for p in written]}
+  log.info(
+    f'best {best_metric} {best[best_metric]:.4f} at step {best_step}; test predictions: '
+    + (', '.join(str(p) for p in written) or 'none (the task has no test split)')
+  )
+  summary = {
+    'task': task.name,
+    'init': run.weights.source,
+    'best_step': best_step,
+    'best': best,
+    'test': test_scores,
+    'majority_baseline': baselines,
+    'truncated': truncated,
+    'skipped_steps': outcome.skipped_steps,
+    'predictions': [p.name for p in written],
+  }
   if jax.process_index() == 0:
     (workdir / workdir_lib.SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + '\n')
   return {**summary, 'predictions': written, 'state': outcome.state}

@@ -7,15 +7,15 @@ import jax.numpy as jnp
 
 # Dense bf16 peak FLOP/s per chip, from the vendors' data sheets.
 _PEAK_FLOPS = {
-    'TPU v4': 275e12,
-    'TPU v5 lite': 197e12,  # v5e
-    'TPU v5e': 197e12,
-    'TPU v5p': 459e12,
-    'TPU v5': 459e12,
-    'TPU v6 lite': 918e12,  # v6e (Trillium)
-    'NVIDIA H100': 989e12,
-    'NVIDIA H200': 989e12,
-    'NVIDIA A100': 312e12,
+  'TPU v4': 275e12,
+  'TPU v5 lite': 197e12,  # v5e
+  'TPU v5e': 197e12,
+  'TPU v5p': 459e12,
+  'TPU v5': 459e12,
+  'TPU v6 lite': 918e12,  # v6e (Trillium)
+  'NVIDIA H100': 989e12,
+  'NVIDIA H200': 989e12,
+  'NVIDIA A100': 312e12,
 }
 
 

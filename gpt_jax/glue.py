@@ -24,9 +24,17 @@ _NAMED_LABEL_TASKS = ('mnli', 'qnli', 'rte')
 
 # Every file of a complete upload, with the task whose run writes it.
 GLUE_FILES = {
-    'CoLA.tsv': 'cola', 'SST-2.tsv': 'sst2', 'MRPC.tsv': 'mrpc', 'STS-B.tsv': 'stsb',
-    'QQP.tsv': 'qqp', 'MNLI-m.tsv': 'mnli', 'MNLI-mm.tsv': 'mnli', 'QNLI.tsv': 'qnli',
-    'RTE.tsv': 'rte', 'AX.tsv': 'mnli (with glue/ax prepared)', 'WNLI.tsv': None,
+  'CoLA.tsv': 'cola',
+  'SST-2.tsv': 'sst2',
+  'MRPC.tsv': 'mrpc',
+  'STS-B.tsv': 'stsb',
+  'QQP.tsv': 'qqp',
+  'MNLI-m.tsv': 'mnli',
+  'MNLI-mm.tsv': 'mnli',
+  'QNLI.tsv': 'qnli',
+  'RTE.tsv': 'rte',
+  'AX.tsv': 'mnli (with glue/ax prepared)',
+  'WNLI.tsv': None,
 }
 
 # GLUE's WNLI test set: 146 examples, idx 0..145. Nobody fine-tunes on it (its train and
@@ -69,8 +77,10 @@ def _found_files(workdirs) -> dict:
       if not path.is_file():
         continue
       if name in found:
-        raise UserError(f'{name} is in both {found[name].parent} and {directory}; pass only '
-                        'the workdir of the run to submit')
+        raise UserError(
+          f'{name} is in both {found[name].parent} and {directory}; pass only '
+          'the workdir of the run to submit'
+        )
       found[name] = path
   return found
 
@@ -84,8 +94,9 @@ def make_submission(workdirs, out, *, partial: bool = False) -> tuple[str, list[
   found = _found_files(workdirs)
   missing = [name for name in GLUE_FILES if name not in found and GLUE_FILES[name]]
   if missing:
-    message = ('the submission lacks ' + ', '.join(
-        f'{name} (fine-tune {GLUE_FILES[name]})' for name in missing))
+    message = 'the submission lacks ' + ', '.join(
+      f'{name} (fine-tune {GLUE_FILES[name]})' for name in missing
+    )
     if not partial:
       raise UserError(f'{message}; add those workdirs, or --partial to zip the rest')
     warn(message)

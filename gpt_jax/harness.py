@@ -34,20 +34,32 @@ _DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default for generation tasks
 class GptJaxLM(TemplateLM):
   """An lm-eval `LM` over our model and tokenizer."""
 
-  def __init__(self, init: str, batch_size: int | str | None = 8, max_length: int | str = 0,
-               max_batch_size: int | None = None, device: str | None = None, **unused):
+  def __init__(
+    self,
+    init: str,
+    batch_size: int | str | None = 8,
+    max_length: int | str = 0,
+    max_batch_size: int | None = None,
+    device: str | None = None,
+    **unused,
+  ):
     super().__init__()
     if unused:
-      raise UserError(f'model_args {sorted(unused)} are unknown to gpt_jax; it takes init, '
-                      'batch_size, max_length')
+      raise UserError(
+        f'model_args {sorted(unused)} are unknown to gpt_jax; it takes init, batch_size, max_length'
+      )
     self.weights = load_weights(init, flag='init')
     self._tokenizer = self.weights.tokenizer
     self.max_length = int(max_length) or self.weights.model_config.n_ctx
     batch = 8 if batch_size in (None, 'auto') else int(str(batch_size).split(':')[0])
     self.batch_size = batch
-    self._scorer = Scorer(self.weights.params, self.weights.model_config,
-                          sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1)), batch,
-                          self.max_length)
+    self._scorer = Scorer(
+      self.weights.params,
+      self.weights.model_config,
+      sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1)),
+      batch,
+      self.max_length,
+    )
 
   @property
   def eot_token_id(self) -> int:
@@ -61,8 +73,9 @@ class GptJaxLM(TemplateLM):
 
   def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
     """((context, continuation), context ids, continuation ids) -> (log-likelihood, greedy)."""
-    scored = score_continuations(self._scorer, [(context, continuation)
-                                                for _, context, continuation in requests])
+    scored = score_continuations(
+      self._scorer, [(context, continuation) for _, context, continuation in requests]
+    )
     results = [(total, greedy) for total, _, greedy in scored]
     for (pair, _, _), result in zip(requests, results):
       if pair is not None:
@@ -75,10 +88,11 @@ class GptJaxLM(TemplateLM):
     pieces, owners = [], []
     for index, request in enumerate(requests):
       tokens = [self.eot_token_id] + self.tok_encode(request.args[0])
-      for start, first, count in evaluation.strided_windows(len(tokens), self.max_length,
-                                                            self.max_length):
+      for start, first, count in evaluation.strided_windows(
+        len(tokens), self.max_length, self.max_length
+      ):
         split = start + first + 1
-        pieces.append((tokens[start:split], tokens[split:split + count]))
+        pieces.append((tokens[start:split], tokens[split : split + count]))
         owners.append(index)
     totals = [0.0] * len(requests)
     for owner, (total, _, _) in zip(owners, score_continuations(self._scorer, pieces)):
@@ -92,23 +106,34 @@ class GptJaxLM(TemplateLM):
     groups = collections.defaultdict(list)  # one compiled decoder per setting
     for index, request in enumerate(requests):
       context, kwargs = request.args
-      settings = (int(kwargs.get('max_gen_toks', _DEFAULT_MAX_GEN_TOKS)),
-                  float(kwargs.get('temperature', 0.0)) if kwargs.get('do_sample') else 0.0)
+      settings = (
+        int(kwargs.get('max_gen_toks', _DEFAULT_MAX_GEN_TOKS)),
+        float(kwargs.get('temperature', 0.0)) if kwargs.get('do_sample') else 0.0,
+      )
       groups[settings].append((index, context, _stop_strings(kwargs)))
     results = [''] * len(requests)
     for (max_new, temperature), members in groups.items():
       room = self.max_length - max_new  # prompts keep their last tokens
       if room < 1:
-        raise UserError(f'max_gen_toks={max_new} leaves no room for a prompt in the '
-                        f'{self.max_length}-token context')
+        raise UserError(
+          f'max_gen_toks={max_new} leaves no room for a prompt in the '
+          f'{self.max_length}-token context'
+        )
       for begin in range(0, len(members), self.batch_size):
-        chunk = members[begin:begin + self.batch_size]
-        prompts = [self.tok_encode(context)[-room:] or [self.eot_token_id]
-                   for _, context, _ in chunk]
+        chunk = members[begin : begin + self.batch_size]
+        prompts = [
+          self.tok_encode(context)[-room:] or [self.eot_token_id] for _, context, _ in chunk
+        ]
         stop = [] if self._tokenizer.eod_id is None else [self._tokenizer.eod_id]
-        outputs = sample.generate(self.weights.params, self.weights.model_config, prompts,
-                                  max_new, temperature=temperature, stop_tokens=stop)
-        for (index, context, until), ids in zip(chunk, outputs):
+        outputs = sample.generate(
+          self.weights.params,
+          self.weights.model_config,
+          prompts,
+          max_new,
+          temperature=temperature,
+          stop_tokens=stop,
+        )
+        for (index, _, until), ids in zip(chunk, outputs):
           results[index] = _cut(self.tok_decode(ids), until)
           self.cache_hook.add_partial('generate_until', requests[index].args, results[index])
     return results
@@ -129,4 +154,5 @@ def _cut(text: str, until) -> str:
 
 if __name__ == '__main__':
   from lm_eval.__main__ import cli_evaluate
+
   cli_evaluate()

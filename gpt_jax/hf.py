@@ -31,7 +31,8 @@ import numpy as np
 from etils import epath
 from flax.linen import meta
 
-from gpt_jax import layer_layout, workdir as workdir_lib
+from gpt_jax import layer_layout
+from gpt_jax import workdir as workdir_lib
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPT, ModelConfig
 
@@ -46,29 +47,30 @@ _HF_PREFIX = 'transformer.'
 # into its first axis; 0 = HF stores it flat). Listed in the order of the
 # original release: positions, tokens, then each block's parameters.
 _EMBEDDINGS = (
-    ('positions_embed.weight', 'positions_embed/embedding', 1),
-    ('tokens_embed.weight', 'tokens_embed/embedding', 1),
+  ('positions_embed.weight', 'positions_embed/embedding', 1),
+  ('tokens_embed.weight', 'tokens_embed/embedding', 1),
 )
 _BLOCK = (
-    ('attn.c_attn.weight', 'attn/c_attn/kernel', 1),  # (embed, 3, heads, head_dim) = (768, 2304)
-    ('attn.c_attn.bias', 'attn/c_attn/bias', 0),
-    ('attn.c_proj.weight', 'attn/c_proj/kernel', 2),  # (heads, head_dim, embed) = (768, 768)
-    ('attn.c_proj.bias', 'attn/c_proj/bias', 0),
-    ('ln_1.weight', 'ln_1/scale', 0),
-    ('ln_1.bias', 'ln_1/bias', 0),
-    ('mlp.c_fc.weight', 'mlp/c_fc/kernel', 1),
-    ('mlp.c_fc.bias', 'mlp/c_fc/bias', 0),
-    ('mlp.c_proj.weight', 'mlp/c_proj/kernel', 1),
-    ('mlp.c_proj.bias', 'mlp/c_proj/bias', 0),
-    ('ln_2.weight', 'ln_2/scale', 0),
-    ('ln_2.bias', 'ln_2/bias', 0),
+  ('attn.c_attn.weight', 'attn/c_attn/kernel', 1),  # (embed, 3, heads, head_dim) = (768, 2304)
+  ('attn.c_attn.bias', 'attn/c_attn/bias', 0),
+  ('attn.c_proj.weight', 'attn/c_proj/kernel', 2),  # (heads, head_dim, embed) = (768, 768)
+  ('attn.c_proj.bias', 'attn/c_proj/bias', 0),
+  ('ln_1.weight', 'ln_1/scale', 0),
+  ('ln_1.bias', 'ln_1/bias', 0),
+  ('mlp.c_fc.weight', 'mlp/c_fc/kernel', 1),
+  ('mlp.c_fc.bias', 'mlp/c_fc/bias', 0),
+  ('mlp.c_proj.weight', 'mlp/c_proj/kernel', 1),
+  ('mlp.c_proj.bias', 'mlp/c_proj/bias', 0),
+  ('ln_2.weight', 'ln_2/scale', 0),
+  ('ln_2.bias', 'ln_2/bias', 0),
 )
 
 # Entries of Hugging Face checkpoints that are not language-model weights: the
 # tied output matrix (checked separately), buffers older checkpoints saved
 # (causal mask, position ids) and task heads, which importing drops.
 _NOT_WEIGHTS = re.compile(
-    r'lm_head\.weight|position_ids|h\.\d+\.attn\.bias|multiple_choice_head\..*|score\..*')
+  r'lm_head\.weight|position_ids|h\.\d+\.attn\.bias|multiple_choice_head\..*|score\..*'
+)
 
 
 def _layout(n_layer: int):
@@ -87,8 +89,9 @@ def _hf_shape(shape: tuple[int, ...], merged_dims: int) -> tuple[int, ...]:
 def _our_shapes(model_config: ModelConfig) -> dict[str, tuple[int, ...]]:
   """Shape of every parameter of the unrolled GPT(model_config), keyed by path; computes nothing."""
   model_config = dataclasses.replace(model_config, scan_layers=False)
-  boxed = jax.eval_shape(lambda: GPT(model_config).init(
-      jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params'])
+  boxed = jax.eval_shape(
+    lambda: GPT(model_config).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params']
+  )
   flat = jax.tree_util.tree_flatten_with_path(meta.unbox(boxed))[0]
   return {'/'.join(k.key for k in path): leaf.shape for path, leaf in flat}
 
@@ -114,15 +117,20 @@ def config_from_hf(hf_config) -> ModelConfig:
   values = hf_config.to_dict() if hasattr(hf_config, 'to_dict') else dict(hf_config)
   model_type = values.get('model_type')
   if model_type != _HF_MODEL_TYPE:
-    raise UserError(f'model_type is {model_type!r}, not {_HF_MODEL_TYPE!r}: only Hugging Face '
-                    'openai-gpt (GPT-1) models can be imported')
+    raise UserError(
+      f'model_type is {model_type!r}, not {_HF_MODEL_TYPE!r}: only Hugging Face '
+      'openai-gpt (GPT-1) models can be imported'
+    )
   afn = values.get('afn', 'gelu')
   if afn != 'gelu':
-    raise UserError(f'activation afn={afn!r} is not supported: gpt_jax implements GPT-1\'s '
-                    'tanh-approximated GELU (afn="gelu") only')
+    raise UserError(
+      f"activation afn={afn!r} is not supported: gpt_jax implements GPT-1's "
+      'tanh-approximated GELU (afn="gelu") only'
+    )
   default = ModelConfig()
   n_embd = values.get('n_embd', default.n_embd)
-  return ModelConfig.from_config(dict(
+  return ModelConfig.from_config(
+    dict(
       vocab_size=values.get('vocab_size', default.vocab_size),
       n_ctx=values.get('n_positions', default.n_ctx),
       n_embd=n_embd,
@@ -132,29 +140,33 @@ def config_from_hf(hf_config) -> ModelConfig:
       embd_pdrop=values.get('embd_pdrop', default.embd_pdrop),
       attn_pdrop=values.get('attn_pdrop', default.attn_pdrop),
       resid_pdrop=values.get('resid_pdrop', default.resid_pdrop),
-      layer_norm_epsilon=values.get('layer_norm_epsilon', default.layer_norm_epsilon)))
+      layer_norm_epsilon=values.get('layer_norm_epsilon', default.layer_norm_epsilon),
+    )
+  )
 
 
 def config_to_hf(model_config: ModelConfig) -> dict:
   """The config.json of the Hugging Face OpenAIGPTLMHeadModel with our sizes."""
   if model_config.d_ff != 4 * model_config.n_embd:
-    raise UserError(f'model.d_ff={model_config.d_ff} cannot be exported: Hugging Face\'s '
-                    f'openai-gpt fixes it at 4 * n_embd = {4 * model_config.n_embd}')
+    raise UserError(
+      f"model.d_ff={model_config.d_ff} cannot be exported: Hugging Face's "
+      f'openai-gpt fixes it at 4 * n_embd = {4 * model_config.n_embd}'
+    )
   return {
-      'architectures': ['OpenAIGPTLMHeadModel'],
-      'model_type': _HF_MODEL_TYPE,
-      'vocab_size': model_config.vocab_size,
-      'n_positions': model_config.n_ctx,
-      'n_embd': model_config.n_embd,
-      'n_layer': model_config.n_layer,
-      'n_head': model_config.n_head,
-      'afn': 'gelu',
-      'embd_pdrop': model_config.embd_pdrop,
-      'attn_pdrop': model_config.attn_pdrop,
-      'resid_pdrop': model_config.resid_pdrop,
-      'layer_norm_epsilon': model_config.layer_norm_epsilon,
-      'initializer_range': 0.02,
-      'tie_word_embeddings': True,
+    'architectures': ['OpenAIGPTLMHeadModel'],
+    'model_type': _HF_MODEL_TYPE,
+    'vocab_size': model_config.vocab_size,
+    'n_positions': model_config.n_ctx,
+    'n_embd': model_config.n_embd,
+    'n_layer': model_config.n_layer,
+    'n_head': model_config.n_head,
+    'afn': 'gelu',
+    'embd_pdrop': model_config.embd_pdrop,
+    'attn_pdrop': model_config.attn_pdrop,
+    'resid_pdrop': model_config.resid_pdrop,
+    'layer_norm_epsilon': model_config.layer_norm_epsilon,
+    'initializer_range': 0.02,
+    'tie_word_embeddings': True,
   }
 
 
@@ -179,7 +191,9 @@ def params_from_hf(source, hf_config=None):
   if hf_config is None:
     raise UserError('params_from_hf needs the Hugging Face config to go with a state dict')
   model_config = config_from_hf(hf_config)
-  return _params_from_state({k: _to_numpy(v) for k, v in source.items()}, model_config), model_config
+  return _params_from_state(
+    {k: _to_numpy(v) for k, v in source.items()}, model_config
+  ), model_config
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -196,22 +210,30 @@ def _params_from_state(state: dict[str, np.ndarray], model_config: ModelConfig) 
   params = {}
   for hf_name, path, merged in _layout(model_config.n_layer):
     if hf_name not in state:
-      raise UserError(f'weight {hf_name} is missing: the checkpoint is not an openai-gpt model '
-                      f'with n_layer={model_config.n_layer}')
+      raise UserError(
+        f'weight {hf_name} is missing: the checkpoint is not an openai-gpt model '
+        f'with n_layer={model_config.n_layer}'
+      )
     array = state.pop(hf_name)
     expected = _hf_shape(our_shapes[path], merged)
     if array.shape != expected:
-      raise UserError(f'weight {hf_name} has shape {array.shape}, but the config needs '
-                      f'{expected}; the config and weights do not belong together')
+      raise UserError(
+        f'weight {hf_name} has shape {array.shape}, but the config needs '
+        f'{expected}; the config and weights do not belong together'
+      )
     _set(params, path, array.reshape(our_shapes[path]))
   tied = state.get('lm_head.weight')
   if tied is not None and not np.array_equal(tied, params['tokens_embed']['embedding']):
-    raise UserError('lm_head.weight differs from tokens_embed.weight: GPT-1 ties its output '
-                    'layer to the token embedding, so this checkpoint cannot be represented')
+    raise UserError(
+      'lm_head.weight differs from tokens_embed.weight: GPT-1 ties its output '
+      'layer to the token embedding, so this checkpoint cannot be represented'
+    )
   unexpected = sorted(original_names[k] for k in state if not _NOT_WEIGHTS.fullmatch(k))
   if unexpected:
-    raise UserError(f'unexpected weights {unexpected[:5]}: the checkpoint is not an openai-gpt '
-                    f'model with n_layer={model_config.n_layer}')
+    raise UserError(
+      f'unexpected weights {unexpected[:5]}: the checkpoint is not an openai-gpt '
+      f'model with n_layer={model_config.n_layer}'
+    )
   return params
 
 
@@ -247,6 +269,7 @@ def load_hf_dir(path):
 def _read_safetensors(file: epath.Path) -> dict[str, np.ndarray]:
   from safetensors import SafetensorError, safe_open
   from safetensors.numpy import load
+
   try:
     if not workdir_lib.is_local(file):  # safe_open memory-maps local files only
       return load(file.read_bytes())
@@ -260,14 +283,21 @@ def _read_pytorch_bin(file: epath.Path) -> dict:
   try:
     import torch
   except ImportError:
-    raise UserError(f'reading {file} needs PyTorch (pip install torch); or convert the '
-                    f'directory to {SAFETENSORS_FILE}') from None
+    raise UserError(
+      f'reading {file} needs PyTorch (pip install torch); or convert the '
+      f'directory to {SAFETENSORS_FILE}'
+    ) from None
   try:
-    state = torch.load(file if workdir_lib.is_local(file) else io.BytesIO(file.read_bytes()),
-                       map_location='cpu', weights_only=True)
+    state = torch.load(
+      file if workdir_lib.is_local(file) else io.BytesIO(file.read_bytes()),
+      map_location='cpu',
+      weights_only=True,
+    )
   except Exception as error:  # pickle refusals come as several exception types
-    raise UserError(f'cannot read {file} as a plain tensor state dict ({error}); '
-                    'arbitrary pickled code is never loaded') from None
+    raise UserError(
+      f'cannot read {file} as a plain tensor state dict ({error}); '
+      'arbitrary pickled code is never loaded'
+    ) from None
   if not isinstance(state, dict):
     raise UserError(f'{file} holds a {type(state).__name__}, not a state dict')
   return state
@@ -287,16 +317,20 @@ def state_to_hf(params, model_config: ModelConfig) -> dict[str, np.ndarray]:
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   given = {'/'.join(str(getattr(k, 'key', k)) for k in path) for path, _ in flat}
   if given != names:
-    raise UserError(f'params do not match the model config: missing {sorted(names - given)[:5]}, '
-                    f'unexpected {sorted(given - names)[:5]}; pass the GPT decoder\'s params')
+    raise UserError(
+      f'params do not match the model config: missing {sorted(names - given)[:5]}, '
+      f"unexpected {sorted(given - names)[:5]}; pass the GPT decoder's params"
+    )
   state = {}
   for hf_name, path, merged in _layout(model_config.n_layer):
     array = np.asarray(_get(params, path), np.float32)
     if array.shape != our_shapes[path]:
-      raise UserError(f'parameter {path} has shape {array.shape}, but the model config needs '
-                      f'{our_shapes[path]}')
+      raise UserError(
+        f'parameter {path} has shape {array.shape}, but the model config needs {our_shapes[path]}'
+      )
     state[_HF_PREFIX + hf_name] = np.ascontiguousarray(
-        array.reshape(_hf_shape(array.shape, merged)))
+      array.reshape(_hf_shape(array.shape, merged))
+    )
   return state
 
 
@@ -318,13 +352,18 @@ def export_hf_dir(params, model_config: ModelConfig, out_dir, tokenizer=None) ->
 
   out_dir = workdir_lib.path(out_dir)
   if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-    raise UserError(f'export directory {out_dir} already exists and is not empty; '
-                    'choose another path or remove it')
+    raise UserError(
+      f'export directory {out_dir} already exists and is not empty; '
+      'choose another path or remove it'
+    )
   hf_config = config_to_hf(model_config)
   state = state_to_hf(params, model_config)
   out_dir.parent.mkdir(parents=True, exist_ok=True)
-  staging = epath.Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent
-                                        if workdir_lib.is_local(out_dir) else None))
+  staging = epath.Path(
+    tempfile.mkdtemp(
+      prefix=f'.{out_dir.name}.', dir=out_dir.parent if workdir_lib.is_local(out_dir) else None
+    )
+  )
   try:
     save_file(state, str(staging / SAFETENSORS_FILE), metadata={'format': 'pt'})
     if tokenizer is not None:
@@ -384,23 +423,33 @@ def load_openai_release(path, *, n_ctx: int | None = None, n_head: int = 12):
   shapes = [tuple(s) for s in json.loads(files[0].read_text())]
   n_layer, extra = divmod(len(shapes) - len(_EMBEDDINGS), len(_BLOCK))
   if extra or n_layer < 1 or len(shapes[0]) != 2 or len(shapes[1]) != 2:
-    raise UserError(f'{files[0]} lists {len(shapes)} arrays; an OpenAI GPT release has 2 '
-                    f'embeddings + {len(_BLOCK)} per block')
+    raise UserError(
+      f'{files[0]} lists {len(shapes)} arrays; an OpenAI GPT release has 2 '
+      f'embeddings + {len(_BLOCK)} per block'
+    )
   (n_positions, n_embd), (vocab_size, _) = shapes[0], shapes[1]
   n_ctx = n_positions if n_ctx is None else n_ctx
   if not 0 < n_ctx <= n_positions:
-    raise UserError(f'n_ctx={n_ctx} must be between 1 and the release\'s {n_positions} positions')
+    raise UserError(f"n_ctx={n_ctx} must be between 1 and the release's {n_positions} positions")
 
   flat = np.concatenate([_load_npy(f).reshape(-1) for f in files[1:]])
   sizes = [int(np.prod(s)) for s in shapes]
   if flat.size != sum(sizes):
-    raise UserError(f'the params_*.npy files hold {flat.size} numbers but params_shapes.json '
-                    f'needs {sum(sizes)}')
+    raise UserError(
+      f'the params_*.npy files hold {flat.size} numbers but params_shapes.json needs {sum(sizes)}'
+    )
   arrays = [a.reshape(s) for a, s in zip(np.split(flat, np.cumsum(sizes)[:-1]), shapes)]
 
-  model_config = ModelConfig.from_config(dict(
-      vocab_size=vocab_size, n_ctx=n_ctx, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-      d_ff=4 * n_embd))
+  model_config = ModelConfig.from_config(
+    dict(
+      vocab_size=vocab_size,
+      n_ctx=n_ctx,
+      n_embd=n_embd,
+      n_layer=n_layer,
+      n_head=n_head,
+      d_ff=4 * n_embd,
+    )
+  )
   state = {}
   for (hf_name, _, _), array in zip(_layout(n_layer), arrays):
     if array.ndim == 3 and array.shape[0] == 1:  # TF conv1d weights are [1, in, out]

@@ -27,8 +27,11 @@ _UNROLLED = re.compile(r'h_(\d+)')
 
 def _is_decoder(node) -> bool:
   """A dict of the decoder's parameters (or of something shaped like them) in either layout."""
-  return isinstance(node, Mapping) and 'tokens_embed' in node and (
-      SCANNED in node or any(_UNROLLED.fullmatch(str(key)) for key in node))
+  return (
+    isinstance(node, Mapping)
+    and 'tokens_embed' in node
+    and (SCANNED in node or any(_UNROLLED.fullmatch(str(key)) for key in node))
+  )
 
 
 def _decoders(tree) -> list:
@@ -76,15 +79,20 @@ def _stack(decoder: Mapping) -> dict:
 def _unstack(decoder: Mapping) -> dict:
   n_layer = num_layers(decoder)
   rest = {k: v for k, v in decoder.items() if k != SCANNED}
-  return {**rest, **{f'h_{i}': jax.tree.map(lambda x, i=i: _layer(x, i), decoder[SCANNED])
-                     for i in range(n_layer)}}
+  return {
+    **rest,
+    **{
+      f'h_{i}': jax.tree.map(lambda x, i=i: _layer(x, i), decoder[SCANNED]) for i in range(n_layer)
+    },
+  }
 
 
 def _stack_leaves(layers):
   first = layers[0]
   if isinstance(first, jax.ShapeDtypeStruct):
-    return jax.ShapeDtypeStruct((len(layers), *first.shape), first.dtype,
-                                sharding=_with_leading_axis(first.sharding))
+    return jax.ShapeDtypeStruct(
+      (len(layers), *first.shape), first.dtype, sharding=_with_leading_axis(first.sharding)
+    )
   if all(isinstance(x, np.ndarray) for x in layers):
     return np.stack(layers)
   return jnp.stack(layers)

@@ -20,8 +20,15 @@ from gpt_jax.model import ModelConfig
 from gpt_jax.report import RunLog, StepLogger, StepProfiler
 
 
-def step_logger(log: RunLog, model_config: ModelConfig, mesh, *, every: int, total_steps: int,
-                tokens_of: Callable[[object], tuple[int, int]]) -> StepLogger:
+def step_logger(
+  log: RunLog,
+  model_config: ModelConfig,
+  mesh,
+  *,
+  every: int,
+  total_steps: int,
+  tokens_of: Callable[[object], tuple[int, int]],
+) -> StepLogger:
   """A StepLogger whose MFU counts the model's FLOPs against every device's peak.
 
   `tokens_of(batch)`: (tokens the whole step computes on, their sequence length), from this
@@ -70,14 +77,17 @@ class NonFiniteGuard:
       return
     self.in_a_row += 1
     self.total += 1
-    self._log.info(f'step {step}: non-finite loss or gradients, update skipped '
-                   f'({self.in_a_row} in a row, {self.total} in all)')
+    self._log.info(
+      f'step {step}: non-finite loss or gradients, update skipped '
+      f'({self.in_a_row} in a row, {self.total} in all)'
+    )
     if self.in_a_row >= self._limit:
       raise UserError(
-          f'training diverged: {self._limit} steps in a row, up to step {step}, had a '
-          f'non-finite loss or gradients (train.max_nonfinite_in_a_row={self._limit}); no '
-          f'update was applied, so the last checkpoint (step {self._last_good()}) is good: '
-          'lower optim.learning_rate or check the data, then rerun to resume from it')
+        f'training diverged: {self._limit} steps in a row, up to step {step}, had a '
+        f'non-finite loss or gradients (train.max_nonfinite_in_a_row={self._limit}); no '
+        f'update was applied, so the last checkpoint (step {self._last_good()}) is good: '
+        'lower optim.learning_rate or check the data, then rerun to resume from it'
+      )
 
 
 @dataclasses.dataclass
@@ -99,24 +109,39 @@ class Outcome:
   skipped_steps: int
 
 
-def run(trainer, state, batches: Iterator, *, first_step: int, total_steps: int,
-        schedule: Schedule, steps: StepLogger, guard: NonFiniteGuard, log: RunLog,
-        profiler: StepProfiler | None = None, steps_per_call: int = 1) -> Outcome:
+def run(
+  trainer,
+  state,
+  batches: Iterator,
+  *,
+  first_step: int,
+  total_steps: int,
+  schedule: Schedule,
+  steps: StepLogger,
+  guard: NonFiniteGuard,
+  log: RunLog,
+  profiler: StepProfiler | None = None,
+  steps_per_call: int = 1,
+) -> Outcome:
   """Trains from `first_step` to `total_steps` on `batches` (host arrays of this process).
 
   Runs `steps_per_call` updates per compiled call where it can (see `_call_size`);
   evaluations, saves and the preemption check happen between calls.
   """
   if steps_per_call < 1:
-    raise UserError(f'train.steps_per_call={steps_per_call}: use 1 (one compiled call per '
-                    'update) or more')
+    raise UserError(
+      f'train.steps_per_call={steps_per_call}: use 1 (one compiled call per update) or more'
+    )
 
   def periodic_save(done: int) -> bool:
     return bool(schedule.save_every) and done % schedule.save_every == 0
 
   def state_needed_after(done: int) -> bool:  # a call must end at such a step
-    return (schedule.is_eval_step(done) or periodic_save(done)
-            or bool(profiler and profiler.is_boundary(done)))
+    return (
+      schedule.is_eval_step(done)
+      or periodic_save(done)
+      or bool(profiler and profiler.is_boundary(done))
+    )
 
   last_eval, preempted = {}, False
   done = calls = first_step  # calls: a counter that grows by one per call
@@ -145,8 +170,7 @@ def run(trainer, state, batches: Iterator, *, first_step: int, total_steps: int,
         steps.flush()  # a resumed run starts logging after the checkpoint's step
         schedule.save(done, state, last_eval if evaluated else None)
       if preempted:
-        log.info(f'SIGTERM: saved step {done} of {total_steps}; rerun the same command to '
-                 'resume')
+        log.info(f'SIGTERM: saved step {done} of {total_steps}; rerun the same command to resume')
         break
   if profiler:
     profiler.stop(log)
@@ -154,8 +178,9 @@ def run(trainer, state, batches: Iterator, *, first_step: int, total_steps: int,
   return Outcome(state, steps.flush(), last_eval, preempted, guard.total)
 
 
-def _call_size(done: int, steps_per_call: int, total_steps: int,
-               state_needed_after: Callable[[int], bool]) -> int:
+def _call_size(
+  done: int, steps_per_call: int, total_steps: int, state_needed_after: Callable[[int], bool]
+) -> int:
   """How many updates the next call runs: `steps_per_call` when `done` is a multiple of it,
   they fit before `total_steps` and none but the last ends at a step where the loop needs
   the state (an evaluation, a save, the profiler's window); else one.
@@ -164,8 +189,12 @@ def _call_size(done: int, steps_per_call: int, total_steps: int,
   the later steps as the uninterrupted run did.
   """
   end = done + steps_per_call
-  if (steps_per_call > 1 and done % steps_per_call == 0 and end <= total_steps
-      and not any(state_needed_after(step) for step in range(done + 1, end))):
+  if (
+    steps_per_call > 1
+    and done % steps_per_call == 0
+    and end <= total_steps
+    and not any(state_needed_after(step) for step in range(done + 1, end))
+  ):
     return steps_per_call
   return 1
 
@@ -174,6 +203,7 @@ def _stackable_groups(host_batches: list) -> list[list]:
   """The batches as one group when they can be stacked into one call (the same shapes:
   always for pretraining; fine-tuning pads each batch to its own bucket length), else
   one group per batch."""
+
   def shapes(batch):
     return jax.tree.structure(batch), [np.shape(leaf) for leaf in jax.tree.leaves(batch)]
 
@@ -188,6 +218,7 @@ def _dispatch(trainer, state, group: list):
   if len(group) == 1:
     batch = jax.tree.map(lambda x: sharding.global_batch(x, trainer.mesh), group[0])
     return trainer.train_step(state, batch)
-  stacked = jax.tree.map(lambda *rows: sharding.global_batch(np.stack(rows), trainer.mesh,
-                                                             steps_axis=True), *group)
+  stacked = jax.tree.map(
+    lambda *rows: sharding.global_batch(np.stack(rows), trainer.mesh, steps_axis=True), *group
+  )
   return trainer.train_steps(state, stacked)

@@ -22,10 +22,10 @@ from gpt_jax.errors import UserError
 # The dots policies save matmul outputs (with_no_batch_dims: the projections, not the
 # attention scores); save_qkv_mlp saves just the two widest projections, named below.
 _POLICIES = {
-    'full': None,
-    'dots_saveable': jax.checkpoint_policies.dots_saveable,
-    'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    'save_qkv_mlp': jax.checkpoint_policies.save_only_these_names('qkv', 'mlp_hidden'),
+  'full': None,
+  'dots_saveable': jax.checkpoint_policies.dots_saveable,
+  'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  'save_qkv_mlp': jax.checkpoint_policies.save_only_these_names('qkv', 'mlp_hidden'),
 }
 REMAT_POLICIES = ('none', *_POLICIES)
 
@@ -62,8 +62,9 @@ class ModelConfig:
     if isinstance(self.remat, bool):
       object.__setattr__(self, 'remat', 'full' if self.remat else 'none')
     if self.remat not in REMAT_POLICIES:
-      raise UserError(f'model.remat={self.remat!r} is not a remat policy; use one of: '
-                      f'{", ".join(REMAT_POLICIES)}')
+      raise UserError(
+        f'model.remat={self.remat!r} is not a remat policy; use one of: {", ".join(REMAT_POLICIES)}'
+      )
 
   @property
   def head_dim(self) -> int:
@@ -80,8 +81,9 @@ class ModelConfig:
     model_config = cls(**values)
     attention.check_implementation(model_config.attention)
     if model_config.n_embd % model_config.n_head:
-      raise UserError(f'model.n_embd={model_config.n_embd} is not divisible by '
-                       f'model.n_head={model_config.n_head}')
+      raise UserError(
+        f'model.n_embd={model_config.n_embd} is not divisible by model.n_head={model_config.n_head}'
+      )
     return model_config
 
 
@@ -91,11 +93,13 @@ def _partitioned(init, names):
 
 def _layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(
-      epsilon=config.layer_norm_epsilon,  # 1e-5 as in GPT-1; Flax's default is 1e-6
-      dtype=config.dtype, param_dtype=config.param_dtype,
-      scale_init=_partitioned(nn.initializers.ones, ('embed',)),
-      bias_init=_partitioned(_zeros, ('embed',)),
-      name=name)
+    epsilon=config.layer_norm_epsilon,  # 1e-5 as in GPT-1; Flax's default is 1e-6
+    dtype=config.dtype,
+    param_dtype=config.param_dtype,
+    scale_init=_partitioned(nn.initializers.ones, ('embed',)),
+    bias_init=_partitioned(_zeros, ('embed',)),
+    name=name,
+  )
 
 
 class Linear(nn.Module):
@@ -114,19 +118,28 @@ class Linear(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param('kernel', _partitioned(_weight_init, self.axis_names),
-                        self.in_shape + self.out_shape, self.param_dtype)
-    bias = self.param('bias', _partitioned(_zeros, self.axis_names[len(self.in_shape):]),
-                      self.out_shape, self.param_dtype)
+    kernel = self.param(
+      'kernel',
+      _partitioned(_weight_init, self.axis_names),
+      self.in_shape + self.out_shape,
+      self.param_dtype,
+    )
+    bias = self.param(
+      'bias',
+      _partitioned(_zeros, self.axis_names[len(self.in_shape) :]),
+      self.out_shape,
+      self.param_dtype,
+    )
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     contract = len(self.in_shape)
     # The leading (batch, length) dims flattened into one: the weight gradient then
     # contracts a single dimension, which XLA's CPU dot takes as it is; contracting
     # (batch, length) it first copies the output gradient into a transposed layout.
-    leading = x.shape[:x.ndim - contract]
+    leading = x.shape[: x.ndim - contract]
     x = x.reshape(-1, *self.in_shape)
     y = jax.lax.dot_general(
-        x, kernel, ((tuple(range(1, contract + 1)), tuple(range(contract))), ((), ())))
+      x, kernel, ((tuple(range(1, contract + 1)), tuple(range(contract))), ((), ()))
+    )
     return y.reshape(*leading, *self.out_shape) + bias
 
 
@@ -149,9 +162,11 @@ class KeyValueCache(nn.Module):
     index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
     start = index.value
     keys.value = nn.with_logical_constraint(
-        jax.lax.dynamic_update_slice(keys.value, key, (0, start, 0, 0)), axes)
+      jax.lax.dynamic_update_slice(keys.value, key, (0, start, 0, 0)), axes
+    )
     values.value = nn.with_logical_constraint(
-        jax.lax.dynamic_update_slice(values.value, value, (0, start, 0, 0)), axes)
+      jax.lax.dynamic_update_slice(values.value, value, (0, start, 0, 0)), axes
+    )
     index.value = start + length
     # Query i sits at slot start + i: it sees real tokens at that slot or before.
     slots = jnp.arange(cache_mask.shape[1])
@@ -175,10 +190,17 @@ class CausalSelfAttention(nn.Module):
     d, heads, head_dim = cfg.n_embd, cfg.n_head, cfg.head_dim
     # One kernel for q, k and v, kept as (embed, 3, heads, head_dim) so tensor
     # parallelism splits whole heads; flattened it is GPT-1's (768, 2304).
-    qkv = Linear((d,), (3, heads, head_dim), ('embed', 'qkv', 'heads', 'head_dim'),
-                 cfg.dtype, cfg.param_dtype, name='c_attn')(x)
+    qkv = Linear(
+      (d,),
+      (3, heads, head_dim),
+      ('embed', 'qkv', 'heads', 'head_dim'),
+      cfg.dtype,
+      cfg.param_dtype,
+      name='c_attn',
+    )(x)
     qkv = nn.with_logical_constraint(
-        qkv, ('activation_batch', 'activation_length', None, 'activation_heads', None))
+      qkv, ('activation_batch', 'activation_length', None, 'activation_heads', None)
+    )
     qkv = checkpoint_name(qkv, 'qkv')  # kept by the save_qkv_mlp remat policy
     query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     mask = None  # causal over the tokens of this call
@@ -192,8 +214,14 @@ class CausalSelfAttention(nn.Module):
       dropout = attn_dropout.in_pieces((x.shape[0], heads, query.shape[1], key.shape[1]))
     out = attention.attend(cfg.attention, query, key, value, mask, dropout)
 
-    out = Linear((heads, head_dim), (d,), ('heads', 'head_dim', 'embed'),
-                 cfg.dtype, cfg.param_dtype, name='c_proj')(out)
+    out = Linear(
+      (heads, head_dim),
+      (d,),
+      ('heads', 'head_dim', 'embed'),
+      cfg.dtype,
+      cfg.param_dtype,
+      name='c_proj',
+    )(out)
     return Dropout(cfg.resid_pdrop)(out, deterministic=deterministic)
 
 
@@ -205,14 +233,15 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x, deterministic: bool):
     cfg = self.config
-    h = Linear((cfg.n_embd,), (cfg.d_ff,), ('embed', 'mlp'),
-               cfg.dtype, cfg.param_dtype, name='c_fc')(x)
-    h = nn.with_logical_constraint(
-        h, ('activation_batch', 'activation_length', 'activation_mlp'))
+    h = Linear(
+      (cfg.n_embd,), (cfg.d_ff,), ('embed', 'mlp'), cfg.dtype, cfg.param_dtype, name='c_fc'
+    )(x)
+    h = nn.with_logical_constraint(h, ('activation_batch', 'activation_length', 'activation_mlp'))
     h = checkpoint_name(h, 'mlp_hidden')  # kept by the save_qkv_mlp remat policy
     h = nn.gelu(h, approximate=True)
-    h = Linear((cfg.d_ff,), (cfg.n_embd,), ('mlp', 'embed'),
-               cfg.dtype, cfg.param_dtype, name='c_proj')(h)
+    h = Linear(
+      (cfg.d_ff,), (cfg.n_embd,), ('mlp', 'embed'), cfg.dtype, cfg.param_dtype, name='c_proj'
+    )(h)
     return Dropout(cfg.resid_pdrop)(h, deterministic=deterministic)
 
 
@@ -224,11 +253,12 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, deterministic: bool, cache_mask=None):
     x = _layer_norm(self.config, 'ln_1')(
-        x + CausalSelfAttention(self.config, name='attn')(x, deterministic, cache_mask))
-    x = _layer_norm(self.config, 'ln_2')(
-        x + MLP(self.config, name='mlp')(x, deterministic))
+      x + CausalSelfAttention(self.config, name='attn')(x, deterministic, cache_mask)
+    )
+    x = _layer_norm(self.config, 'ln_2')(x + MLP(self.config, name='mlp')(x, deterministic))
     return nn.with_logical_constraint(
-        x, ('activation_batch', 'activation_length', 'activation_embed'))
+      x, ('activation_batch', 'activation_length', 'activation_embed')
+    )
 
 
 class _ScanStep(Block):
@@ -245,15 +275,19 @@ def _blocks(cfg: ModelConfig):
   if cfg.remat != 'none':
     # static_argnums counts `self`: argument 2 is `deterministic`. Under scan the
     # loop body already keeps XLA from merging the recomputation away.
-    block = nn.remat(block, static_argnums=(2,), policy=_POLICIES[cfg.remat],
-                     prevent_cse=not cfg.scan_layers)
+    block = nn.remat(
+      block, static_argnums=(2,), policy=_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers
+    )
   if not cfg.scan_layers:
     return [block(cfg, name=f'h_{i}') for i in range(cfg.n_layer)]
   return nn.scan(
-      block, length=cfg.n_layer, variable_axes={'params': 0, 'cache': 0},
-      split_rngs={'params': True, 'dropout': True},
-      in_axes=(nn.broadcast, nn.broadcast),  # deterministic, cache_mask
-      metadata_params={nn.PARTITION_NAME: 'layers'})(cfg, name='h')
+    block,
+    length=cfg.n_layer,
+    variable_axes={'params': 0, 'cache': 0},
+    split_rngs={'params': True, 'dropout': True},
+    in_axes=(nn.broadcast, nn.broadcast),  # deterministic, cache_mask
+    metadata_params={nn.PARTITION_NAME: 'layers'},
+  )(cfg, name='h')
 
 
 class GPT(nn.Module):
@@ -267,11 +301,19 @@ class GPT(nn.Module):
   def setup(self):
     cfg = self.config
     self.tokens_embed = nn.Embed(
-        cfg.vocab_size, cfg.n_embd, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-        embedding_init=_partitioned(_weight_init, ('vocab', 'embed')))
+      cfg.vocab_size,
+      cfg.n_embd,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      embedding_init=_partitioned(_weight_init, ('vocab', 'embed')),
+    )
     self.positions_embed = nn.Embed(
-        cfg.n_ctx, cfg.n_embd, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-        embedding_init=_partitioned(_weight_init, ('position', 'embed')))
+      cfg.n_ctx,
+      cfg.n_embd,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      embedding_init=_partitioned(_weight_init, ('position', 'embed')),
+    )
     self.drop = Dropout(cfg.embd_pdrop)
     self.h = _blocks(cfg)
 
@@ -286,11 +328,11 @@ class GPT(nn.Module):
     """Final hidden states (batch, length, n_embd) of the last block."""
     length = tokens.shape[1]
     if length > self.config.n_ctx:
-      raise UserError(f'sequence length {length} exceeds the model context '
-                       f'model.n_ctx={self.config.n_ctx}')
+      raise UserError(
+        f'sequence length {length} exceeds the model context model.n_ctx={self.config.n_ctx}'
+      )
     x = self.tokens_embed(tokens) + self.positions_embed(jnp.arange(length))[None]
-    x = nn.with_logical_constraint(
-        x, ('activation_batch', 'activation_length', 'activation_embed'))
+    x = nn.with_logical_constraint(x, ('activation_batch', 'activation_length', 'activation_embed'))
     x = self.drop(x, deterministic=deterministic)
     return self._run_blocks(x, deterministic)
 
@@ -312,8 +354,7 @@ class GPT(nn.Module):
     (batch, cache_len) is False at padding slots; see KeyValueCache.
     """
     x = self.tokens_embed(tokens) + self.positions_embed(positions)
-    x = nn.with_logical_constraint(
-        x, ('activation_batch', 'activation_length', 'activation_embed'))
+    x = nn.with_logical_constraint(x, ('activation_batch', 'activation_length', 'activation_embed'))
     return self.logits(self._run_blocks(x, True, cache_mask)[:, -1])
 
 
@@ -344,19 +385,23 @@ class GPTForTask(nn.Module):
 
   def setup(self):
     if self.layout not in HEAD_LAYOUTS:
-      raise UserError(f'unknown head layout {self.layout!r}; expected one of: '
-                      f'{", ".join(HEAD_LAYOUTS)}')
+      raise UserError(
+        f'unknown head layout {self.layout!r}; expected one of: {", ".join(HEAD_LAYOUTS)}'
+      )
     if self.layout == 'choices' and self.num_outputs != 1:
-      raise UserError(f'a choices head scores each choice with one output; got '
-                      f'num_outputs={self.num_outputs}')
+      raise UserError(
+        f'a choices head scores each choice with one output; got num_outputs={self.num_outputs}'
+      )
     cfg = self.config
     self.transformer = GPT(cfg)
     self.clf_drop = Dropout(self.clf_pdrop)
-    self.classifier = Linear((cfg.n_embd,), (self.num_outputs,), ('embed', 'classes'),
-                             cfg.dtype, cfg.param_dtype)
+    self.classifier = Linear(
+      (cfg.n_embd,), (self.num_outputs,), ('embed', 'classes'), cfg.dtype, cfg.param_dtype
+    )
 
-  def __call__(self, tokens, extract_index, deterministic: bool = True,
-               with_lm_logits: bool = True):
+  def __call__(
+    self, tokens, extract_index, deterministic: bool = True, with_lm_logits: bool = True
+  ):
     logits, hidden = self.task_logits_and_hidden(tokens, extract_index, deterministic)
     return logits, self.lm_logits(hidden) if with_lm_logits else None
 
@@ -372,9 +417,11 @@ class GPTForTask(nn.Module):
     """
     sequence_axes = 0 if self.layout == 'single' else 1
     if tokens.ndim != 2 + sequence_axes or extract_index.shape != tokens.shape[:-1]:
-      raise UserError(f'a {self.layout} head expects tokens of rank {2 + sequence_axes} and '
-                      f'one extract_index per sequence; got tokens {tokens.shape}, '
-                      f'extract_index {extract_index.shape}')
+      raise UserError(
+        f'a {self.layout} head expects tokens of rank {2 + sequence_axes} and '
+        f'one extract_index per sequence; got tokens {tokens.shape}, '
+        f'extract_index {extract_index.shape}'
+      )
     length = tokens.shape[-1]
     hidden = self.transformer.hidden_states(tokens.reshape(-1, length), deterministic)
     # A masked sum rather than a gather: exact, and it splits along the batch like
@@ -415,7 +462,7 @@ def add_token_rows(params, n_new: int, rng: jax.Array, redraw=()):
   if redraw and not 0 <= redraw[0] <= redraw[-1] < vocab_size:
     raise UserError(f'token ids {redraw} to re-draw lie outside the vocabulary of {vocab_size}')
   rows = _weight_init(rng, (len(redraw) + n_new, embedding.shape[1]), embedding.dtype)
-  embedding = jnp.concatenate([embedding, rows[len(redraw):]], axis=0)
+  embedding = jnp.concatenate([embedding, rows[len(redraw) :]], axis=0)
   if redraw:
-    embedding = embedding.at[jnp.asarray(redraw)].set(rows[:len(redraw)])
+    embedding = embedding.at[jnp.asarray(redraw)].set(rows[: len(redraw)])
   return {**params, 'tokens_embed': {**params['tokens_embed'], 'embedding': embedding}}

@@ -49,27 +49,40 @@ class TruncationCount:
 class TaskPredictor:
   """`predict(params, examples)` -> (predictions, labels) for a `model.GPTForTask` on `mesh`."""
 
-  def __init__(self, model, param_shardings, mesh, task: Task, tokenizer, max_len: int,
-               bucket: int = 0):
+  def __init__(
+    self, model, param_shardings, mesh, task: Task, tokenizer, max_len: int, bucket: int = 0
+  ):
     self.mesh, self.task, self.tokenizer, self.max_len = mesh, task, tokenizer, max_len
     self.bucket = bucket  # batches padded to their longest sequence, rounded up to this
     predict_logits = transforms.predict_fn(model)
     with sharding.use_mesh(mesh):
       self._predict = jax.jit(
-          lambda params, batch: (predict_logits(params, batch), batch['label'],
-                                 batch['position'], batch['valid']),
-          in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
-          out_shardings=sharding.replicated(mesh))
+        lambda params, batch: (
+          predict_logits(params, batch),
+          batch['label'],
+          batch['position'],
+          batch['valid'],
+        ),
+        in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
+        out_shardings=sharding.replicated(mesh),
+      )
 
-  def predict(self, params, examples,
-              batch_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+  def predict(self, params, examples, batch_size: int) -> tuple[np.ndarray, np.ndarray, int]:
     """(predictions, labels) for every example of one split, in the split's order, and how
     many of its examples were truncated."""
     outputs, labels, positions = [], [], []
-    encoded = TruncationCount(batches(
-        examples, self.task.kind, self.tokenizer, self.max_len,
-        batch_size // jax.process_count(), bucket=self.bucket, pad_last=True,
-        shard=(jax.process_index(), jax.process_count())))
+    encoded = TruncationCount(
+      batches(
+        examples,
+        self.task.kind,
+        self.tokenizer,
+        self.max_len,
+        batch_size // jax.process_count(),
+        bucket=self.bucket,
+        pad_last=True,
+        shard=(jax.process_index(), jax.process_count()),
+      )
+    )
     with sharding.use_mesh(self.mesh):
       for batch in encoded:
         batch = {k: sharding.global_batch(v, self.mesh) for k, v in batch.items()}

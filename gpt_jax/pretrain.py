@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import checkpoint, loop, sharding, workdir as workdir_lib
+from gpt_jax import checkpoint, loop, sharding
+from gpt_jax import workdir as workdir_lib
 from gpt_jax.errors import UserError
 from gpt_jax.model import ModelConfig
 from gpt_jax.report import RunLog, StepProfiler
@@ -27,11 +28,15 @@ def resolve_num_steps(train_config, train_tokens: int | None) -> int:
   if train_config.num_steps > 0:
     return int(train_config.num_steps)
   if train_config.num_steps != -1:
-    raise UserError(f'train.num_steps={train_config.num_steps}: use a positive number of '
-                    'updates, or -1 to derive it from train.num_epochs')
+    raise UserError(
+      f'train.num_steps={train_config.num_steps}: use a positive number of '
+      'updates, or -1 to derive it from train.num_epochs'
+    )
   if not train_tokens:
-    raise UserError('train.num_steps=-1 needs the corpus size to derive steps from '
-                    'train.num_epochs; set train.num_steps explicitly')
+    raise UserError(
+      'train.num_steps=-1 needs the corpus size to derive steps from '
+      'train.num_epochs; set train.num_steps explicitly'
+    )
   tokens_per_step = train_config.batch_size * train_config.seq_len
   return max(1, int(train_config.num_epochs * train_tokens // tokens_per_step))
 
@@ -44,8 +49,10 @@ def evaluate(trainer: Trainer, params, batches: Iterable[np.ndarray]) -> dict:
     totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
     count += 1
   if not count:
-    raise UserError('the validation split produced no batches; it must hold at least one '
-                    'window of train.seq_len + 1 tokens per batch row')
+    raise UserError(
+      'the validation split produced no batches; it must hold at least one '
+      'window of train.seq_len + 1 tokens per batch row'
+    )
   means = {k: float(v) / count for k, v in jax.device_get(totals).items()}
   means['perplexity'] = math.exp(min(means['loss'], 50.0))
   return means
@@ -74,10 +81,15 @@ def _set_up(config, workdir, train_tokens: int | None) -> _Run:
   return _Run(model_config, trainer, total_steps, config.train.batch_size * seq_len)
 
 
-def run_pretraining(config, workdir, train_batches: Iterator[np.ndarray],
-                    eval_batches: Callable[[], Iterable[np.ndarray]],
-                    train_tokens: int | None = None, log: RunLog | None = None,
-                    profile_steps: tuple[int, int] | None = None) -> dict:
+def run_pretraining(
+  config,
+  workdir,
+  train_batches: Iterator[np.ndarray],
+  eval_batches: Callable[[], Iterable[np.ndarray]],
+  train_tokens: int | None = None,
+  log: RunLog | None = None,
+  profile_steps: tuple[int, int] | None = None,
+) -> dict:
   """Pretrains GPT on next-token prediction; returns the final train and eval metrics.
 
   `train_batches` yields this process's rows of each global batch, int32 arrays of
@@ -89,9 +101,11 @@ def run_pretraining(config, workdir, train_batches: Iterator[np.ndarray],
   trainer = run.trainer
   log = log or RunLog(workdir)
   num_params = sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))
-  log.info(f'model: {num_params:,} parameters | mesh {dict(trainer.mesh.shape)} | '
-           f'{run.total_steps:,} steps of {config.train.batch_size} x {config.train.seq_len} '
-           'tokens')
+  log.info(
+    f'model: {num_params:,} parameters | mesh {dict(trainer.mesh.shape)} | '
+    f'{run.total_steps:,} steps of {config.train.batch_size} x {config.train.seq_len} '
+    'tokens'
+  )
 
   def evaluate_and_log(params, step):
     metrics = evaluate(trainer, params, eval_batches())
@@ -107,25 +121,51 @@ def run_pretraining(config, workdir, train_batches: Iterator[np.ndarray],
     first_step = int(state.step)
     log.drop_after(first_step)  # those steps are about to be rerun
     schedule = loop.Schedule(
-        is_eval_step=lambda done: done % config.train.eval_every == 0 or done == run.total_steps,
-        evaluate=evaluate_and_log,
-        save=lambda done, state, evaluated: checkpoints.save(
-            done, state, config, train_batches, metrics=None if evaluated is None else {
-                f'eval_{name}': value for name, value in evaluated.items()}),
-        save_every=config.checkpoint.every_steps)
-    steps = loop.step_logger(log, run.model_config, trainer.mesh, every=config.train.log_every,
-                             total_steps=run.total_steps,
-                             tokens_of=lambda _: (run.tokens_per_step, config.train.seq_len))
+      is_eval_step=lambda done: done % config.train.eval_every == 0 or done == run.total_steps,
+      evaluate=evaluate_and_log,
+      save=lambda done, state, evaluated: checkpoints.save(
+        done,
+        state,
+        config,
+        train_batches,
+        metrics=None
+        if evaluated is None
+        else {f'eval_{name}': value for name, value in evaluated.items()},
+      ),
+      save_every=config.checkpoint.every_steps,
+    )
+    steps = loop.step_logger(
+      log,
+      run.model_config,
+      trainer.mesh,
+      every=config.train.log_every,
+      total_steps=run.total_steps,
+      tokens_of=lambda _: (run.tokens_per_step, config.train.seq_len),
+    )
     steps.restart_clock(first_step)
     guard = loop.NonFiniteGuard(config.train.max_nonfinite_in_a_row, log, checkpoints.latest_step)
     profiler = StepProfiler(workdir, *profile_steps) if profile_steps else None
-    outcome = loop.run(trainer, state, train_batches, first_step=first_step,
-                       total_steps=run.total_steps, schedule=schedule, steps=steps, guard=guard,
-                       log=log, profiler=profiler,
-                       steps_per_call=config.train.steps_per_call)
+    outcome = loop.run(
+      trainer,
+      state,
+      train_batches,
+      first_step=first_step,
+      total_steps=run.total_steps,
+      schedule=schedule,
+      steps=steps,
+      guard=guard,
+      log=log,
+      profiler=profiler,
+      steps_per_call=config.train.steps_per_call,
+    )
     if first_step == run.total_steps:
       log.info(f'the workdir already holds the final step ({run.total_steps}); nothing to train')
       outcome.last_eval = evaluate(trainer, state.params, eval_batches())
-  return {'train': outcome.last_train, 'eval': outcome.last_eval, 'state': outcome.state,
-          'trainer': trainer, 'preempted': outcome.preempted,
-          'skipped_steps': outcome.skipped_steps}
+  return {
+    'train': outcome.last_train,
+    'eval': outcome.last_eval,
+    'state': outcome.state,
+    'trainer': trainer,
+    'preempted': outcome.preempted,
+    'skipped_steps': outcome.skipped_steps,
+  }

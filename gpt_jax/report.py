@@ -51,8 +51,14 @@ class RunLog:
   killed outright loses at most that window of records.
   """
 
-  def __init__(self, workdir: str | Path | None, stream=None, progress: bool | None = None,
-               trackers=(), upload_every_s: float = 60.0):
+  def __init__(
+    self,
+    workdir: str | Path | None,
+    stream=None,
+    progress: bool | None = None,
+    trackers=(),
+    upload_every_s: float = 60.0,
+  ):
     self._enabled = jax.process_index() == 0
     self._trackers = list(trackers)  # e.g. gpt_jax.tracking.WandbTracker
     self._stream = stream
@@ -69,6 +75,7 @@ class RunLog:
           (self._workdir / METRICS_FILE).copy(self._local / METRICS_FILE)
       self._file = open(self._local / METRICS_FILE, 'a', encoding='utf-8')
       from tensorboardX import SummaryWriter
+
       self._tensorboard = SummaryWriter(str(self._local / workdir_lib.TENSORBOARD_DIR))
     self._start = time.time()
 
@@ -88,9 +95,17 @@ class RunLog:
     if not self._enabled:
       return
     from tqdm import tqdm
+
     disable = not self._out().isatty() if self._progress is None else not self._progress
-    self._bar = tqdm(total=total_steps, initial=first_step, unit=unit, file=self._out(),
-                     disable=disable, dynamic_ncols=True, leave=False)
+    self._bar = tqdm(
+      total=total_steps,
+      initial=first_step,
+      unit=unit,
+      file=self._out(),
+      disable=disable,
+      dynamic_ncols=True,
+      leave=False,
+    )
 
   def advance(self, step: int) -> None:
     if self._bar is not None:
@@ -114,8 +129,11 @@ class RunLog:
           self._tensorboard.add_scalar(f'{split}/{name}', value, step)
     for tracker in self._trackers:
       tracker.log(step, split, values)
-    if (self._file and self._local != self._workdir and
-        time.monotonic() - self._uploaded_at >= self._upload_every_s):
+    if (
+      self._file
+      and self._local != self._workdir
+      and time.monotonic() - self._uploaded_at >= self._upload_every_s
+    ):
       self._tensorboard.flush()
       self._upload()
 
@@ -190,24 +208,40 @@ def curve_series(records: list[dict]) -> dict[str, dict[str, tuple[list, list]]]
   Panels: 'loss' (every split that logged one), 'learning rate', and, when any
   evaluation logged more than a loss, 'validation metrics'.
   """
+
   def series(split, name):
-    points = [(r['step'], r[name]) for r in records
-              if r['split'] == split and isinstance(r.get(name), (int, float))]
+    points = [
+      (r['step'], r[name])
+      for r in records
+      if r['split'] == split and isinstance(r.get(name), (int, float))
+    ]
     return tuple(map(list, zip(*points)))
 
   splits = sorted({r['split'] for r in records})
-  panels = {'loss': {f'{split} loss': series(split, 'loss') for split in splits},
-            'learning rate': {'train learning rate': series('train', 'learning_rate')}}
-  eval_metrics = sorted({k for r in records if r['split'] != 'train' for k in r
-                         if k not in _POSITION_FIELDS + ('loss', 'perplexity')
-                         and isinstance(r[k], (int, float))})
-  panels['validation metrics'] = {(name if name.startswith(split) else f'{split} {name}'):
-                                  series(split, name)
-                                  for name in eval_metrics for split in splits
-                                  if split != 'train'}
-  return {title: {label: line for label, line in lines.items() if line}
-          for title, lines in panels.items()
-          if any(lines.values())}
+  panels = {
+    'loss': {f'{split} loss': series(split, 'loss') for split in splits},
+    'learning rate': {'train learning rate': series('train', 'learning_rate')},
+  }
+  eval_metrics = sorted(
+    {
+      k
+      for r in records
+      if r['split'] != 'train'
+      for k in r
+      if k not in _POSITION_FIELDS + ('loss', 'perplexity') and isinstance(r[k], (int, float))
+    }
+  )
+  panels['validation metrics'] = {
+    (name if name.startswith(split) else f'{split} {name}'): series(split, name)
+    for name in eval_metrics
+    for split in splits
+    if split != 'train'
+  }
+  return {
+    title: {label: line for label, line in lines.items() if line}
+    for title, lines in panels.items()
+    if any(lines.values())
+  }
 
 
 def plot_curves(metrics_path: str | Path, png_path: str | Path) -> Path | None:
@@ -216,6 +250,7 @@ def plot_curves(metrics_path: str | Path, png_path: str | Path) -> Path | None:
   if not records:
     return None
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
@@ -248,8 +283,11 @@ class StepProfiler:
   def step(self, step: int, log: RunLog) -> None:
     """Call before running `step`."""
     if step == self._start and not self._active:
-      self._local = (self._dir if workdir_lib.is_local(self._dir) else
-                     epath.Path(tempfile.mkdtemp(prefix='gpt_jax_profile.')))
+      self._local = (
+        self._dir
+        if workdir_lib.is_local(self._dir)
+        else epath.Path(tempfile.mkdtemp(prefix='gpt_jax_profile.'))
+      )
       jax.profiler.start_trace(str(self._local))
       self._active = True
     elif step == self._stop and self._active:
@@ -275,8 +313,14 @@ class StepLogger:
   to lengths that vary from step to step, so the figures add up each step's own.
   """
 
-  def __init__(self, log: RunLog, every: int, total_steps: int,
-               work: Callable[[Any], tuple[float, float]], peak_flops: float):
+  def __init__(
+    self,
+    log: RunLog,
+    every: int,
+    total_steps: int,
+    work: Callable[[Any], tuple[float, float]],
+    peak_flops: float,
+  ):
     self._log, self._every, self._total = log, every, total_steps
     self._work, self._peak = work, peak_flops
     self._pending = None
@@ -307,13 +351,16 @@ class StepLogger:
       self._dispatched.append((step, *self._work(batch)))
     if len(batches) not in self._compiled:  # a call of a new length compiles first
       jax.block_until_ready(metrics)
-      self._log.info(f'compiled and ran {_describe_call(len(batches))} in '
-                     f'{time.perf_counter() - self._window_start:.1f}s')
+      self._log.info(
+        f'compiled and ran {_describe_call(len(batches))} in '
+        f'{time.perf_counter() - self._window_start:.1f}s'
+      )
       self._compiled.add(len(batches))
       self.restart_clock(done)
     self.flush()
-    logged = [step for step in range(first + 1, done + 1)
-              if step % self._every == 0 or step == self._total]
+    logged = [
+      step for step in range(first + 1, done + 1) if step % self._every == 0 or step == self._total
+    ]
     if logged:
       self._pending = (done, len(batches), logged, metrics)
     self._log.advance(done)
@@ -326,8 +373,9 @@ class StepLogger:
     if self._pending is not None:
       done, count, logged, metrics = self._pending
       self._pending = None
-      per_step = {name: np.reshape(value, (count,))
-                  for name, value in jax.device_get(metrics).items()}
+      per_step = {
+        name: np.reshape(value, (count,)) for name, value in jax.device_get(metrics).items()
+      }
       seconds = time.perf_counter() - self._window_start
       rates = {}
       if done > self._window_step:

@@ -34,10 +34,20 @@ _PAD_ID = 0  # fills padding and finished rows; never attended, never returned
 _WIDTH_MULTIPLE = 16  # prompt batches are padded to a multiple of this many tokens
 
 
-def generate(params, model_config: ModelConfig, prompts: Sequence[Sequence[int]],
-             max_new_tokens: int, *, temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0, stop_tokens: Sequence[int] = (), seed: int = 0,
-             mesh: jax.sharding.Mesh | None = None, return_logits: bool = False):
+def generate(
+  params,
+  model_config: ModelConfig,
+  prompts: Sequence[Sequence[int]],
+  max_new_tokens: int,
+  *,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  stop_tokens: Sequence[int] = (),
+  seed: int = 0,
+  mesh: jax.sharding.Mesh | None = None,
+  return_logits: bool = False,
+):
   """Continues each prompt by up to `max_new_tokens` tokens.
 
   Args:
@@ -60,24 +70,32 @@ def generate(params, model_config: ModelConfig, prompts: Sequence[Sequence[int]]
     stop token; with `return_logits`, also a list of float32 arrays
     (len(row), vocab_size): the logits each of those tokens was chosen from.
   """
-  _check_arguments(model_config, prompts, max_new_tokens, temperature, top_k, top_p,
-                   stop_tokens)
+  _check_arguments(model_config, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens)
   lengths = np.array([len(p) for p in prompts], np.int32)
   # Extra left padding is free of effect, so round the width up: prompts of
   # similar lengths then share one compiled program.
-  width = min(-(-lengths.max() // _WIDTH_MULTIPLE) * _WIDTH_MULTIPLE,
-              model_config.n_ctx - max_new_tokens)
+  width = min(
+    -(-lengths.max() // _WIDTH_MULTIPLE) * _WIDTH_MULTIPLE, model_config.n_ctx - max_new_tokens
+  )
   padded = np.full((len(prompts), width), _PAD_ID, np.int32)
   for row, prompt in enumerate(prompts):
-    padded[row, padded.shape[1] - len(prompt):] = prompt
+    padded[row, padded.shape[1] - len(prompt) :] = prompt
   # Training may checkpoint activations (remat); decoding has no backward pass.
   model_config = dataclasses.replace(model_config, remat='none')
   with sharding.use_mesh(mesh):
     tokens, logits = _decode(
-        params, padded, lengths, jax.random.key(seed), model_config=model_config,
-        max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k),
-        top_p=float(top_p), stop_tokens=tuple(int(t) for t in stop_tokens),
-        return_logits=return_logits)
+      params,
+      padded,
+      lengths,
+      jax.random.key(seed),
+      model_config=model_config,
+      max_new_tokens=max_new_tokens,
+      temperature=float(temperature),
+      top_k=int(top_k),
+      top_p=float(top_p),
+      stop_tokens=tuple(int(t) for t in stop_tokens),
+      return_logits=return_logits,
+    )
   tokens = np.asarray(tokens)
   new_lengths = [_length_before_stop(row, stop_tokens) for row in tokens]
   new_tokens = [row[:n].tolist() for row, n in zip(tokens, new_lengths)]
@@ -87,16 +105,23 @@ def generate(params, model_config: ModelConfig, prompts: Sequence[Sequence[int]]
   return new_tokens, [row[:n] for row, n in zip(logits, new_lengths)]
 
 
-def generate_text(params, model_config: ModelConfig, tokenizer, prompts: Sequence[str],
-                  max_new_tokens: int, **sampling) -> list[str]:
+def generate_text(
+  params,
+  model_config: ModelConfig,
+  tokenizer,
+  prompts: Sequence[str],
+  max_new_tokens: int,
+  **sampling,
+) -> list[str]:
   """`generate` on text: encodes each prompt, returns each continuation decoded.
 
   `tokenizer` needs `encode(str) -> list[int]` and `decode(list[int]) -> str`;
   `sampling` takes generate's keyword arguments (temperature, top_k, ...).
   """
   ids = [list(tokenizer.encode(prompt)) for prompt in prompts]
-  return [tokenizer.decode(row)
-          for row in generate(params, model_config, ids, max_new_tokens, **sampling)]
+  return [
+    tokenizer.decode(row) for row in generate(params, model_config, ids, max_new_tokens, **sampling)
+  ]
 
 
 def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
@@ -114,8 +139,9 @@ def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
     descending = -jnp.sort(-logits, axis=-1)
     probs = jax.nn.softmax(descending, axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs
-    smallest_kept = jnp.min(jnp.where(mass_before < top_p, descending, jnp.inf),
-                            axis=-1, keepdims=True)
+    smallest_kept = jnp.min(
+      jnp.where(mass_before < top_p, descending, jnp.inf), axis=-1, keepdims=True
+    )
     logits = jnp.where(logits < smallest_kept, -jnp.inf, logits)
   return logits
 
@@ -128,11 +154,32 @@ def _next_token(logits, rng, temperature: float, top_k: int, top_p: float):
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=(
-    'model_config', 'max_new_tokens', 'temperature', 'top_k', 'top_p', 'stop_tokens',
-    'return_logits'))
-def _decode(params, prompts, lengths, rng, *, model_config, max_new_tokens, temperature,
-            top_k, top_p, stop_tokens, return_logits):
+@functools.partial(
+  jax.jit,
+  static_argnames=(
+    'model_config',
+    'max_new_tokens',
+    'temperature',
+    'top_k',
+    'top_p',
+    'stop_tokens',
+    'return_logits',
+  ),
+)
+def _decode(
+  params,
+  prompts,
+  lengths,
+  rng,
+  *,
+  model_config,
+  max_new_tokens,
+  temperature,
+  top_k,
+  top_p,
+  stop_tokens,
+  return_logits,
+):
   """Prefill, then a while_loop of cached one-token steps.
 
   prompts: (batch, prompt_len) left-padded ids; lengths: (batch,) real lengths.
@@ -147,8 +194,9 @@ def _decode(params, prompts, lengths, rng, *, model_config, max_new_tokens, temp
   stop_ids = jnp.asarray(stop_tokens, jnp.int32)
 
   def step(variables, tokens, positions):
-    logits, variables = model.apply(variables, tokens, positions, cache_mask,
-                                    method=GPT.decode, mutable=['cache'])
+    logits, variables = model.apply(
+      variables, tokens, positions, cache_mask, method=GPT.decode, mutable=['cache']
+    )
     return logits, variables['cache']
 
   prompt_positions = jnp.maximum(jnp.arange(prompt_len)[None, :] - padding[:, None], 0)
@@ -167,8 +215,9 @@ def _decode(params, prompts, lengths, rng, *, model_config, max_new_tokens, temp
   def decode_one(state):
     index, cache, tokens, done, all_logits = state
     previous = tokens[:, index - 1]
-    logits, cache = step({'params': params, 'cache': cache}, previous[:, None],
-                         (lengths + index - 1)[:, None])
+    logits, cache = step(
+      {'params': params, 'cache': cache}, previous[:, None], (lengths + index - 1)[:, None]
+    )
     token = _next_token(logits, jax.random.fold_in(rng, index), temperature, top_k, top_p)
     token = jnp.where(done, _PAD_ID, token)
     tokens = tokens.at[:, index].set(token)
@@ -186,8 +235,9 @@ def _length_before_stop(row: np.ndarray, stop_tokens: Sequence[int]) -> int:
   return int(stops[0]) if stops.size else len(row)
 
 
-def _check_arguments(model_config, prompts, max_new_tokens, temperature, top_k, top_p,
-                     stop_tokens) -> None:
+def _check_arguments(
+  model_config, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens
+) -> None:
   """Raises one UserError naming the argument a caller got wrong."""
   if not len(prompts):
     raise UserError('no prompts given: pass at least one prompt')
@@ -197,16 +247,19 @@ def _check_arguments(model_config, prompts, max_new_tokens, temperature, top_k, 
       raise UserError(f'prompt {row} is empty: every prompt needs at least one token')
     bad = [t for t in prompt if not 0 <= t < vocab]
     if bad:
-      raise UserError(f'prompt {row} has token ids {bad[:5]} outside the vocabulary '
-                      f'[0, {vocab}): the tokenizer does not match model.vocab_size={vocab}')
+      raise UserError(
+        f'prompt {row} has token ids {bad[:5]} outside the vocabulary '
+        f'[0, {vocab}): the tokenizer does not match model.vocab_size={vocab}'
+      )
   if max_new_tokens < 1:
     raise UserError(f'max_new_tokens={max_new_tokens} must be at least 1')
   longest = max(len(p) for p in prompts)
   if longest + max_new_tokens > model_config.n_ctx:
     raise UserError(
-        f'a prompt of {longest} tokens + max_new_tokens={max_new_tokens} = '
-        f'{longest + max_new_tokens} positions exceeds the model context '
-        f'model.n_ctx={model_config.n_ctx}; shorten the prompt or lower max_new_tokens')
+      f'a prompt of {longest} tokens + max_new_tokens={max_new_tokens} = '
+      f'{longest + max_new_tokens} positions exceeds the model context '
+      f'model.n_ctx={model_config.n_ctx}; shorten the prompt or lower max_new_tokens'
+    )
   if temperature < 0:
     raise UserError(f'temperature={temperature} must be >= 0 (0 = greedy)')
   if not 0 <= top_k <= vocab:

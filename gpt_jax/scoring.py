@@ -30,8 +30,9 @@ class Scorer:
     self.batch_size = batch_size
     sharding.check_batch(batch_size, mesh)
     model = GPT(model_config)
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                                 jnp.zeros((1, length), jnp.int32))['params'])
+    abstract = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, length), jnp.int32))['params']
+    )
     param_shardings = sharding.param_shardings(abstract, mesh)
     self.params = jax.device_put(nn.unbox(params), param_shardings)
 
@@ -43,8 +44,11 @@ class Scorer:
       return picked, jnp.argmax(logits, axis=-1) == targets
 
     replicated = sharding.replicated(mesh)
-    self._score = jax.jit(score, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
-                          out_shardings=(replicated, replicated))
+    self._score = jax.jit(
+      score,
+      in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(replicated, replicated),
+    )
 
   def score(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(log-probabilities, greedy flags), both (n, width - 1), for int rows (n, width).
@@ -60,12 +64,12 @@ class Scorer:
     log_probs, greedy = [], []
     with sharding.use_mesh(self.mesh):
       for begin in range(0, len(rows), self.batch_size):
-        batch = rows[begin:begin + self.batch_size]
+        batch = rows[begin : begin + self.batch_size]
         filled = np.zeros((self.batch_size, padded_width), np.int32)
-        filled[:len(batch), :width] = batch
+        filled[: len(batch), :width] = batch
         picked, is_greedy = self._score(self.params, self._process_rows(filled))
-        log_probs.append(np.asarray(picked)[:len(batch), :width - 1])
-        greedy.append(np.asarray(is_greedy)[:len(batch), :width - 1])
+        log_probs.append(np.asarray(picked)[: len(batch), : width - 1])
+        greedy.append(np.asarray(is_greedy)[: len(batch), : width - 1])
     if not log_probs:
       return np.zeros((0, width - 1), np.float32), np.zeros((0, width - 1), bool)
     return np.concatenate(log_probs), np.concatenate(greedy)
@@ -93,20 +97,22 @@ def score_continuations(scorer: Scorer, requests) -> list[tuple[float, int, bool
   limit = scorer.length + 1
   for context, continuation in requests:
     if not context or len(continuation) >= limit:
-      raise UserError(f'cannot score {len(continuation)} token(s) after a context of '
-                      f'{len(context)}: the context needs a token and the continuation '
-                      f'at most {limit - 1}')
+      raise UserError(
+        f'cannot score {len(continuation)} token(s) after a context of '
+        f'{len(context)}: the context needs a token and the continuation '
+        f'at most {limit - 1}'
+      )
   order = sorted(range(len(requests)), key=lambda i: -sum(map(len, requests[i])))
   results = [None] * len(requests)
   for begin in range(0, len(order), scorer.batch_size):
-    chunk = order[begin:begin + scorer.batch_size]
+    chunk = order[begin : begin + scorer.batch_size]
     sequences = [(list(requests[i][0]) + list(requests[i][1]))[-limit:] for i in chunk]
     rows = np.zeros((len(chunk), max(2, max(map(len, sequences)))), np.int32)
     for row, sequence in enumerate(sequences):
-      rows[row, :len(sequence)] = sequence
+      rows[row, : len(sequence)] = sequence
     log_probs, greedy = scorer.score(rows)
     for row, (i, sequence) in enumerate(zip(chunk, sequences)):
       count, end = len(requests[i][1]), len(sequence) - 1  # targets end - count .. end - 1
-      picked = log_probs[row, end - count:end].astype(np.float64)
-      results[i] = (float(picked.sum()), count, bool(greedy[row, end - count:end].all()))
+      picked = log_probs[row, end - count : end].astype(np.float64)
+      results[i] = (float(picked.sum()), count, bool(greedy[row, end - count : end].all()))
   return results

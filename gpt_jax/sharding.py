@@ -24,20 +24,23 @@ BATCH_AXES = ('data', 'fsdp')
 # 'fsdp' along their embedding dimension (ZeRO-3 style) and over 'tensor'
 # along heads / MLP / vocabulary (Megatron style); the batch over data x fsdp.
 LOGICAL_RULES = (
-    ('activation_batch', BATCH_AXES),
-    ('activation_length', None),
-    ('activation_embed', None),
-    ('activation_heads', 'tensor'),
-    ('activation_mlp', 'tensor'),
-    ('vocab', 'tensor'),
-    ('embed', 'fsdp'),
-    ('position', None),
-    ('qkv', None),
-    ('heads', 'tensor'),
-    ('head_dim', None),
-    ('mlp', 'tensor'),
-    ('classes', None),
-    ('layers', None),  # the stacked blocks of model.scan_layers: every device holds every layer's shard
+  ('activation_batch', BATCH_AXES),
+  ('activation_length', None),
+  ('activation_embed', None),
+  ('activation_heads', 'tensor'),
+  ('activation_mlp', 'tensor'),
+  ('vocab', 'tensor'),
+  ('embed', 'fsdp'),
+  ('position', None),
+  ('qkv', None),
+  ('heads', 'tensor'),
+  ('head_dim', None),
+  ('mlp', 'tensor'),
+  ('classes', None),
+  (
+    'layers',
+    None,
+  ),  # the stacked blocks of model.scan_layers: every device holds every layer's shard
 )
 
 
@@ -57,21 +60,24 @@ def mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> tuple[int, .
   if free:
     if num_devices % fixed:
       raise ShardingError(
-          f'{num_devices} devices cannot be split over mesh '
-          f'{dict(zip(MESH_AXES, sizes))}: the fixed axes need a divisor of {num_devices}')
+        f'{num_devices} devices cannot be split over mesh '
+        f'{dict(zip(MESH_AXES, sizes))}: the fixed axes need a divisor of {num_devices}'
+      )
     sizes[MESH_AXES.index(free[0])] = num_devices // fixed
   if math.prod(sizes) != num_devices:
     raise ShardingError(
-        f'mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but '
-        f'{num_devices} are available; set config.mesh so the sizes multiply to {num_devices}')
+      f'mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but '
+      f'{num_devices} are available; set config.mesh so the sizes multiply to {num_devices}'
+    )
   return tuple(sizes)
 
 
 def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(mesh_config, len(devices))
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                       devices=devices)
+  return jax.make_mesh(
+    shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
+  )
 
 
 def logical_to_mesh(specs, mesh: Mesh):
@@ -90,8 +96,9 @@ def check_divisible(abstract_boxed_params, mesh: Mesh) -> None:
   specs = nn.get_partition_spec(abstract_boxed_params)
   shapes = nn.unbox(abstract_boxed_params)
   for (path, spec), shape in zip(
-      jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))[0],
-      jax.tree.leaves(shapes)):
+    jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))[0],
+    jax.tree.leaves(shapes),
+  ):
     mesh_spec = nn.logical_to_mesh_axes(spec, LOGICAL_RULES)
     for dim, (logical, axes) in enumerate(zip(spec, mesh_spec)):
       if axes is None:
@@ -101,8 +108,9 @@ def check_divisible(abstract_boxed_params, mesh: Mesh) -> None:
       if shape.shape[dim] % ways:
         name = '/'.join(str(getattr(k, 'key', k)) for k in path)
         raise ShardingError(
-            f'parameter {name} dimension {dim} ({logical}, size {shape.shape[dim]}) cannot be split '
-            f'{ways} ways over mesh axis {"x".join(axes)}; change config.mesh or the model size')
+          f'parameter {name} dimension {dim} ({logical}, size {shape.shape[dim]}) cannot be split '
+          f'{ways} ways over mesh axis {"x".join(axes)}; change config.mesh or the model size'
+        )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -115,8 +123,9 @@ def batch_sharding(mesh: Mesh, steps_axis: bool = False) -> NamedSharding:
   The batch dimension leads, or with `steps_axis` comes second: the leading one
   then stacks the batches of several train steps run in one call.
   """
-  return NamedSharding(mesh, PartitionSpec(None, BATCH_AXES) if steps_axis else
-                       PartitionSpec(BATCH_AXES))
+  return NamedSharding(
+    mesh, PartitionSpec(None, BATCH_AXES) if steps_axis else PartitionSpec(BATCH_AXES)
+  )
 
 
 def check_batch(global_batch_size: int, mesh: Mesh) -> int:
@@ -124,12 +133,15 @@ def check_batch(global_batch_size: int, mesh: Mesh) -> int:
   ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
   if global_batch_size % ways:
     raise ShardingError(
-        f'train.batch_size={global_batch_size} cannot be split over the {ways} batch shards '
-        f'(mesh data x fsdp = {mesh.shape["data"]} x {mesh.shape["fsdp"]}); '
-        f'use a multiple of {ways}')
+      f'train.batch_size={global_batch_size} cannot be split over the {ways} batch shards '
+      f'(mesh data x fsdp = {mesh.shape["data"]} x {mesh.shape["fsdp"]}); '
+      f'use a multiple of {ways}'
+    )
   if global_batch_size % jax.process_count():
-    raise ShardingError(f'train.batch_size={global_batch_size} is not divisible by the '
-                        f'{jax.process_count()} processes')
+    raise ShardingError(
+      f'train.batch_size={global_batch_size} is not divisible by the '
+      f'{jax.process_count()} processes'
+    )
   return global_batch_size // jax.process_count()
 
 
@@ -145,8 +157,9 @@ def global_batch(local_batch: np.ndarray, mesh: Mesh, steps_axis: bool = False) 
 MAX_REPLICATED_FRACTION = 0.05
 
 
-def check_replication(abstract_params, param_shardings, mesh: Mesh,
-                      max_fraction: float = MAX_REPLICATED_FRACTION) -> None:
+def check_replication(
+  abstract_params, param_shardings, mesh: Mesh, max_fraction: float = MAX_REPLICATED_FRACTION
+) -> None:
   """Fails, naming the biggest offenders, when fsdp / tensor parallelism leaves too much replicated.
 
   A parameter is replicated when its sharding splits it over no mesh axis of
@@ -155,8 +168,11 @@ def check_replication(abstract_params, param_shardings, mesh: Mesh,
   if mesh.shape['fsdp'] == 1 and mesh.shape['tensor'] == 1:
     return  # pure data parallelism replicates everything on purpose
   sizes = {name: tree_bytes(param) for name, param in named_leaves(abstract_params).items()}
-  replicated_names = [name for name, param_sharding in named_leaves(param_shardings).items()
-                      if param_sharding.is_fully_replicated]
+  replicated_names = [
+    name
+    for name, param_sharding in named_leaves(param_shardings).items()
+    if param_sharding.is_fully_replicated
+  ]
   replicated_bytes = sum(sizes[name] for name in replicated_names)
   total_bytes = sum(sizes.values())
   if replicated_bytes <= max_fraction * total_bytes:
@@ -164,11 +180,12 @@ def check_replication(abstract_params, param_shardings, mesh: Mesh,
   biggest = sorted(replicated_names, key=sizes.get, reverse=True)[:5]
   listing = ', '.join(f'{name} ({_readable_bytes(sizes[name])})' for name in biggest)
   raise ShardingError(
-      f'{replicated_bytes / total_bytes:.0%} of the parameter bytes would be replicated on every '
-      f'device of mesh {dict(mesh.shape)} (at most {max_fraction:.0%} allowed with fsdp / tensor '
-      f'parallelism); biggest: {listing}. Give those parameters logical axis names that '
-      'LOGICAL_RULES maps onto the fsdp or tensor axis, use a data-parallel mesh '
-      '(mesh.fsdp=1, mesh.tensor=1), or, for a toy model, raise max_replicated_fraction')
+    f'{replicated_bytes / total_bytes:.0%} of the parameter bytes would be replicated on every '
+    f'device of mesh {dict(mesh.shape)} (at most {max_fraction:.0%} allowed with fsdp / tensor '
+    f'parallelism); biggest: {listing}. Give those parameters logical axis names that '
+    'LOGICAL_RULES maps onto the fsdp or tensor axis, use a data-parallel mesh '
+    '(mesh.fsdp=1, mesh.tensor=1), or, for a toy model, raise max_replicated_fraction'
+  )
 
 
 def _readable_bytes(count: int) -> str:
@@ -196,21 +213,27 @@ def use_mesh(mesh: Mesh | None):
 
 def abstract_with_shardings(abstract, shardings):
   """jax.ShapeDtypeStructs that carry their target shardings (to restore or compile into)."""
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings)
+  return jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )
 
 
 def named_leaves(tree) -> dict:
   """{'tokens_embed/embedding': leaf, ...}: a tree's leaves by their slash-joined path."""
-  return {'/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path): leaf
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def tree_bytes(abstract_tree, shardings=None) -> int:
   """Bytes of every array in `abstract_tree`, or of one device's shards of them."""
   leaves = jax.tree.leaves(abstract_tree)
-  shapes = ([x.shape for x in leaves] if shardings is None else
-            [s.shard_shape(x.shape) for x, s in zip(leaves, jax.tree.leaves(shardings))])
+  shapes = (
+    [x.shape for x in leaves]
+    if shardings is None
+    else [s.shard_shape(x.shape) for x, s in zip(leaves, jax.tree.leaves(shardings))]
+  )
   return sum(math.prod(shape) * np.dtype(x.dtype).itemsize for x, shape in zip(leaves, shapes))
 
 

@@ -26,13 +26,20 @@ class WandbTracker:
     workdir = workdir_lib.path(workdir)
     directory = workdir if workdir_lib.is_local(workdir) else tempfile.mkdtemp(prefix='wandb.')
     self._run = wandb.init(
-        project=report.wandb_project, entity=report.wandb_entity or None,
-        name=report.wandb_name or workdir.name, mode=report.wandb_mode or None,
-        dir=str(directory), config=config.to_dict())
+      project=report.wandb_project,
+      entity=report.wandb_entity or None,
+      name=report.wandb_name or workdir.name,
+      mode=report.wandb_mode or None,
+      dir=str(directory),
+      config=config.to_dict(),
+    )
 
   def log(self, step: int, split: str, values: dict) -> None:
-    numbers = {f'{split}/{name}': value for name, value in values.items()
-               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    numbers = {
+      f'{split}/{name}': value
+      for name, value in values.items()
+      if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
     if numbers:
       self._run.log(numbers, step=step)
 

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import optax
 
 from gpt_jax import optim, sharding
-from gpt_jax.errors import UserError
 from gpt_jax.model import GPT, GPTForTask, ModelConfig
 from gpt_jax.tasks import transforms
 from gpt_jax.tasks.task import TaskShape
@@ -42,8 +41,9 @@ def _applied_updates(opt_state, default):
   """The optimizer's count of applied updates (what its schedule reads), or `default` for an
   optimizer that keeps none."""
   counts = optax.tree_utils.tree_get_all_with_path(opt_state, 'count')
-  scheduled = [count for path, count in counts
-               if getattr(path[-1], 'tuple_name', '') == 'ScaleByScheduleState']
+  scheduled = [
+    count for path, count in counts if getattr(path[-1], 'tuple_name', '') == 'ScaleByScheduleState'
+  ]
   return (scheduled or [count for _, count in counts] or [default])[0]
 
 
@@ -51,41 +51,62 @@ def lm_loss_fn(model: GPT) -> Callable:
   """Pretraining objective on windows of seq_len + 1 tokens: predict token t+1 from 0..t."""
 
   def loss_fn(params, windows, rng, deterministic):
-    logits = model.apply({'params': params}, windows[:, :-1], deterministic=deterministic,
-                         rngs=None if deterministic else {'dropout': rng})
+    logits = model.apply(
+      {'params': params},
+      windows[:, :-1],
+      deterministic=deterministic,
+      rngs=None if deterministic else {'dropout': rng},
+    )
     return cross_entropy(logits, windows[:, 1:]), {}
 
   return loss_fn
 
 
-def make_pretrainer(model_config: ModelConfig, optim_config, mesh: jax.sharding.Mesh,
-                    seq_len: int, total_steps: int) -> tuple[GPT, 'Trainer']:
+def make_pretrainer(
+  model_config: ModelConfig, optim_config, mesh: jax.sharding.Mesh, seq_len: int, total_steps: int
+) -> tuple[GPT, 'Trainer']:
   """The GPT and its next-token Trainer for `total_steps` updates on `mesh`."""
   model = GPT(model_config)
   tx, schedule = optim.make_optimizer(optim_config, total_steps)
   trainer = Trainer(
-      init_params=lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32))['params'],
-      loss_fn=lm_loss_fn(model), tx=tx, schedule=schedule, mesh=mesh,
-      grad_accum_steps=optim_config.grad_accum_steps)
+    init_params=lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32))['params'],
+    loss_fn=lm_loss_fn(model),
+    tx=tx,
+    schedule=schedule,
+    mesh=mesh,
+    grad_accum_steps=optim_config.grad_accum_steps,
+  )
   return model, trainer
 
 
-def make_finetuner(model_config: ModelConfig, task_shape: TaskShape, config,
-                   mesh: jax.sharding.Mesh, total_steps: int) -> tuple[GPTForTask, 'Trainer']:
+def make_finetuner(
+  model_config: ModelConfig,
+  task_shape: TaskShape,
+  config,
+  mesh: jax.sharding.Mesh,
+  total_steps: int,
+) -> tuple[GPTForTask, 'Trainer']:
   """The GPTForTask and its fine-tuning Trainer (the paper's L_task + lm_coef x L_LM).
 
   `config` supplies the optim section and finetune.{clf_pdrop, lm_coef, lm_chunk}.
   """
-  model = GPTForTask(model_config, task_shape.head_layout, task_shape.num_outputs,
-                     config.finetune.clf_pdrop)
+  model = GPTForTask(
+    model_config, task_shape.head_layout, task_shape.num_outputs, config.finetune.clf_pdrop
+  )
   shape = task_shape.input_shape(1, model_config.n_ctx)  # any length: parameters don't depend on it
   tx, schedule = optim.make_optimizer(config.optim, total_steps)
   trainer = Trainer(
-      init_params=lambda rng: model.init(rng, jnp.zeros(shape, jnp.int32),
-                                         jnp.zeros(shape[:-1], jnp.int32))['params'],
-      loss_fn=transforms.finetune_loss_fn(model, config.finetune.lm_coef, task_shape.regression,
-                                          config.finetune.lm_chunk),
-      tx=tx, schedule=schedule, mesh=mesh, grad_accum_steps=config.optim.grad_accum_steps)
+    init_params=lambda rng: model.init(
+      rng, jnp.zeros(shape, jnp.int32), jnp.zeros(shape[:-1], jnp.int32)
+    )['params'],
+    loss_fn=transforms.finetune_loss_fn(
+      model, config.finetune.lm_coef, task_shape.regression, config.finetune.lm_chunk
+    ),
+    tx=tx,
+    schedule=schedule,
+    mesh=mesh,
+    grad_accum_steps=config.optim.grad_accum_steps,
+  )
   return model, trainer
 
 
@@ -97,9 +118,16 @@ class Trainer:
   annotated) parameters.
   """
 
-  def __init__(self, init_params: Callable, loss_fn: Callable, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, mesh: jax.sharding.Mesh, grad_accum_steps: int = 1,
-               max_replicated_fraction: float = sharding.MAX_REPLICATED_FRACTION):
+  def __init__(
+    self,
+    init_params: Callable,
+    loss_fn: Callable,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    mesh: jax.sharding.Mesh,
+    grad_accum_steps: int = 1,
+    max_replicated_fraction: float = sharding.MAX_REPLICATED_FRACTION,
+  ):
     self.mesh, self.tx, self.schedule = mesh, tx, schedule
     self._init_params, self._loss_fn = init_params, loss_fn
     self._grad_accum_steps = grad_accum_steps
@@ -112,31 +140,44 @@ class Trainer:
     sharding.check_divisible(abstract_boxed, mesh)
     self.param_shardings = sharding.logical_to_mesh(nn.get_partition_spec(abstract_boxed), mesh)
     abstract_params = nn.unbox(abstract_boxed)
-    sharding.check_replication(abstract_params, self.param_shardings, mesh,
-                               max_replicated_fraction)
+    sharding.check_replication(abstract_params, self.param_shardings, mesh, max_replicated_fraction)
     abstract_opt_state = jax.eval_shape(tx.init, abstract_params)
     replicated = sharding.replicated(mesh)
     opt_shardings = optax.tree_map_params(
-        tx, lambda _, s: s, abstract_opt_state, self.param_shardings,
-        transform_non_params=lambda _: replicated)
-    self.state_shardings = TrainState(step=replicated, params=self.param_shardings,
-                                      opt_state=opt_shardings, rng=replicated)
+      tx,
+      lambda _, s: s,
+      abstract_opt_state,
+      self.param_shardings,
+      transform_non_params=lambda _: replicated,
+    )
+    self.state_shardings = TrainState(
+      step=replicated, params=self.param_shardings, opt_state=opt_shardings, rng=replicated
+    )
     self.abstract_state = TrainState(
-        step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
-        opt_state=abstract_opt_state, rng=jax.eval_shape(lambda: jax.random.key(0)))
+      step=jax.ShapeDtypeStruct((), jnp.int32),
+      params=abstract_params,
+      opt_state=abstract_opt_state,
+      rng=jax.eval_shape(lambda: jax.random.key(0)),
+    )
     batch = sharding.batch_sharding(mesh)
 
     self._jit_init = jax.jit(self._init_state, out_shardings=self.state_shardings)
     self._jit_from_params = jax.jit(self._state_from_params, out_shardings=self.state_shardings)
     self._jit_train_step = jax.jit(
-        self._train_step, in_shardings=(self.state_shardings, batch),
-        out_shardings=(self.state_shardings, replicated), donate_argnums=0)
+      self._train_step,
+      in_shardings=(self.state_shardings, batch),
+      out_shardings=(self.state_shardings, replicated),
+      donate_argnums=0,
+    )
     self._jit_train_steps = jax.jit(
-        self._train_steps, in_shardings=(self.state_shardings,
-                                         sharding.batch_sharding(mesh, steps_axis=True)),
-        out_shardings=(self.state_shardings, replicated), donate_argnums=0)
-    self._jit_eval_step = jax.jit(self._eval_step, in_shardings=(self.param_shardings, batch),
-                                  out_shardings=replicated)
+      self._train_steps,
+      in_shardings=(self.state_shardings, sharding.batch_sharding(mesh, steps_axis=True)),
+      out_shardings=(self.state_shardings, replicated),
+      donate_argnums=0,
+    )
+    self._jit_eval_step = jax.jit(
+      self._eval_step, in_shardings=(self.param_shardings, batch), out_shardings=replicated
+    )
 
   def activation_sharding(self):
     """Context in which the model's logical activation constraints resolve on our mesh."""
@@ -192,8 +233,9 @@ class Trainer:
 
   def _state_from_params(self, params, rng):
     params = jax.lax.with_sharding_constraint(params, self.param_shardings)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=self.tx.init(params), rng=rng)
+    return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params), rng=rng
+    )
 
   def _train_step(self, state: TrainState, batch):
     step_rng = jax.random.fold_in(state.rng, state.step)
@@ -203,7 +245,8 @@ class Trainer:
       return jax.value_and_grad(self._loss_fn, has_aux=True)(params, microbatch, rng, False)
 
     (loss, aux), grads = optim.accumulate_gradients(
-        loss_and_grad, state.params, batch, self._grad_accum_steps)
+      loss_and_grad, state.params, batch, self._grad_accum_steps
+    )
     grad_norm = optax.tree.norm(grads)
 
     def apply_update(params, opt_state):
@@ -215,13 +258,18 @@ class Trainer:
     # data and the dropout key move on). A cond rather than a select: no pass over
     # every parameter and moment to pick old or new.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    params, opt_state = jax.lax.cond(finite, apply_update, lambda *unchanged: unchanged,
-                                     state.params, state.opt_state)
+    params, opt_state = jax.lax.cond(
+      finite, apply_update, lambda *unchanged: unchanged, state.params, state.opt_state
+    )
     # The rate this update applies: optax counts applied updates only, so after a skipped
     # step it runs behind state.step.
-    metrics = {'loss': loss, 'grad_norm': grad_norm,
-               'learning_rate': self.schedule(_applied_updates(state.opt_state, state.step)),
-               'update_skipped': ~finite, **aux}
+    metrics = {
+      'loss': loss,
+      'grad_norm': grad_norm,
+      'learning_rate': self.schedule(_applied_updates(state.opt_state, state.step)),
+      'update_skipped': ~finite,
+      **aux,
+    }
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   def _train_steps(self, state: TrainState, batches):

@@ -22,7 +22,8 @@ import dataclasses
 
 import jax
 
-from gpt_jax import hf, layer_layout, workdir as workdir_lib
+from gpt_jax import hf, layer_layout
+from gpt_jax import workdir as workdir_lib
 from gpt_jax.data.hf_tokenizer import tokenizer_in
 from gpt_jax.data.tokenizer import TextTokenizer
 from gpt_jax.errors import UserError
@@ -47,10 +48,12 @@ def source_kind(directory) -> str:
     return 'openai'
   if (directory / workdir_lib.CHECKPOINTS_DIR).is_dir():
     return 'workdir'
-  raise UserError(f'{directory} holds no weights gpt_jax can read: expected a gpt_jax workdir '
-                  f'({workdir_lib.CHECKPOINTS_DIR}/), a Hugging Face openai-gpt directory '
-                  f'({hf.CONFIG_FILE} + weights) or OpenAI\'s release (params_shapes.json + '
-                  'params_*.npy)')
+  raise UserError(
+    f'{directory} holds no weights gpt_jax can read: expected a gpt_jax workdir '
+    f'({workdir_lib.CHECKPOINTS_DIR}/), a Hugging Face openai-gpt directory '
+    f"({hf.CONFIG_FILE} + weights) or OpenAI's release (params_shapes.json + "
+    'params_*.npy)'
+  )
 
 
 def config_from_params(params) -> ModelConfig:
@@ -66,10 +69,14 @@ def config_from_params(params) -> ModelConfig:
   block = params[layer_layout.SCANNED] if scanned else params['h_0']
   layers = int(scanned)  # the leading 'layers' axis of stacked kernels
   return ModelConfig(
-      vocab_size=vocab_size, n_ctx=params['positions_embed']['embedding'].shape[0],
-      n_embd=n_embd, n_layer=layer_layout.num_layers(params),
-      n_head=block['attn']['c_attn']['kernel'].shape[layers + 2],
-      d_ff=block['mlp']['c_fc']['kernel'].shape[layers + 1], scan_layers=scanned)
+    vocab_size=vocab_size,
+    n_ctx=params['positions_embed']['embedding'].shape[0],
+    n_embd=n_embd,
+    n_layer=layer_layout.num_layers(params),
+    n_head=block['attn']['c_attn']['kernel'].shape[layers + 2],
+    d_ff=block['mlp']['c_fc']['kernel'].shape[layers + 1],
+    scan_layers=scanned,
+  )
 
 
 def _read(directory, kind: str) -> tuple[dict, ModelConfig]:
@@ -96,34 +103,42 @@ def hub_snapshot(repo_id: str):
     return huggingface_hub.snapshot_download(repo_id, local_files_only=True)
   except LocalEntryNotFoundError:
     if huggingface_hub.constants.HF_HUB_OFFLINE:
-      raise UserError(f'{HUB_PREFIX}{repo_id} is not in the Hugging Face cache '
-                      f'({huggingface_hub.constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set: '
-                      f'run `hf download {repo_id}` where there is internet, or set '
-                      'HF_HUB_CACHE to a cache that holds it') from None
+      raise UserError(
+        f'{HUB_PREFIX}{repo_id} is not in the Hugging Face cache '
+        f'({huggingface_hub.constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set: '
+        f'run `hf download {repo_id}` where there is internet, or set '
+        'HF_HUB_CACHE to a cache that holds it'
+      ) from None
   try:
     return huggingface_hub.snapshot_download(repo_id)
   except Exception as error:  # no network, no such repo, no access: all one message
-    raise UserError(f'cannot download {HUB_PREFIX}{repo_id} ({type(error).__name__}); check the '
-                    'id, or put it in the Hugging Face cache (HF_HUB_CACHE)') from None
+    raise UserError(
+      f'cannot download {HUB_PREFIX}{repo_id} ({type(error).__name__}); check the '
+      'id, or put it in the Hugging Face cache (HF_HUB_CACHE)'
+    ) from None
 
 
 def resolve_source(source, flag: str = 'source'):
   """The directory `source` names: a path, a gs:// URL, or hf:ORG/NAME from the hub cache."""
   if str(source).startswith(HUB_PREFIX):
-    return workdir_lib.path(hub_snapshot(str(source)[len(HUB_PREFIX):]))
+    return workdir_lib.path(hub_snapshot(str(source)[len(HUB_PREFIX) :]))
   directory = workdir_lib.path(source)  # a workdir may be in a bucket
   if not directory.is_dir():
-    raise UserError(f'{flag}={source} is not a directory: pass a gpt_jax workdir, a Hugging '
-                    'Face openai-gpt directory, OpenAI\'s GPT release or hf:ORG/NAME')
+    raise UserError(
+      f'{flag}={source} is not a directory: pass a gpt_jax workdir, a Hugging '
+      "Face openai-gpt directory, OpenAI's GPT release or hf:ORG/NAME"
+    )
   return directory
 
 
 def check_vocabulary(tokenizer: TextTokenizer, model_config: ModelConfig, where) -> None:
   """Fails when text can produce ids the embedding has no row for."""
   if tokenizer.text_vocab_size > model_config.vocab_size:
-    raise UserError(f'{where}: the tokenizer ({tokenizer.model_path.name}) has '
-                    f'{tokenizer.text_vocab_size:,} tokens but the embedding has '
-                    f'{model_config.vocab_size:,} rows; they do not belong together')
+    raise UserError(
+      f'{where}: the tokenizer ({tokenizer.model_path.name}) has '
+      f'{tokenizer.text_vocab_size:,} tokens but the embedding has '
+      f'{model_config.vocab_size:,} rows; they do not belong together'
+    )
 
 
 def load_weights(source, *, tokenizer_required: bool = True, flag: str = 'source') -> Weights:
@@ -135,14 +150,19 @@ def load_weights(source, *, tokenizer_required: bool = True, flag: str = 'source
   kind = source_kind(directory)
   tokenizer = tokenizer_in(directory)
   if tokenizer is None and tokenizer_required:
-    raise UserError(f'{directory} has no tokenizer: the one the model was trained with is '
-                    f'needed to read text ({workdir_lib.TOKENIZER_FILE}, tokenizer.json, or '
-                    'vocab.json + merges.txt; gpt-jax writes it into every workdir and export)')
+    raise UserError(
+      f'{directory} has no tokenizer: the one the model was trained with is '
+      f'needed to read text ({workdir_lib.TOKENIZER_FILE}, tokenizer.json, or '
+      'vocab.json + merges.txt; gpt-jax writes it into every workdir and export)'
+    )
   params, model_config = _read(directory, kind)
   if tokenizer is not None:
     check_vocabulary(tokenizer, model_config, directory)
-  described = {'hf': 'Hugging Face weights', 'openai': "OpenAI's released weights",
-               'workdir': 'checkpoint'}[kind]
+  described = {
+    'hf': 'Hugging Face weights',
+    'openai': "OpenAI's released weights",
+    'workdir': 'checkpoint',
+  }[kind]
   return Weights(params, model_config, tokenizer, f'{described} in {directory}')
 
 
@@ -162,5 +182,8 @@ def with_token_ids(weights: Weights, token_ids, seed: int, *, redraw=()) -> Weig
   if needed == vocab_size and not redraw:
     return weights
   params = add_token_rows(weights.params, needed - vocab_size, jax.random.key(seed), redraw)
-  return dataclasses.replace(weights, params=params, model_config=dataclasses.replace(
-      weights.model_config, vocab_size=needed))
+  return dataclasses.replace(
+    weights,
+    params=params,
+    model_config=dataclasses.replace(weights.model_config, vocab_size=needed),
+  )

@@ -63,8 +63,10 @@ def check_writable(where, what: str) -> epath.Path:
       scheme, rest = os.fspath(where).split('://', 1)
       bucket = f'{scheme}://{rest.split("/", 1)[0]}'
       if not epath.Path(bucket).exists():
-        raise UserError(f'{what} {where}: bucket {bucket} does not exist (or these credentials '
-                        'cannot see it); create it or fix the URL')
+        raise UserError(
+          f'{what} {where}: bucket {bucket} does not exist (or these credentials '
+          'cannot see it); create it or fix the URL'
+        )
     where.mkdir(parents=True, exist_ok=True)
     probe = where / f'.write_test.{os.getpid()}'
     probe.write_text('')
@@ -74,8 +76,10 @@ def check_writable(where, what: str) -> epath.Path:
   except Exception as error:  # noqa: BLE001 -- OSError locally; HTTP/auth errors for buckets
     message = str(error).splitlines()[0] if str(error) else type(error).__name__
     reason = getattr(error, 'strerror', None) or message
-    raise UserError(f'{what} {where} is not writable ({reason}); fix its permissions or '
-                    'credentials, or choose another path') from None
+    raise UserError(
+      f'{what} {where} is not writable ({reason}); fix its permissions or '
+      'credentials, or choose another path'
+    ) from None
   return where
 
 
@@ -87,6 +91,8 @@ def check_workdir(workdir, bytes_needed: int = 0) -> None:
     return  # a bucket reports no free space (disk_usage reads a local filesystem only)
   free = shutil.disk_usage(workdir).free
   if free < bytes_needed:
-    raise UserError(f'workdir {workdir} has {free / 2**20:,.1f} MiB free but checkpoints of this '
-                    f'model need {bytes_needed / 2**20:,.1f} MiB; free some space or pass '
-                    'another --workdir')
+    raise UserError(
+      f'workdir {workdir} has {free / 2**20:,.1f} MiB free but checkpoints of this '
+      f'model need {bytes_needed / 2**20:,.1f} MiB; free some space or pass '
+      'another --workdir'
+    )

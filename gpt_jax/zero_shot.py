@@ -42,7 +42,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
   if not context:
     return [prefix_id(tokenizer)], tokenizer.encode(continuation)
   context_ids = tokenizer.encode(context)
-  return context_ids, tokenizer.encode(context + continuation)[len(context_ids):]
+  return context_ids, tokenizer.encode(context + continuation)[len(context_ids) :]
 
 
 def prefix_id(tokenizer) -> int:
@@ -68,8 +68,10 @@ class Probe:
     try:
       return self.prompt.format(**fields)
     except (KeyError, IndexError) as error:
-      raise UserError(f'task.prompt={self.prompt!r} names {error}, which a {kind} example lacks; '
-                      f'its fields: {", ".join(fields)}') from None
+      raise UserError(
+        f'task.prompt={self.prompt!r} names {error}, which a {kind} example lacks; '
+        f'its fields: {", ".join(fields)}'
+      ) from None
 
 
 def probe_for(task: Task, task_config) -> Probe:
@@ -80,19 +82,24 @@ def probe_for(task: Task, task_config) -> Probe:
   prompt = task_config.get('prompt', '')
   if task_config.get('acceptability', False):
     if task.labels is None or len(task.labels) != 2:
-      raise UserError(f'task.acceptability needs a task with two classes; {task.name} has '
-                      f'{task.labels}')
+      raise UserError(
+        f'task.acceptability needs a task with two classes; {task.name} has {task.labels}'
+      )
     return Probe('acceptability', prompt, threshold=task_config.acceptability_threshold)
   if task.kind == 'multiple_choice':
     return Probe('choices', prompt, score=score)
   verbalizer = task_config.get('verbalizer', '')
   if task.labels is None or not verbalizer:
-    raise UserError(f'{task.name} has no zero-shot probe: set task.verbalizer=\'label:word,...\' '
-                    f'for its classes {list(task.labels or [])}, or task.acceptability=True')
+    raise UserError(
+      f"{task.name} has no zero-shot probe: set task.verbalizer='label:word,...' "
+      f'for its classes {list(task.labels or [])}, or task.acceptability=True'
+    )
   words = dict(_pair(pair) for pair in verbalizer.split(','))
   if set(words) != set(task.labels):
-    raise UserError(f'task.verbalizer names {sorted(words)}, but the task\'s classes are '
-                    f'{sorted(task.labels)}; give one word for each')
+    raise UserError(
+      f"task.verbalizer names {sorted(words)}, but the task's classes are "
+      f'{sorted(task.labels)}; give one word for each'
+    )
   return Probe('verbalizer', prompt, tuple(words[label] for label in task.labels), score)
 
 
@@ -105,8 +112,11 @@ def _pair(text: str) -> tuple[str, str]:
 
 def answer_scores(scorer: Scorer, tokenizer, contexts, answers, score: str) -> np.ndarray:
   """(examples, answers): each answer's summed or mean token log-probability after its context."""
-  requests = [encode_pair(tokenizer, context, ' ' + answer)
-              for context, row in zip(contexts, answers) for answer in row]
+  requests = [
+    encode_pair(tokenizer, context, ' ' + answer)
+    for context, row in zip(contexts, answers)
+    for answer in row
+  ]
   results = score_continuations(scorer, requests)
   values = [total / max(count, 1) if score == 'mean' else total for total, count, _ in results]
   return np.asarray(values, np.float64).reshape(len(contexts), -1)
@@ -118,11 +128,15 @@ def predict(scorer: Scorer, tokenizer, task: Task, probe: Probe, examples) -> np
   contexts = [probe.context(task.kind, example) for example in examples]
   if probe.method == 'acceptability':
     requests = [(([prefix_id(tokenizer)]), tokenizer.encode(context)) for context in contexts]
-    means = np.asarray([total / max(count, 1) for total, count, _ in
-                        score_continuations(scorer, requests)])
+    means = np.asarray(
+      [total / max(count, 1) for total, count, _ in score_continuations(scorer, requests)]
+    )
     return (means > _threshold(probe, task, means)).astype(np.int32)
-  answers = ([example['choices'] for example in examples] if probe.method == 'choices'
-             else [probe.words] * len(examples))
+  answers = (
+    [example['choices'] for example in examples]
+    if probe.method == 'choices'
+    else [probe.words] * len(examples)
+  )
   return answer_scores(scorer, tokenizer, contexts, answers, probe.score).argmax(-1)
 
 
@@ -131,8 +145,10 @@ def _threshold(probe: Probe, task: Task, means: np.ndarray) -> float:
     return probe.threshold
   labels = [int(task.train[i]['label']) for i in range(len(task.train))]
   if not labels:
-    raise UserError(f'{task.name} has no training labels to place the acceptability threshold '
-                    'by; set task.acceptability_threshold (a mean log-probability per token)')
+    raise UserError(
+      f'{task.name} has no training labels to place the acceptability threshold '
+      'by; set task.acceptability_threshold (a mean log-probability per token)'
+    )
   positive_share = np.mean(np.asarray(labels) == 1)
   return float(np.quantile(means, 1.0 - positive_share))
 
@@ -148,7 +164,9 @@ def evaluate(scorer: Scorer, tokenizer, task: Task, probe: Probe, splits: dict) 
       raise UserError(f'split {split!r} of {task.name} has no labels to score against')
     names = tuple(dict.fromkeys(task.metrics + ('accuracy',)))
     counts = np.bincount(labels[labels >= 0])
-    results[split] = {**task_metrics.task_metrics(names, predictions, labels),
-                      'majority_baseline': float(counts.max() / len(labels)),
-                      'examples': len(labels)}
+    results[split] = {
+      **task_metrics.task_metrics(names, predictions, labels),
+      'majority_baseline': float(counts.max() / len(labels)),
+      'examples': len(labels),
+    }
   return results

@@ -5,8 +5,9 @@ import os
 import pytest
 
 # Must happen before JAX is imported anywhere.
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ['XLA_FLAGS'] = (
+  os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # The CLI turns on the persistent compilation cache in ~/.cache; tests keep out of it
 # (the environment variable wins over the config; '' is off). test_compile_cache sets its own.
@@ -17,6 +18,7 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', '')
 def gcs():
   """fake-gcs-server on 127.0.0.1 for the session; this process's GCS clients point at it."""
   from fake_gcs import FakeGcs
+
   server = FakeGcs()
   server.start()
   saved = {name: os.environ.get(name) for name in server.env}

@@ -27,6 +27,7 @@ def global_batches(config, steps: int) -> np.ndarray:
 def local_rows(batch_shape, mesh) -> np.ndarray:
   """The rows of a global batch this process's devices hold, in order."""
   from gpt_jax import sharding
+
   indices = sharding.batch_sharding(mesh).addressable_devices_indices_map(batch_shape)
   rows = {row for index in indices.values() for row in range(batch_shape[0])[index[0]]}
   return np.array(sorted(rows))
@@ -34,13 +35,14 @@ def local_rows(batch_shape, mesh) -> np.ndarray:
 
 def main(out: str, steps: int, *cluster: str) -> None:
   from gpt_jax import distributed
+
   if cluster:
     coordinator, num_processes, process_id = cluster
     distributed.initialize(coordinator, int(num_processes), int(process_id))
+  import helpers
   import jax
   from jax.experimental import multihost_utils
 
-  import helpers
   from gpt_jax import sharding
 
   config = helpers.tiny_config(n_layer=1)
@@ -55,10 +57,18 @@ def main(out: str, steps: int, *cluster: str) -> None:
     losses.append(float(metrics['loss']))
   params = multihost_utils.process_allgather(state.params, tiled=True)
   if jax.process_index() == 0:
-    flat = {'/'.join(str(getattr(k, 'key', k)) for k in path): np.asarray(leaf)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
-    np.savez(out, losses=np.array(losses), num_rows=len(rows),
-             num_processes=jax.process_count(), num_devices=jax.device_count(), **flat)
+    flat = {
+      '/'.join(str(getattr(k, 'key', k)) for k in path): np.asarray(leaf)
+      for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
+    np.savez(
+      out,
+      losses=np.array(losses),
+      num_rows=len(rows),
+      num_processes=jax.process_count(),
+      num_devices=jax.device_count(),
+      **flat,
+    )
 
 
 if __name__ == '__main__':

@@ -11,11 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import needs_libtpu, tiny_config
 
 from gpt_jax import attention, dryrun, sample, sharding
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPT, ModelConfig
-from helpers import needs_libtpu, tiny_config
 
 SMALL = ModelConfig(vocab_size=96, n_ctx=32, n_embd=32, n_layer=2, n_head=4, d_ff=64)
 
@@ -32,13 +32,16 @@ def numpy_attention(query, key, value, mask):
 
 def _qkv(batch=2, q_len=16, kv_len=16, heads=4, head_dim=8, seed=0):
   rng = np.random.default_rng(seed)
-  return (rng.standard_normal((batch, q_len, heads, head_dim), np.float32),
-          rng.standard_normal((batch, kv_len, heads, head_dim), np.float32),
-          rng.standard_normal((batch, kv_len, heads, head_dim), np.float32))
+  return (
+    rng.standard_normal((batch, q_len, heads, head_dim), np.float32),
+    rng.standard_normal((batch, kv_len, heads, head_dim), np.float32),
+    rng.standard_normal((batch, kv_len, heads, head_dim), np.float32),
+  )
 
 
-@pytest.mark.parametrize('implementation,causal_block', [
-    ('xla', 128), ('xla', 5), ('dot_product_attention', 128)])
+@pytest.mark.parametrize(
+  'implementation,causal_block', [('xla', 128), ('xla', 5), ('dot_product_attention', 128)]
+)
 def test_causal_attention_matches_float64_reference(implementation, causal_block, monkeypatch):
   monkeypatch.setattr(attention, 'CAUSAL_BLOCK', causal_block)  # 5: blocks 5, 5, 5 and 1
   query, key, value = _qkv()
@@ -53,9 +56,11 @@ def test_cache_mask_attention_matches_float64_reference(implementation):
   query, key, value = _qkv(q_len=2, kv_len=10)
   slots = np.arange(10)
   mask = (slots[None, :] <= 5 + np.arange(2)[:, None])[None, None] & (
-      slots >= np.array([[0], [3]]))[:, None, None, :]
+    slots >= np.array([[0], [3]])
+  )[:, None, None, :]
   ours = jax.jit(lambda q, k, v, m: attention.attend(implementation, q, k, v, m))(
-      query, key, value, mask)
+    query, key, value, mask
+  )
   np.testing.assert_allclose(ours, numpy_attention(query, key, value, mask), atol=1e-5)
 
 
@@ -67,16 +72,20 @@ def test_causal_blocks_train_as_one_block_does(monkeypatch):
   params = GPT(config).init(jax.random.key(0), tokens[:, :8])['params']
 
   def loss(params):
-    logits = GPT(config).apply({'params': params}, tokens, deterministic=False,
-                               rngs={'dropout': jax.random.key(5)})
+    logits = GPT(config).apply(
+      {'params': params}, tokens, deterministic=False, rngs={'dropout': jax.random.key(5)}
+    )
     return jnp.mean(logits**2)
 
   results = {}
   for block in (32, 8):  # one block; blocks of 8, 8, 8 and 6 queries
     monkeypatch.setattr(attention, 'CAUSAL_BLOCK', block)
     results[block] = jax.value_and_grad(loss)(params)
-  jax.tree.map(lambda one, blocked: np.testing.assert_allclose(blocked, one, rtol=1e-5, atol=1e-7),
-               results[32], results[8])
+  jax.tree.map(
+    lambda one, blocked: np.testing.assert_allclose(blocked, one, rtol=1e-5, atol=1e-7),
+    results[32],
+    results[8],
+  )
 
 
 def test_dot_product_attention_logits_equal_xla():
@@ -96,8 +105,9 @@ def test_dot_product_attention_decodes_like_xla_through_the_cache():
   results = {}
   for implementation in ('xla', 'dot_product_attention'):
     config = dataclasses.replace(SMALL, attention=implementation)
-    results[implementation] = sample.generate(params, config, prompts, 6, temperature=0.0,
-                                              return_logits=True)
+    results[implementation] = sample.generate(
+      params, config, prompts, 6, temperature=0.0, return_logits=True
+    )
   (xla_tokens, xla_logits), (dpa_tokens, dpa_logits) = results.values()
   assert dpa_tokens == xla_tokens
   for ours, reference in zip(dpa_logits, xla_logits):
@@ -111,8 +121,9 @@ def test_kernels_without_dropout_refuse_to_train_with_attention_dropout(implemen
   tokens = jnp.zeros((1, 8), jnp.int32)
   params = GPT(SMALL).init(jax.random.key(0), tokens)['params']
   with pytest.raises(UserError, match='attn_pdrop=0'):
-    model.apply({'params': params}, tokens, deterministic=False,
-                rngs={'dropout': jax.random.key(1)})
+    model.apply(
+      {'params': params}, tokens, deterministic=False, rngs={'dropout': jax.random.key(1)}
+    )
   if implementation == 'dot_product_attention':  # evaluation has no dropout: allowed
     model.apply({'params': params}, tokens, deterministic=True)
 

@@ -1,15 +1,14 @@
 """Checkpoints: resharding restores, damaged and mismatched checkpoints, workdir checks,
 keep policies, and non-finite steps. (Kill-and-resume runs are in test_resume.py.)"""
 
-
 import jax
 import numpy as np
 import pytest
+from helpers import make_trainer, tiny_config
 
-from gpt_jax import checkpoint, pretrain, sharding, train
+from gpt_jax import checkpoint, pretrain, sharding
 from gpt_jax import workdir as workdir_lib
 from gpt_jax.errors import UserError
-from helpers import make_trainer, tiny_config
 
 
 class CountingIterator:
@@ -39,13 +38,13 @@ def _batch(seed=0, vocab=64):
 
 def _host(state):
   """A numpy copy of a TrainState (keys as their raw data): the independent reference."""
-  return jax.tree.map(np.asarray, jax.device_get(
-      state.replace(rng=jax.random.key_data(state.rng))))
+  return jax.tree.map(np.asarray, jax.device_get(state.replace(rng=jax.random.key_data(state.rng))))
 
 
 def _assert_equal_trees(actual, expected):
-  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(actual)[0],
-                          jax.tree.leaves(expected), strict=True):
+  for (path, a), b in zip(
+    jax.tree_util.tree_flatten_with_path(actual)[0], jax.tree.leaves(expected), strict=True
+  ):
     np.testing.assert_array_equal(np.asarray(a), b, err_msg=jax.tree_util.keystr(path))
 
 
@@ -86,8 +85,11 @@ def test_restore_onto_other_meshes_reshards_with_identical_values(tmp_path):
       assert array.sharding == wanted and array.sharding.mesh.devices.shape == shape
 
     # Parameters only (fine-tuning / sampling): into a given layout, or as host arrays.
-    target_params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                 target.abstract_state.params, target.param_shardings)
+    target_params = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      target.abstract_state.params,
+      target.param_shardings,
+    )
     _assert_equal_trees(checkpoint.load_params(tmp_path, target_params), expected.params)
     params = checkpoint.load_params(tmp_path)
     assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(params))
@@ -110,7 +112,7 @@ def test_corrupted_latest_checkpoint_is_set_aside_and_previous_used(tmp_path, ca
     saver.save(2, state, config, data)
   for path in (tmp_path / 'checkpoints' / '2' / 'state').rglob('*'):
     if path.is_file():  # a disk that lost the second half of every file
-      path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+      path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
   half_written = tmp_path / 'checkpoints' / '3.orbax-checkpoint-tmp' / 'state'
   half_written.mkdir(parents=True)  # what a save killed midway leaves
   (half_written / 'manifest.ocdbt').write_bytes(b'\x00' * 10)
@@ -141,8 +143,11 @@ def test_checkpoint_of_another_model_shape_lists_the_mismatched_parameters(tmp_p
   message = str(error.value)
   assert 'was saved from a different model (6 mismatched parameters' in message
   for layer in ('h_0', 'h_1'):
-    for name, stored, model in [('c_fc/kernel', (32, 64), (32, 128)), ('c_fc/bias', (64,), (128,)),
-                                ('c_proj/kernel', (64, 32), (128, 32))]:
+    for name, stored, model in [
+      ('c_fc/kernel', (32, 64), (32, 128)),
+      ('c_fc/bias', (64,), (128,)),
+      ('c_proj/kernel', (64, 32), (128, 32)),
+    ]:
       assert f'{layer}/mlp/{name} {stored} in the checkpoint vs {model} in the model' in message
   assert (tmp_path / 'checkpoints' / '3').is_dir()  # a mismatch is not damage: nothing moved
 
@@ -155,8 +160,11 @@ def test_keeps_the_newest_checkpoints_plus_the_best(tmp_path, one_device):
   with checkpoint.Checkpointer(tmp_path, config.checkpoint) as saver:
     for step, loss in zip(range(1, 7), [3.0, 1.0, 4.0, None, 5.0, 6.0]):
       saver.save(step, state, config, metrics=None if loss is None else {'eval_loss': loss})
-  assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()
-                if p.name.isdigit()) == [2, 5, 6]
+  assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()) == [
+    2,
+    5,
+    6,
+  ]
 
 
 def _pretrain_five_steps(workdir):
@@ -175,10 +183,14 @@ def test_unwritable_workdir_fails_before_training(tmp_path):
 
 def test_full_workdir_fails_before_training(tmp_path, monkeypatch):
   real_disk_usage = workdir_lib.shutil.disk_usage
-  monkeypatch.setattr(workdir_lib.shutil, 'disk_usage',
-                      lambda path: real_disk_usage(path)._replace(free=10_000))
-  with pytest.raises(UserError, match=r'has 0\.0 MiB free but checkpoints of this model need '
-                     r'0\.5 MiB; free some space'):
+  monkeypatch.setattr(
+    workdir_lib.shutil, 'disk_usage', lambda path: real_disk_usage(path)._replace(free=10_000)
+  )
+  with pytest.raises(
+    UserError,
+    match=r'has 0\.0 MiB free but checkpoints of this model need '
+    r'0\.5 MiB; free some space',
+  ):
     _pretrain_five_steps(tmp_path)
   assert list(tmp_path.iterdir()) == []  # nothing trained, logged or saved
 
@@ -198,19 +210,25 @@ def test_non_finite_step_leaves_params_and_optimizer_unchanged(one_device):
 
   state, metrics = trainer.train_step(state, sharding.global_batch(_batch(1), mesh))
   assert not bool(metrics['update_skipped'])
-  assert not np.array_equal(_host(state).params['h_0']['mlp']['c_fc']['kernel'],
-                            before.params['h_0']['mlp']['c_fc']['kernel'])
+  assert not np.array_equal(
+    _host(state).params['h_0']['mlp']['c_fc']['kernel'],
+    before.params['h_0']['mlp']['c_fc']['kernel'],
+  )
 
 
 def test_diverged_run_stops_after_too_many_non_finite_steps_keeping_good_checkpoint(tmp_path):
   config = tiny_config()
-  config.train.update(num_steps=20, max_nonfinite_in_a_row=3, log_every=100, eval_every=100,
-                      eval_batches=1)
+  config.train.update(
+    num_steps=20, max_nonfinite_in_a_row=3, log_every=100, eval_every=100, eval_batches=1
+  )
   config.checkpoint.every_steps = 2
   good, poisoned = _batch(), np.full((8, 17), 1000, np.int32)
   batches = iter([good] * 4 + [poisoned] * 16)
-  with pytest.raises(UserError, match=r'training diverged: 3 steps in a row, up to step 7, had '
-                     r'a non-finite loss .* the last checkpoint \(step 6\) is good'):
+  with pytest.raises(
+    UserError,
+    match=r'training diverged: 3 steps in a row, up to step 7, had '
+    r'a non-finite loss .* the last checkpoint \(step 6\) is good',
+  ):
     pretrain.run_pretraining(config, tmp_path, batches, lambda: [good], log=None)
   last, after_good = checkpoint.load_params(tmp_path), checkpoint.load_params(tmp_path, step=4)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(last))

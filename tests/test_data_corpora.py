@@ -14,8 +14,15 @@ from gpt_jax.errors import UserError
 
 
 def data_config(tmp_path, **overrides) -> ml_collections.ConfigDict:
-  config = dict(corpus='local_text', text_glob='', text_key='', validation_split='',
-                validation_fraction=0.3, data_dir=str(tmp_path / 'tfds'), download=False)
+  config = dict(
+    corpus='local_text',
+    text_glob='',
+    text_key='',
+    validation_split='',
+    validation_fraction=0.3,
+    data_dir=str(tmp_path / 'tfds'),
+    download=False,
+  )
   return ml_collections.ConfigDict({**config, **overrides})
 
 
@@ -39,10 +46,13 @@ def test_local_text_splits_all_documents_deterministically(tmp_path):
   texts = write_corpus(tmp_path / 'corpus')
   splits = []
   for data_dir in ('a', 'b'):  # two independent preparations
-    corpus = corpora.open_corpus(data_config(tmp_path, text_glob=str(tmp_path / 'corpus'),
-                                             data_dir=str(tmp_path / data_dir)))
+    corpus = corpora.open_corpus(
+      data_config(tmp_path, text_glob=str(tmp_path / 'corpus'), data_dir=str(tmp_path / data_dir))
+    )
     corpus.prepare()
-    splits.append({split: sorted(all_documents(corpus, split)) for split in ('train', 'validation')})
+    splits.append(
+      {split: sorted(all_documents(corpus, split)) for split in ('train', 'validation')}
+    )
   assert splits[0] == splits[1]
   train, validation = splits[0]['train'], splits[0]['validation']
   assert sorted(train + validation) == sorted(texts)  # a partition: nothing lost or repeated
@@ -52,8 +62,9 @@ def test_local_text_splits_all_documents_deterministically(tmp_path):
 
 def test_local_text_glob_selects_files(tmp_path):
   texts = write_corpus(tmp_path / 'corpus')
-  corpus = corpora.open_corpus(data_config(tmp_path, text_glob=str(tmp_path / 'corpus/*.jsonl'),
-                                           validation_fraction=0.5))
+  corpus = corpora.open_corpus(
+    data_config(tmp_path, text_glob=str(tmp_path / 'corpus/*.jsonl'), validation_fraction=0.5)
+  )
   corpus.prepare()
   found = all_documents(corpus, 'train') + all_documents(corpus, 'validation')
   assert sorted(found) == sorted(texts[6:])
@@ -77,42 +88,62 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path, capsys):
 GOOD_LINES = ''.join(json.dumps({'text': f'line {i}'}) + '\n' for i in range(10))
 
 
-@pytest.mark.parametrize('make, pattern, message', [
+@pytest.mark.parametrize(
+  'make, pattern, message',
+  [
     (lambda d: None, 'missing_dir', 'no such file or directory'),
     (lambda d: None, 'missing_dir/*.txt', 'matches no files'),
     (lambda d: (d / 'a.csv').write_text('x'), '*', 'none ends in .txt or .jsonl'),
     (lambda d: (d / 'a.txt').write_text(''), '*.txt', 'holds no documents'),
-    (lambda d: (d / 'a.jsonl').write_text(GOOD_LINES + '{"txt": "no"}\n'), '*.jsonl',
-     r'a.jsonl:11: no "text"'),
-    (lambda d: (d / 'a.jsonl').write_text(GOOD_LINES + 'not json\n'), '*.jsonl',
-     r'a.jsonl:11: not a JSON'),
+    (
+      lambda d: (d / 'a.jsonl').write_text(GOOD_LINES + '{"txt": "no"}\n'),
+      '*.jsonl',
+      r'a.jsonl:11: no "text"',
+    ),
+    (
+      lambda d: (d / 'a.jsonl').write_text(GOOD_LINES + 'not json\n'),
+      '*.jsonl',
+      r'a.jsonl:11: not a JSON',
+    ),
     (lambda d: None, '', 'needs --config.data.text_glob'),
-])
+  ],
+)
 def test_bad_local_input_raises_one_clear_error(tmp_path, make, pattern, message):
   directory = tmp_path / 'corpus'
   directory.mkdir()
   make(directory)
   with pytest.raises(UserError, match=message):
-    corpus = corpora.open_corpus(data_config(
-        tmp_path, text_glob=str(directory / pattern) if pattern else '', validation_fraction=0.5))
+    corpus = corpora.open_corpus(
+      data_config(
+        tmp_path, text_glob=str(directory / pattern) if pattern else '', validation_fraction=0.5
+      )
+    )
     corpus.prepare()
 
 
 def test_single_document_has_no_validation_split(tmp_path):
   (tmp_path / 'book.txt').write_text('one long book ' * 100)
-  corpus = corpora.open_corpus(data_config(tmp_path, text_glob=str(tmp_path / 'book.txt'),
-                                           validation_fraction=0.01))
-  with pytest.raises(UserError, match='validation split .* holds no documents.*validation_fraction'):
+  corpus = corpora.open_corpus(
+    data_config(tmp_path, text_glob=str(tmp_path / 'book.txt'), validation_fraction=0.01)
+  )
+  with pytest.raises(
+    UserError, match='validation split .* holds no documents.*validation_fraction'
+  ):
     corpus.prepare()
 
 
 def test_module_docstrings_in_source_order():
   source = b'"""Module doc."""\nclass A:\n  """Class doc."""\n  def f(self):\n    """Method\n    doc."""\ndef g():\n  pass\nasync def h():\n  """Async doc."""\n'
-  assert stdlib_docs.module_docstrings(source) == 'Module doc.\n\nClass doc.\n\nMethod\ndoc.\n\nAsync doc.'
+  assert (
+    stdlib_docs.module_docstrings(source)
+    == 'Module doc.\n\nClass doc.\n\nMethod\ndoc.\n\nAsync doc.'
+  )
 
 
 def test_stdlib_docs_default_corpus(tmp_path):
-  corpus = corpora.open_corpus(data_config(tmp_path, corpus='stdlib_docs', validation_fraction=0.05))
+  corpus = corpora.open_corpus(
+    data_config(tmp_path, corpus='stdlib_docs', validation_fraction=0.05)
+  )
   corpus.prepare()
   train, validation = all_documents(corpus, 'train'), all_documents(corpus, 'validation')
   size = sum(len(text.encode('utf-8')) for text in train + validation)
@@ -130,8 +161,12 @@ class GptJaxTestCatalogue(tfds.core.GeneratorBasedBuilder):
   SPLIT_NAMES = ('train', 'test')
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-        {'body': tfds.features.Text(), 'title': tfds.features.Text()}))
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {'body': tfds.features.Text(), 'title': tfds.features.Text()}
+      ),
+    )
 
   def _split_generators(self, dl_manager):
     return {split: self._generate_examples(split) for split in self.SPLIT_NAMES}
@@ -151,18 +186,24 @@ def prepare_catalogue(builder_class, data_dir):
 
 def test_catalogue_corpus_by_name(tmp_path):
   prepare_catalogue(GptJaxTestCatalogue, tmp_path / 'tfds')
-  corpus = corpora.open_corpus(data_config(tmp_path, corpus='gpt_jax_test_catalogue',
-                                           text_key='body'))
+  corpus = corpora.open_corpus(
+    data_config(tmp_path, corpus='gpt_jax_test_catalogue', text_key='body')
+  )
   corpus.prepare()
   assert corpus.split_names == {'train': 'train', 'validation': 'test'}
-  assert sorted(all_documents(corpus, 'validation')) == sorted(f'test book {i} text' for i in range(5))
+  assert sorted(all_documents(corpus, 'validation')) == sorted(
+    f'test book {i} text' for i in range(5)
+  )
   assert len(all_documents(corpus, 'train')) == 20
 
 
 def test_catalogue_corpus_without_validation_holds_out_train(tmp_path):
   prepare_catalogue(GptJaxTestTrainOnly, tmp_path / 'tfds')
-  corpus = corpora.open_corpus(data_config(tmp_path, corpus='gpt_jax_test_train_only',
-                                           text_key='body', validation_fraction=0.25))
+  corpus = corpora.open_corpus(
+    data_config(
+      tmp_path, corpus='gpt_jax_test_train_only', text_key='body', validation_fraction=0.25
+    )
+  )
   corpus.prepare()
   train, validation = all_documents(corpus, 'train'), all_documents(corpus, 'validation')
   assert (len(train), len(validation)) == (15, 5)

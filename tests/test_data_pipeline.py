@@ -18,9 +18,15 @@ def batches(iterator, count):
 
 
 def train(seed=0, batch_size=4, process_index=0, process_count=1, tokens=TOKENS):
-  return pipeline.train_batches(tokens, seq_len=SEQ_LEN, batch_size=batch_size, seed=seed,
-                                process_index=process_index, process_count=process_count,
-                                num_threads=2)
+  return pipeline.train_batches(
+    tokens,
+    seq_len=SEQ_LEN,
+    batch_size=batch_size,
+    seed=seed,
+    process_index=process_index,
+    process_count=process_count,
+    num_threads=2,
+  )
 
 
 def test_batches_are_contiguous_windows():
@@ -61,10 +67,17 @@ def test_processes_read_disjoint_windows_that_cover_the_epoch():
   windows = pipeline.EpochWindows(len(TOKENS), SEQ_LEN, seed=0)
   process_count = 3
   per_process = windows.num_windows // process_count
-  starts = [np.concatenate([b[:, 0] for b in batches(train(batch_size=1, process_index=p,
-                                                           process_count=process_count),
-                                                     per_process)])
-            for p in range(process_count)]
+  starts = [
+    np.concatenate(
+      [
+        b[:, 0]
+        for b in batches(
+          train(batch_size=1, process_index=p, process_count=process_count), per_process
+        )
+      ]
+    )
+    for p in range(process_count)
+  ]
   for p in range(process_count):
     for q in range(p):
       assert not set(starts[p]) & set(starts[q])
@@ -92,9 +105,17 @@ def test_eval_batches_in_order_and_reiterable():
   np.testing.assert_array_equal(starts, np.arange(12) * SEQ_LEN)
   everything = pipeline.eval_batches(TOKENS, seq_len=SEQ_LEN, batch_size=4, num_batches=-1)
   assert len(list(everything)) == (len(TOKENS) - 1) // SEQ_LEN // 4
-  shards = [np.concatenate([b[:, 0] for b in pipeline.eval_batches(
-      TOKENS, seq_len=SEQ_LEN, batch_size=4, num_batches=2, process_index=p, process_count=2)])
-            for p in range(2)]
+  shards = [
+    np.concatenate(
+      [
+        b[:, 0]
+        for b in pipeline.eval_batches(
+          TOKENS, seq_len=SEQ_LEN, batch_size=4, num_batches=2, process_index=p, process_count=2
+        )
+      ]
+    )
+    for p in range(2)
+  ]
   assert not set(shards[0]) & set(shards[1])
 
 
@@ -103,5 +124,5 @@ def test_corpus_smaller_than_a_window_or_a_batch():
     train(tokens=TOKENS[:SEQ_LEN])
   with pytest.raises(UserError, match='validation split has 40 tokens.*validation_fraction'):
     pipeline.eval_batches(TOKENS[:40], seq_len=SEQ_LEN, batch_size=8, num_batches=1)
-  exactly_one = next(train(tokens=TOKENS[:SEQ_LEN + 1], batch_size=2))  # repeats its one window
-  np.testing.assert_array_equal(exactly_one, np.stack([TOKENS[:SEQ_LEN + 1]] * 2))
+  exactly_one = next(train(tokens=TOKENS[: SEQ_LEN + 1], batch_size=2))  # repeats its one window
+  np.testing.assert_array_equal(exactly_one, np.stack([TOKENS[: SEQ_LEN + 1]] * 2))

@@ -11,18 +11,32 @@ from gpt_jax import config as config_lib
 from gpt_jax.data import workflow
 from gpt_jax.errors import UserError
 
-TEXTS = [inspect.getdoc(obj) for module in (json, textwrap) for obj in vars(module).values()
-         if inspect.getdoc(obj)]
+TEXTS = [
+  inspect.getdoc(obj)
+  for module in (json, textwrap)
+  for obj in vars(module).values()
+  if inspect.getdoc(obj)
+]
 
 
 def make_config(tmp_path, *overrides):
   corpus = tmp_path / 'corpus.jsonl'
   if not corpus.exists():
     corpus.write_text(''.join(json.dumps({'text': text}) + '\n' for text in TEXTS))
-  return config_lib.load_config('tiny', [
-      'data.corpus=local_text', f'data.text_glob={corpus}', 'data.validation_fraction=0.3',
-      f'data.data_dir={tmp_path / "data"}', 'model.vocab_size=400', 'train.batch_size=8',
-      'train.seq_len=32', 'train.eval_batches=3', *overrides])
+  return config_lib.load_config(
+    'tiny',
+    [
+      'data.corpus=local_text',
+      f'data.text_glob={corpus}',
+      'data.validation_fraction=0.3',
+      f'data.data_dir={tmp_path / "data"}',
+      'model.vocab_size=400',
+      'train.batch_size=8',
+      'train.seq_len=32',
+      'train.eval_batches=3',
+      *overrides,
+    ],
+  )
 
 
 def test_tokenizer_prepare_pretrain_data_and_reuse(tmp_path):
@@ -59,10 +73,13 @@ def test_steps_out_of_order_or_mismatched_are_one_line_errors(tmp_path):
   with pytest.raises(UserError, match='no tokenizer at .* `gpt-jax tokenizer`'):
     workflow.prepare(config, log=lambda _: None)
   tokenizer = workflow.train_tokenizer(config, log=lambda _: None)
-  with pytest.raises(UserError, match='token store .* does not exist; build it with `gpt-jax prepare'):
+  with pytest.raises(
+    UserError, match='token store .* does not exist; build it with `gpt-jax prepare'
+  ):
     workflow.pretrain_data(config)
-  smaller_model = make_config(tmp_path, f'data.tokenizer={tokenizer.model_path}',
-                              'model.vocab_size=300')
+  smaller_model = make_config(
+    tmp_path, f'data.tokenizer={tokenizer.model_path}', 'model.vocab_size=300'
+  )
   with pytest.raises(UserError, match='has 400 pieces but model.vocab_size=300'):
     workflow.prepare(smaller_model, log=lambda _: None)
   missing = make_config(tmp_path, f'data.text_glob={tmp_path / "nothing_here"}')

@@ -15,16 +15,20 @@ from gpt_jax.model import GPT, ModelConfig
 def test_random_bits_are_jax_random_bits(shape):
   for seed in (0, 1, 2**31 + 5):
     key = jax.random.key(seed)
-    np.testing.assert_array_equal(jax.jit(dropout.random_bits, static_argnums=1)(key, shape),
-                                  jax.random.bits(key, shape))
+    np.testing.assert_array_equal(
+      jax.jit(dropout.random_bits, static_argnums=1)(key, shape), jax.random.bits(key, shape)
+    )
 
 
 @pytest.mark.parametrize('impl', ['threefry2x32', 'rbg'])  # rbg: JAX's bits, then the window
 def test_a_windows_bits_are_the_whole_arrays_bits_there(impl):
   key, shape = jax.random.key(4, impl=impl), (2, 3, 10, 10)
   whole = jax.random.bits(key, shape)
-  for start, window in [((0, 0, 0, 0), shape), ((0, 0, 4, 0), (2, 3, 4, 8)),
-                        ((1, 2, 7, 3), (1, 1, 3, 7))]:
+  for start, window in [
+    ((0, 0, 0, 0), shape),
+    ((0, 0, 4, 0), (2, 3, 4, 8)),
+    ((1, 2, 7, 3), (1, 1, 3, 7)),
+  ]:
     region = tuple(map(slice, start, np.add(start, window)))
     np.testing.assert_array_equal(dropout.random_bits(key, shape, start, window), whole[region])
 
@@ -79,8 +83,9 @@ def test_gpt_training_forward_and_gradient_unchanged_from_flax_dropout(monkeypat
   params = GPT(config).init(jax.random.key(0), tokens)['params']
 
   def loss(params):
-    logits = GPT(config).apply({'params': params}, tokens, deterministic=False,
-                               rngs={'dropout': jax.random.key(5)})
+    logits = GPT(config).apply(
+      {'params': params}, tokens, deterministic=False, rngs={'dropout': jax.random.key(5)}
+    )
     return jnp.mean(logits**2)
 
   class Dropout(nn.Dropout):  # the class name makes the module's name, and so its rng
@@ -101,8 +106,9 @@ def test_sharded_mask_equals_the_single_device_mask():
 
   @jax.jit
   def apply(x):
-    return dropout.Dropout(0.1).apply({}, x, deterministic=False,
-                                      rngs={'dropout': jax.random.key(2)})
+    return dropout.Dropout(0.1).apply(
+      {}, x, deterministic=False, rngs={'dropout': jax.random.key(2)}
+    )
 
   sharded = apply(jax.device_put(x, layout))
   assert sharded.sharding.is_equivalent_to(layout, x.ndim)

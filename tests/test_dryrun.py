@@ -8,22 +8,28 @@ import re
 
 import jax.numpy as jnp
 import pytest
+from helpers import make_trainer, needs_libtpu, tiny_config
 
 from gpt_jax import cli, dryrun, optim, sharding, train
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPT, ModelConfig
-from helpers import make_trainer, needs_libtpu, tiny_config
-
 
 
 def _parameter_counts(config):
   """(all parameters, those without an embedding axis) of the GPT-1 layout, by hand."""
   m = config.model
   d, ff, layers = m.n_embd, m.d_ff, m.n_layer
-  per_layer = (d * 3 * d + 3 * d  # c_attn: fused q, k, v
-               + d * d + d  # attn c_proj
-               + d * ff + ff + ff * d + d  # mlp c_fc, c_proj
-               + 4 * d)  # ln_1, ln_2
+  per_layer = (
+    d * 3 * d
+    + 3 * d  # c_attn: fused q, k, v
+    + d * d
+    + d  # attn c_proj
+    + d * ff
+    + ff
+    + ff * d
+    + d  # mlp c_fc, c_proj
+    + 4 * d
+  )  # ln_1, ln_2
   total = m.vocab_size * d + m.n_ctx * d + layers * per_layer
   no_embed_axis = layers * (3 * d + ff)  # the c_attn and c_fc biases
   return total, no_embed_axis
@@ -33,12 +39,15 @@ def _cli_dry_run(monkeypatch, topology, config):
   """`gpt-jax pretrain --config tiny --dry_run ...` set to `config`; returns (exit code, report)."""
   reports = []
   real_dry_run = dryrun.dry_run
-  monkeypatch.setattr(dryrun, 'dry_run', lambda *args: reports.append(real_dry_run(*args))
-                      or reports[-1])
-  overrides = [f'--config.{section}.{key}={value}' for section in ('model', 'train', 'mesh')
-               for key, value in config[section].items()]
-  code = cli.main(['pretrain', '--config', 'tiny', '--dry_run', '--topology', topology,
-                   *overrides])
+  monkeypatch.setattr(
+    dryrun, 'dry_run', lambda *args: reports.append(real_dry_run(*args)) or reports[-1]
+  )
+  overrides = [
+    f'--config.{section}.{key}={value}'
+    for section in ('model', 'train', 'mesh')
+    for key, value in config[section].items()
+  ]
+  code = cli.main(['pretrain', '--config', 'tiny', '--dry_run', '--topology', topology, *overrides])
   return code, reports[0]
 
 
@@ -83,8 +92,7 @@ def test_remat_policies_trade_activation_memory_for_recomputed_flops():
 def test_a_model_too_big_for_the_chip_is_reported_as_not_fitting(monkeypatch, capsys):
   # A 4M x 1024 float32 embedding (16 GiB) with its Adam moments, replicated on
   # every chip of a data-parallel mesh.
-  config = tiny_config(vocab_size=4 * 2**20, n_embd=1024, n_head=4, n_layer=1, d_ff=64,
-                       n_ctx=8)
+  config = tiny_config(vocab_size=4 * 2**20, n_embd=1024, n_head=4, n_layer=1, d_ff=64, n_ctx=8)
   config.train.update(batch_size=4, seq_len=8)
   config.mesh.update(data=-1, fsdp=1, tensor=1)
   code, report = _cli_dry_run(monkeypatch, 'v5e:2x2', config)
@@ -109,7 +117,7 @@ def test_v4_presents_each_chip_as_one_megacore_device():
 
 @pytest.mark.parametrize('name', ['v9z:2x2', 'v5e-8', 'v5e', 'v4:2'])
 def test_unknown_topology_names_fail_listing_the_known_ones(name):
-  with pytest.raises(UserError, match=r"unknown TPU topology .*v4, v5e, v5p, v6e.*v5e:2x4"):
+  with pytest.raises(UserError, match=r'unknown TPU topology .*v4, v5e, v5p, v6e.*v5e:2x4'):
     dryrun.topology_devices(name)
 
 
@@ -135,27 +143,34 @@ def test_sharding_guard_measures_the_replicated_fraction():
 
   def trainer(max_fraction):
     return train.Trainer(
-        init_params=lambda rng: model.init(rng, jnp.zeros((1, 16), jnp.int32))['params'],
-        loss_fn=train.lm_loss_fn(model), tx=tx, schedule=schedule, mesh=_mesh(2, 1, 4),
-        max_replicated_fraction=max_fraction)
+      init_params=lambda rng: model.init(rng, jnp.zeros((1, 16), jnp.int32))['params'],
+      loss_fn=train.lm_loss_fn(model),
+      tx=tx,
+      schedule=schedule,
+      mesh=_mesh(2, 1, 4),
+      max_replicated_fraction=max_fraction,
+    )
 
   trainer(fraction * 1.001)
-  with pytest.raises(sharding.ShardingError,
-                     match=rf'{fraction:.0%} of the parameter bytes .*biggest: '
-                     r'positions_embed/embedding \(4.0 KiB\)'):
+  with pytest.raises(
+    sharding.ShardingError,
+    match=rf'{fraction:.0%} of the parameter bytes .*biggest: '
+    r'positions_embed/embedding \(4.0 KiB\)',
+  ):
     trainer(fraction * 0.999)
 
 
 def test_sharding_guard_names_parameters_that_lost_their_sharding(monkeypatch):
   # As if every kernel and embedding had lost its logical names: nothing maps to fsdp.
-  rules = tuple((name, None if name == 'embed' else axes)
-                for name, axes in sharding.LOGICAL_RULES)
+  rules = tuple((name, None if name == 'embed' else axes) for name, axes in sharding.LOGICAL_RULES)
   monkeypatch.setattr(sharding, 'LOGICAL_RULES', rules)
   config = tiny_config()
-  with pytest.raises(sharding.ShardingError,
-                     match=r"100% of the parameter bytes would be replicated on every device of "
-                     r"mesh \{'data': 1, 'fsdp': 8, 'tensor': 1\}.*biggest: "
-                     r'h_0/attn/c_attn/kernel \(12.0 KiB\)'):
+  with pytest.raises(
+    sharding.ShardingError,
+    match=r'100% of the parameter bytes would be replicated on every device of '
+    r"mesh \{'data': 1, 'fsdp': 8, 'tensor': 1\}.*biggest: "
+    r'h_0/attn/c_attn/kernel \(12.0 KiB\)',
+  ):
     make_trainer(config, _mesh(1, 8, 1))
   make_trainer(config, _mesh(8, 1, 1))  # pure data parallelism replicates on purpose
 

@@ -21,11 +21,26 @@ def run(tmp_path_factory):
   """A tiny pretraining run on a local corpus (its final eval: the first 2 x 8 windows)."""
   root = tmp_path_factory.mktemp('eval')
   data = prepared_local_corpus(root)
-  assert cli.main(['pretrain', '--config', TINY, '--workdir', str(root / 'run'), *data,
-                   '--config.train.num_steps=20', '--config.train.eval_every=20',
-                   f'--config.train.eval_batches={EVAL_BATCHES}', '--config.train.seq_len=32',
-                   f'--config.train.batch_size={BATCH}', '--config.mesh.fsdp=-1',
-                   '--config.optim.learning_rate=1e-3']) == 0
+  assert (
+    cli.main(
+      [
+        'pretrain',
+        '--config',
+        TINY,
+        '--workdir',
+        str(root / 'run'),
+        *data,
+        '--config.train.num_steps=20',
+        '--config.train.eval_every=20',
+        f'--config.train.eval_batches={EVAL_BATCHES}',
+        '--config.train.seq_len=32',
+        f'--config.train.batch_size={BATCH}',
+        '--config.mesh.fsdp=-1',
+        '--config.optim.learning_rate=1e-3',
+      ]
+    )
+    == 0
+  )
   return root / 'run'
 
 
@@ -40,11 +55,12 @@ def test_eval_equals_pretrainings_final_eval_loss_and_numpy(run, capsys):
   assert result['perplexity'] == pytest.approx(math.exp(result['loss']))
 
   weights = load_weights(run)
-  store_tokens, text_bytes = cli._corpus_split(checkpoint.load_config(run), weights.tokenizer,
-                                                'validation')
+  store_tokens, text_bytes = cli._corpus_split(
+    checkpoint.load_config(run), weights.tokenizer, 'validation'
+  )
   nats = 0.0
   for start in range(0, windows * 32, 32):
-    window = np.asarray(store_tokens[start:start + 33])
+    window = np.asarray(store_tokens[start : start + 33])
     log_probs = numpy_log_probs(weights.params, weights.model_config, window[:-1])
     nats -= log_probs[np.arange(32), window[1:]].sum()
   assert result['loss'] == pytest.approx(nats / (windows * 32), rel=1e-5)
@@ -54,13 +70,28 @@ def test_eval_equals_pretrainings_final_eval_loss_and_numpy(run, capsys):
 
 def test_overlapping_windows_score_every_token_once_with_more_context(run, tmp_path):
   text = tmp_path / 'text.jsonl'
-  text.write_text(''.join(json.dumps({'text': f'the lazy dog {i} sleeps. ' * 6}) + '\n'
-                          for i in range(6)))
+  text.write_text(
+    ''.join(json.dumps({'text': f'the lazy dog {i} sleeps. ' * 6}) + '\n' for i in range(6))
+  )
   weights = load_weights(run)
   tokens, _ = evaluation.token_stream(weights.tokenizer, evaluation.read_documents(text))
   for stride in (32, 8):
-    assert cli.main(['eval', '--workdir', str(run), '--text', str(text), '--stride', str(stride),
-                     '--out', str(tmp_path / f'{stride}.json')]) == 0
+    assert (
+      cli.main(
+        [
+          'eval',
+          '--workdir',
+          str(run),
+          '--text',
+          str(text),
+          '--stride',
+          str(stride),
+          '--out',
+          str(tmp_path / f'{stride}.json'),
+        ]
+      )
+      == 0
+    )
     result = json.loads((tmp_path / f'{stride}.json').read_text())
     assert result['tokens_scored'] == len(tokens) - 1
   windows = evaluation.strided_windows(100, 32, 8)
@@ -72,10 +103,12 @@ def test_overlapping_windows_score_every_token_once_with_more_context(run, tmp_p
 def test_eval_errors_are_one_line(run, tmp_path, capsys):
   bad = tmp_path / 'bad.jsonl'
   bad.write_text('{"txt": 1}\n')
-  cases = [(['eval'], 'exactly one of --workdir'),
-           (['eval', '--workdir', str(run), '--text', str(bad)], 'bad.jsonl line 1 is not a JSON'),
-           (['eval', '--workdir', str(run), '--stride', '64'], '--stride 64 must be between'),
-           (['eval', '--workdir', str(run), '--seq_len', '4096'], 'exceeds the model context')]
+  cases = [
+    (['eval'], 'exactly one of --workdir'),
+    (['eval', '--workdir', str(run), '--text', str(bad)], 'bad.jsonl line 1 is not a JSON'),
+    (['eval', '--workdir', str(run), '--stride', '64'], '--stride 64 must be between'),
+    (['eval', '--workdir', str(run), '--seq_len', '4096'], 'exceeds the model context'),
+  ]
   for argv, message in cases:
     assert cli.main(argv) == 1
     error = capsys.readouterr().err

@@ -7,14 +7,25 @@ import textwrap
 import pytest
 
 from gpt_jax import cli, finetune, glue
-from gpt_jax.tasks.task import Task
 from gpt_jax.report import read_metrics
+from gpt_jax.tasks.task import Task
 
-TEXTS = [inspect.getdoc(obj) for module in (json, textwrap) for obj in vars(module).values()
-         if inspect.getdoc(obj)]
-SMALL = ['--config.model.n_layer=1', '--config.model.n_embd=32', '--config.model.n_head=2',
-         '--config.model.d_ff=128', '--config.model.n_ctx=32', '--config.model.vocab_size=512',
-         '--config.mesh.fsdp=1', '--config.mesh.data=-1']
+TEXTS = [
+  inspect.getdoc(obj)
+  for module in (json, textwrap)
+  for obj in vars(module).values()
+  if inspect.getdoc(obj)
+]
+SMALL = [
+  '--config.model.n_layer=1',
+  '--config.model.n_embd=32',
+  '--config.model.n_head=2',
+  '--config.model.d_ff=128',
+  '--config.model.n_ctx=32',
+  '--config.model.vocab_size=512',
+  '--config.mesh.fsdp=1',
+  '--config.mesh.data=-1',
+]
 
 
 @pytest.fixture(scope='module')
@@ -22,14 +33,33 @@ def pretrained(tmp_path_factory):
   root = tmp_path_factory.mktemp('pretrain')
   corpus = root / 'corpus.jsonl'
   corpus.write_text(''.join(json.dumps({'text': t}) + '\n' for t in TEXTS))
-  data = ['--config.data.corpus=local_text', f'--config.data.text_glob={corpus}',
-          '--config.data.validation_fraction=0.2', f'--config.data.data_dir={root / "data"}']
+  data = [
+    '--config.data.corpus=local_text',
+    f'--config.data.text_glob={corpus}',
+    '--config.data.validation_fraction=0.2',
+    f'--config.data.data_dir={root / "data"}',
+  ]
   assert cli.main(['tokenizer', '--config', 'tiny', *data, *SMALL]) == 0
   assert cli.main(['prepare', '--config', 'tiny', *data, *SMALL]) == 0
-  assert cli.main(['pretrain', '--config', 'tiny', '--workdir', str(root / 'run'), *data, *SMALL,
-                   '--config.train.seq_len=32', '--config.train.batch_size=8',
-                   '--config.train.num_steps=6', '--config.train.eval_every=6',
-                   '--config.train.eval_batches=1']) == 0
+  assert (
+    cli.main(
+      [
+        'pretrain',
+        '--config',
+        'tiny',
+        '--workdir',
+        str(root / 'run'),
+        *data,
+        *SMALL,
+        '--config.train.seq_len=32',
+        '--config.train.batch_size=8',
+        '--config.train.num_steps=6',
+        '--config.train.eval_every=6',
+        '--config.train.eval_batches=1',
+      ]
+    )
+    == 0
+  )
   return root / 'run'
 
 
@@ -43,21 +73,39 @@ def _task_files(tmp_path):
         if split != 'test':
           row['label'] = label
         f.write(json.dumps(row) + '\n')
-  return ['--config.task.name=local', '--config.task.kind=classification',
-          f'--config.task.train={tmp_path / "train.jsonl"}',
-          f'--config.task.validation={tmp_path / "validation.jsonl"}',
-          f'--config.task.test={tmp_path / "test.jsonl"}', '--config.task.labels=neg,pos']
+  return [
+    '--config.task.name=local',
+    '--config.task.kind=classification',
+    f'--config.task.train={tmp_path / "train.jsonl"}',
+    f'--config.task.validation={tmp_path / "validation.jsonl"}',
+    f'--config.task.test={tmp_path / "test.jsonl"}',
+    '--config.task.labels=neg,pos',
+  ]
 
 
 @pytest.mark.parametrize('random_init', [False, True])
-def test_finetune_keeps_the_best_checkpoint_and_writes_predictions(pretrained, tmp_path, capsys,
-                                                                   random_init):
+def test_finetune_keeps_the_best_checkpoint_and_writes_predictions(
+  pretrained, tmp_path, capsys, random_init
+):
   workdir = tmp_path / 'finetune'
-  code = cli.main(['finetune', '--config', 'configs/finetune/local.py', '--workdir', str(workdir),
-                   '--init', str(pretrained), *_task_files(tmp_path),
-                   '--config.train.batch_size=8', '--config.finetune.eval_batch_size=8',
-                   '--config.train.num_epochs=2.0', '--config.mesh.fsdp=1', '--config.mesh.data=-1',
-                   f'--config.finetune.random_init={random_init}'])
+  code = cli.main(
+    [
+      'finetune',
+      '--config',
+      'configs/finetune/local.py',
+      '--workdir',
+      str(workdir),
+      '--init',
+      str(pretrained),
+      *_task_files(tmp_path),
+      '--config.train.batch_size=8',
+      '--config.finetune.eval_batch_size=8',
+      '--config.train.num_epochs=2.0',
+      '--config.mesh.fsdp=1',
+      '--config.mesh.data=-1',
+      f'--config.finetune.random_init={random_init}',
+    ]
+  )
   out = capsys.readouterr().out
   assert code == 0
   assert ('random initialisation' in out) == random_init
@@ -79,12 +127,21 @@ def test_prediction_files_follow_glue_conventions(tmp_path):
   examples = [{'index': 7}, {'index': 3}, {'index': 10}]  # TFDS keeps GLUE's test in hash order
 
   def task(name, labels, regression=False):
-    return Task(name=name, kind='entailment', labels=labels, metrics=('accuracy',),
-                          train=[], validation={}, test={}, regression=regression)
+    return Task(
+      name=name,
+      kind='entailment',
+      labels=labels,
+      metrics=('accuracy',),
+      train=[],
+      validation={},
+      test={},
+      regression=regression,
+    )
 
   mnli = tmp_path / 'MNLI-m.tsv'
-  glue.write_predictions(mnli, task('mnli', ('entailment', 'neutral', 'contradiction')),
-                         examples, [2, 0, 1])
+  glue.write_predictions(
+    mnli, task('mnli', ('entailment', 'neutral', 'contradiction')), examples, [2, 0, 1]
+  )
   assert mnli.read_text() == 'index\tprediction\n3\tentailment\n7\tcontradiction\n10\tneutral\n'
   sst2 = tmp_path / 'SST-2.tsv'
   glue.write_predictions(sst2, task('sst2', ('negative', 'positive')), examples, [1, 0, 0])
@@ -94,15 +151,27 @@ def test_prediction_files_follow_glue_conventions(tmp_path):
   assert stsb.read_text() == 'index\tprediction\n3\t0.500\n7\t4.250\n10\t1.000\n'
 
 
-@pytest.mark.parametrize('init, message', [
+@pytest.mark.parametrize(
+  'init, message',
+  [
     ('/no/such/dir', 'finetune.init=/no/such/dir is not a directory'),
     ('EMPTY', 'holds no weights gpt_jax can read'),
-])
+  ],
+)
 def test_bad_init_is_one_line_error(tmp_path, capsys, init, message):
   if init == 'EMPTY':
     init = str(tmp_path)
-  code = cli.main(['finetune', '--config', 'finetune/stdlib_package', '--workdir',
-                   str(tmp_path / 'w'), '--init', init])
+  code = cli.main(
+    [
+      'finetune',
+      '--config',
+      'finetune/stdlib_package',
+      '--workdir',
+      str(tmp_path / 'w'),
+      '--init',
+      init,
+    ]
+  )
   err = capsys.readouterr().err
   assert code == 1 and message in err and err.count('\n') == 1
 
@@ -131,19 +200,32 @@ def test_export_of_a_pretraining_workdir_loads_in_hugging_face(pretrained, tmp_p
   assert 'already exists' in capsys.readouterr().err
 
 
-def test_finetune_stopped_at_a_step_boundary_resumes_to_the_same_weights(pretrained, tmp_path,
-                                                                          monkeypatch):
+def test_finetune_stopped_at_a_step_boundary_resumes_to_the_same_weights(
+  pretrained, tmp_path, monkeypatch
+):
   import jax
   import numpy as np
 
   from gpt_jax import checkpoint
 
   def finetune_into(workdir):
-    return cli.main(['finetune', '--config', 'finetune/local', '--workdir', str(workdir),
-                     '--init', str(pretrained), *_task_files(tmp_path),
-                     '--config.train.batch_size=8', '--config.finetune.eval_batch_size=8',
-                     '--config.train.num_epochs=2.0', '--config.mesh.fsdp=1',
-                     '--config.mesh.data=-1'])
+    return cli.main(
+      [
+        'finetune',
+        '--config',
+        'finetune/local',
+        '--workdir',
+        str(workdir),
+        '--init',
+        str(pretrained),
+        *_task_files(tmp_path),
+        '--config.train.batch_size=8',
+        '--config.finetune.eval_batch_size=8',
+        '--config.train.num_epochs=2.0',
+        '--config.mesh.fsdp=1',
+        '--config.mesh.data=-1',
+      ]
+    )
 
   assert finetune_into(tmp_path / 'straight') == 0
   # A preemption notice (SIGTERM) during step 4 of 12: save that step, stop, exit 0.
@@ -156,11 +238,15 @@ def test_finetune_stopped_at_a_step_boundary_resumes_to_the_same_weights(pretrai
   straight, resumed = (checkpoint.load_params(tmp_path / run) for run in ('straight', 'stopped'))
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
-  summaries = [json.loads((tmp_path / run / 'summary.json').read_text())
-               for run in ('straight', 'stopped')]
+  summaries = [
+    json.loads((tmp_path / run / 'summary.json').read_text()) for run in ('straight', 'stopped')
+  ]
   assert summaries[0]['best'] == summaries[1]['best'] and summaries[0]['skipped_steps'] == 0
-  steps = [r['step'] for r in read_metrics(tmp_path / 'stopped' / 'metrics.jsonl')
-           if r['split'] == 'validation']
+  steps = [
+    r['step']
+    for r in read_metrics(tmp_path / 'stopped' / 'metrics.jsonl')
+    if r['split'] == 'validation'
+  ]
   assert steps == [6, 12]  # no record twice after the resume
 
 
@@ -172,8 +258,10 @@ def test_special_token_rows_are_fresh_draws_after_loading_our_checkpoint(pretrai
   from gpt_jax import checkpoint
   from gpt_jax import config as config_lib
 
-  config = config_lib.load_config('finetune/local', [
-      f'finetune.init={pretrained}', f'finetune.keep_special_rows={keep}', 'train.seed=3'])
+  config = config_lib.load_config(
+    'finetune/local',
+    [f'finetune.init={pretrained}', f'finetune.keep_special_rows={keep}', 'train.seed=3'],
+  )
   weights = finetune.load_init(config)
   tokenizer = weights.tokenizer
   special = sorted([tokenizer.start_id, tokenizer.delimiter_id, tokenizer.extract_id])
@@ -198,14 +286,21 @@ def _labelled_task_with_long_examples(tmp_path):
       for i in range(n):
         label = ('pos', 'neg')[i % 2]
         f.write(json.dumps({'text': long if i == 3 else f'{label} {i}', 'label': label}) + '\n')
-  return ['--config.task.name=local', '--config.task.kind=classification',
-          *(f'--config.task.{split}={tmp_path / f"{split}.jsonl"}'
-            for split in ('train', 'validation', 'test')), '--config.task.labels=neg,pos',
-          '--config.task.max_len=16']
+  return [
+    '--config.task.name=local',
+    '--config.task.kind=classification',
+    *(
+      f'--config.task.{split}={tmp_path / f"{split}.jsonl"}'
+      for split in ('train', 'validation', 'test')
+    ),
+    '--config.task.labels=neg,pos',
+    '--config.task.max_len=16',
+  ]
 
 
 def test_two_processes_count_each_truncated_example_once_and_score_the_test_split(
-    pretrained, tmp_path, monkeypatch):
+  pretrained, tmp_path, monkeypatch
+):
   import sys
 
   import test_multiprocess
@@ -215,14 +310,36 @@ def test_two_processes_count_each_truncated_example_once_and_score_the_test_spli
 
   workdir = tmp_path / 'run'
   address = f'127.0.0.1:{_free_port()}'
-  outputs = _wait_for_success(_start_processes(
-      lambda i: [sys.executable, '-m', 'gpt_jax.cli', 'finetune', '--config', 'finetune/local',
-                 '--workdir', str(workdir), '--init', str(pretrained),
-                 *_labelled_task_with_long_examples(tmp_path), '--config.train.batch_size=8',
-                 '--config.finetune.eval_batch_size=8', '--config.train.num_epochs=3.0',
-                 '--config.mesh.fsdp=1', '--config.mesh.data=-1',
-                 '--coordinator_address', address, '--num_processes', '2', '--process_id', str(i)],
-      2, tmp_path))
+  outputs = _wait_for_success(
+    _start_processes(
+      lambda i: [
+        sys.executable,
+        '-m',
+        'gpt_jax.cli',
+        'finetune',
+        '--config',
+        'finetune/local',
+        '--workdir',
+        str(workdir),
+        '--init',
+        str(pretrained),
+        *_labelled_task_with_long_examples(tmp_path),
+        '--config.train.batch_size=8',
+        '--config.finetune.eval_batch_size=8',
+        '--config.train.num_epochs=3.0',
+        '--config.mesh.fsdp=1',
+        '--config.mesh.data=-1',
+        '--coordinator_address',
+        address,
+        '--num_processes',
+        '2',
+        '--process_id',
+        str(i),
+      ],
+      2,
+      tmp_path,
+    )
+  )
   summary = json.loads((workdir / 'summary.json').read_text())
   # Each split's long example counted once: 3 epochs, 3 evaluations, rows on either process.
   assert summary['truncated'] == {'validation': 1, 'train': 1, 'test': 1}, outputs[0][-2000:]

@@ -6,11 +6,9 @@ data; expected sizes are worked out by hand.
 
 import re
 
-import pytest
-
-from gpt_jax import cli, dryrun
 from helpers import needs_libtpu
 
+from gpt_jax import cli, dryrun
 
 MODEL = {'vocab_size': 4096, 'n_ctx': 128, 'n_embd': 32, 'n_head': 2, 'n_layer': 1, 'd_ff': 64}
 
@@ -18,12 +16,24 @@ MODEL = {'vocab_size': 4096, 'n_ctx': 128, 'n_embd': 32, 'n_head': 2, 'n_layer':
 def _dry_run(monkeypatch, lm_chunk):
   reports = []
   real = dryrun.finetune_dry_run
-  monkeypatch.setattr(dryrun, 'finetune_dry_run',
-                      lambda *args: reports.append(real(*args)) or reports[-1])
-  code = cli.main(['finetune', '--config', 'finetune/race_middle', '--dry_run', '--topology',
-                   'v5e:2x2', *[f'--config.model.{k}={v}' for k, v in MODEL.items()],
-                   '--config.train.batch_size=8', '--config.mesh.fsdp=1', '--config.mesh.data=-1',
-                   f'--config.finetune.lm_chunk={lm_chunk}'])
+  monkeypatch.setattr(
+    dryrun, 'finetune_dry_run', lambda *args: reports.append(real(*args)) or reports[-1]
+  )
+  code = cli.main(
+    [
+      'finetune',
+      '--config',
+      'finetune/race_middle',
+      '--dry_run',
+      '--topology',
+      'v5e:2x2',
+      *[f'--config.model.{k}={v}' for k, v in MODEL.items()],
+      '--config.train.batch_size=8',
+      '--config.mesh.fsdp=1',
+      '--config.mesh.data=-1',
+      f'--config.finetune.lm_chunk={lm_chunk}',
+    ]
+  )
   return code, reports[0]
 
 
@@ -36,8 +46,9 @@ def test_race_recipe_compiles_and_chunked_lm_logits_need_less_memory(monkeypatch
   # 4 extract indices, and label, valid, position.
   assert chunked.batch_bytes == 2 * (2 * 4 * 128 * 4 + 4 * 4 + 3 * 4)
   d, ff, vocab = MODEL['n_embd'], MODEL['d_ff'], MODEL['vocab_size']
-  params = (vocab * d + 128 * d + d * 3 * d + 3 * d + d * d + d + d * ff + ff + ff * d + d
-            + 4 * d + d + 1)  # decoder, then the one-output choice head
+  params = (
+    vocab * d + 128 * d + d * 3 * d + 3 * d + d * d + d + d * ff + ff + ff * d + d + 4 * d + d + 1
+  )  # decoder, then the one-output choice head
   assert chunked.param_bytes == 4 * params
   printed = capsys.readouterr().out
   assert re.search(r'fits: peak \d', printed)

@@ -14,26 +14,40 @@ import pytest
 from etils import epath
 
 from gpt_jax import cli
-from gpt_jax import workdir as workdir_lib
 from gpt_jax import config as config_lib
+from gpt_jax import workdir as workdir_lib
 from gpt_jax.data import corpora, workflow
 from gpt_jax.data import store as store_lib
 from gpt_jax.errors import UserError
 from gpt_jax.report import RunLog
 
-TEXTS = [f'document {i}: ' + 'the quick brown fox jumps over the lazy dog. ' * (5 + i % 7)
-         for i in range(60)]
+TEXTS = [
+  f'document {i}: ' + 'the quick brown fox jumps over the lazy dog. ' * (5 + i % 7)
+  for i in range(60)
+]
 
 
 def make_config(tmp_path, data_dir, *overrides):
   corpus = tmp_path / 'corpus.jsonl'
   if not corpus.exists():
     corpus.write_text(''.join(json.dumps({'text': text}) + '\n' for text in TEXTS))
-  return config_lib.load_config('tiny', [
-      'data.corpus=local_text', f'data.text_glob={corpus}', 'data.validation_fraction=0.3',
-      f'data.data_dir={data_dir}', f'data.tfds_dir={tmp_path / "tfds"}', 'data.shard_mb=0.004',
-      'data.prepare_workers=1', 'model.vocab_size=320', 'train.batch_size=8', 'train.seq_len=16',
-      'train.eval_batches=2', *overrides])
+  return config_lib.load_config(
+    'tiny',
+    [
+      'data.corpus=local_text',
+      f'data.text_glob={corpus}',
+      'data.validation_fraction=0.3',
+      f'data.data_dir={data_dir}',
+      f'data.tfds_dir={tmp_path / "tfds"}',
+      'data.shard_mb=0.004',
+      'data.prepare_workers=1',
+      'model.vocab_size=320',
+      'train.batch_size=8',
+      'train.seq_len=16',
+      'train.eval_batches=2',
+      *overrides,
+    ],
+  )
 
 
 def test_tokenizer_and_store_in_a_bucket_read_like_the_local_ones(tmp_path, gcs, monkeypatch):
@@ -66,8 +80,10 @@ def test_tokenizer_and_store_in_a_bucket_read_like_the_local_ones(tmp_path, gcs,
   # Every window of the split, from both readers, against the split read whole.
   tokens = local_data.store.tokens('train').all()
   starts = np.arange(0, len(tokens) - 17, 7)
-  np.testing.assert_array_equal(remote_data.store.tokens('train').read(starts, 17),
-                                np.stack([tokens[s:s + 17] for s in starts]).astype(np.int32))
+  np.testing.assert_array_equal(
+    remote_data.store.tokens('train').read(starts, 17),
+    np.stack([tokens[s : s + 17] for s in starts]).astype(np.int32),
+  )
 
 
 def test_a_store_without_its_index_is_never_read_and_is_rebuilt(tmp_path, gcs):
@@ -99,14 +115,21 @@ def test_missing_bucket_is_one_line_before_any_work(tmp_path, gcs, capsys):
   del gcs
   with pytest.raises(UserError, match='bucket gs://no-such-bucket-[0-9]+ does not exist'):
     workdir_lib.check_workdir(f'gs://no-such-bucket-{os.getpid()}/run')
-  flags = ['--config.data.corpus=local_text', f'--config.data.text_glob={tmp_path}/c.jsonl',
-           f'--config.data.data_dir=gs://no-such-bucket-{os.getpid()}/data',
-           f'--config.data.tfds_dir={tmp_path / "tfds"}', '--config.model.vocab_size=320']
+  flags = [
+    '--config.data.corpus=local_text',
+    f'--config.data.text_glob={tmp_path}/c.jsonl',
+    f'--config.data.data_dir=gs://no-such-bucket-{os.getpid()}/data',
+    f'--config.data.tfds_dir={tmp_path / "tfds"}',
+    '--config.model.vocab_size=320',
+  ]
   (tmp_path / 'c.jsonl').write_text(''.join(json.dumps({'text': t}) + '\n' for t in TEXTS))
   assert cli.main(['tokenizer', '--config', 'tiny', *flags]) == 1
   err = capsys.readouterr().err
-  assert err.startswith('gpt-jax: error: tokenizer directory gs://no-such-bucket-') and (
-      'does not exist' in err) and err.count('\n') == 1  # before the corpus is even read
+  assert (
+    err.startswith('gpt-jax: error: tokenizer directory gs://no-such-bucket-')
+    and ('does not exist' in err)
+    and err.count('\n') == 1
+  )  # before the corpus is even read
 
 
 def test_local_text_files_read_from_a_bucket(tmp_path, gcs):
@@ -114,12 +137,17 @@ def test_local_text_files_read_from_a_bucket(tmp_path, gcs):
   for i, text in enumerate(TEXTS[:6]):
     (bucket / 'books' / f'{i}.txt').write_text(text)
   (bucket / 'books' / 'more' / 'rest.jsonl').write_text(
-      ''.join(json.dumps({'text': text}) + '\n' for text in TEXTS[6:12]))
+    ''.join(json.dumps({'text': text}) + '\n' for text in TEXTS[6:12])
+  )
   (bucket / 'books' / 'notes.md').write_text('not a corpus file')
   for glob, expected in ((f'{bucket}/books', TEXTS[:12]), (f'{bucket}/books/*.txt', TEXTS[:6])):
     config = make_config(tmp_path, tmp_path / 'data', f'data.text_glob={glob}')
     corpus = corpora.open_corpus(config.data)
     corpus.prepare()
-    found = [text for split in ('train', 'validation') for batch in corpus.documents(split)
-             for text in batch]
+    found = [
+      text
+      for split in ('train', 'validation')
+      for batch in corpus.documents(split)
+      for text in batch
+    ]
     assert sorted(found) == sorted(expected)

@@ -6,10 +6,10 @@ import sys
 import zipfile
 
 import pytest
-
-from gpt_jax import cli, glue
 from test_finetune import SMALL, pretrained  # noqa: F401  the fixture
 from test_tasks_registry import data_dir  # noqa: F401  the fixture
+
+from gpt_jax import cli, glue
 
 
 def _rows(text: str) -> list[list[str]]:
@@ -19,19 +19,45 @@ def _rows(text: str) -> list[list[str]]:
 
 
 def test_glue_zip_of_two_tasks_holds_their_files_in_idx_order_and_names_the_rest(
-    pretrained, data_dir, tmp_path, capsys):  # noqa: F811
+  pretrained,  # noqa: F811
+  data_dir,  # noqa: F811
+  tmp_path,
+  capsys,
+):
   # 4 devices in a process of its own: the prepared tasks have 4 and 5 training examples.
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
-         'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+  env = {
+    **os.environ,
+    'JAX_PLATFORMS': 'cpu',
+    'XLA_FLAGS': '--xla_force_host_platform_device_count=4',
+  }
   workdirs = []
   for task in ('sst2', 'mnli'):
     workdirs.append(str(tmp_path / task))
     result = subprocess.run(
-        [sys.executable, '-m', 'gpt_jax.cli', 'finetune', '--config', f'finetune/{task}',
-         '--workdir', workdirs[-1], '--init', str(pretrained), f'--config.task.data_dir={data_dir}',
-         '--config.train.batch_size=4', '--config.finetune.eval_batch_size=4',
-         '--config.train.num_epochs=1.0', '--config.task.max_len=16', '--config.mesh.fsdp=1',
-         '--config.mesh.data=-1'], env=env, capture_output=True, text=True, timeout=600)
+      [
+        sys.executable,
+        '-m',
+        'gpt_jax.cli',
+        'finetune',
+        '--config',
+        f'finetune/{task}',
+        '--workdir',
+        workdirs[-1],
+        '--init',
+        str(pretrained),
+        f'--config.task.data_dir={data_dir}',
+        '--config.train.batch_size=4',
+        '--config.finetune.eval_batch_size=4',
+        '--config.train.num_epochs=1.0',
+        '--config.task.max_len=16',
+        '--config.mesh.fsdp=1',
+        '--config.mesh.data=-1',
+      ],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
   out = tmp_path / 'glue.zip'
   assert cli.main(['glue-submission', '--workdirs', *workdirs, '--out', str(out)]) == 1
@@ -39,13 +65,17 @@ def test_glue_zip_of_two_tasks_holds_their_files_in_idx_order_and_names_the_rest
   assert 'CoLA.tsv (fine-tune cola)' in err and 'RTE.tsv (fine-tune rte)' in err
   assert not out.exists()  # incomplete: nothing written without --partial
 
-  assert cli.main(['glue-submission', '--workdirs', *workdirs, '--out', str(out),
-                   '--partial']) == 0
+  assert cli.main(['glue-submission', '--workdirs', *workdirs, '--out', str(out), '--partial']) == 0
   with zipfile.ZipFile(out) as archive:
     files = {name: archive.read(name).decode() for name in archive.namelist()}
   assert sorted(files) == ['AX.tsv', 'MNLI-m.tsv', 'MNLI-mm.tsv', 'SST-2.tsv', 'WNLI.tsv']
-  expected_rows = {'SST-2.tsv': 8, 'MNLI-m.tsv': 1, 'MNLI-mm.tsv': 1, 'AX.tsv': 3,
-                   'WNLI.tsv': glue.WNLI_TEST_EXAMPLES}
+  expected_rows = {
+    'SST-2.tsv': 8,
+    'MNLI-m.tsv': 1,
+    'MNLI-mm.tsv': 1,
+    'AX.tsv': 3,
+    'WNLI.tsv': glue.WNLI_TEST_EXAMPLES,
+  }
   for name, text in files.items():
     rows = _rows(text)
     assert [int(index) for index, _ in rows] == list(range(expected_rows[name])), name
@@ -64,8 +94,9 @@ def test_complete_set_of_files_makes_a_complete_upload(tmp_path):
     run = tmp_path / f'run{i % 3}'
     run.mkdir(exist_ok=True)
     (run / name).write_text('index\tprediction\n0\t1\n')
-  out, missing = glue.make_submission([tmp_path / f'run{i}' for i in range(3)],
-                                      tmp_path / 'all.zip')
+  out, missing = glue.make_submission(
+    [tmp_path / f'run{i}' for i in range(3)], tmp_path / 'all.zip'
+  )
   assert missing == []
   with zipfile.ZipFile(out) as archive:
     assert sorted(archive.namelist()) == sorted(glue.GLUE_FILES)

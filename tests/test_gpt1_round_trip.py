@@ -22,23 +22,41 @@ PROMPT = 'The module returns a value.'  # short: SMALL's context is 16 positions
 
 
 def test_finetune_from_published_layout_then_export_reproduces_ids_logits_and_greedy_sample(
-    tmp_path, capsys):
+  tmp_path, capsys
+):
   bpe = tmp_path / 'bpe'
   bpe.mkdir()
   vocab_size = write_gpt1_bpe(bpe, stdlib_documents()[:100], 400)
   random_hf_model(seed=7, std=0.1, **{**SMALL, 'vocab_size': vocab_size}).save_pretrained(
-      tmp_path / 'openai-gpt')
+    tmp_path / 'openai-gpt'
+  )
   for name in ('vocab.json', 'merges.txt'):
     shutil.copy(bpe / name, tmp_path / 'openai-gpt' / name)
 
-  assert cli.main(['finetune', '--config', 'configs/finetune/local.py', '--workdir',
-                   str(tmp_path / 'ft'), '--init', str(tmp_path / 'openai-gpt'),
-                   *_task_files(tmp_path), '--config.task.max_len=16',
-                   '--config.train.batch_size=8', '--config.finetune.eval_batch_size=8',
-                   '--config.train.num_steps=3', '--config.mesh.fsdp=1',
-                   '--config.mesh.data=-1']) == 0
-  assert cli.main(['export', '--workdir', str(tmp_path / 'ft'), '--out',
-                   str(tmp_path / 'export')]) == 0
+  assert (
+    cli.main(
+      [
+        'finetune',
+        '--config',
+        'configs/finetune/local.py',
+        '--workdir',
+        str(tmp_path / 'ft'),
+        '--init',
+        str(tmp_path / 'openai-gpt'),
+        *_task_files(tmp_path),
+        '--config.task.max_len=16',
+        '--config.train.batch_size=8',
+        '--config.finetune.eval_batch_size=8',
+        '--config.train.num_steps=3',
+        '--config.mesh.fsdp=1',
+        '--config.mesh.data=-1',
+      ]
+    )
+    == 0
+  )
+  assert (
+    cli.main(['export', '--workdir', str(tmp_path / 'ft'), '--out', str(tmp_path / 'export')]) == 0
+  )
   capsys.readouterr()
 
   ours = load_weights(tmp_path / 'ft')
@@ -48,11 +66,14 @@ def test_finetune_from_published_layout_then_export_reproduces_ids_logits_and_gr
   ids = ours.tokenizer.encode(PROMPT)
   assert tokenizer(PROMPT, add_special_tokens=False)['input_ids'] == ids
   tokens = np.asarray([ids])
-  assert max_abs_diff(our_logits(ours.params, ours.model_config, tokens),
-                      hf_logits(model, tokens)) <= 1e-5
+  assert (
+    max_abs_diff(our_logits(ours.params, ours.model_config, tokens), hf_logits(model, tokens))
+    <= 1e-5
+  )
 
   greedy = sample.generate(ours.params, ours.model_config, [ids], 6, temperature=0.0)[0]
   with torch.no_grad():
-    reference = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False,
-                               pad_token_id=tokenizer.pad_token_id)[0, len(ids):].tolist()
+    reference = model.generate(
+      torch.tensor([ids]), max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id
+    )[0, len(ids) :].tolist()
   assert list(greedy) == reference

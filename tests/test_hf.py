@@ -27,18 +27,25 @@ TOKENS = np.random.default_rng(0).integers(0, SMALL['vocab_size'], (2, 12))
 
 
 def _small_model_config() -> ModelConfig:
-  return ModelConfig(vocab_size=SMALL['vocab_size'], n_ctx=SMALL['n_positions'],
-                     n_embd=SMALL['n_embd'], n_layer=SMALL['n_layer'], n_head=SMALL['n_head'],
-                     d_ff=4 * SMALL['n_embd'])
+  return ModelConfig(
+    vocab_size=SMALL['vocab_size'],
+    n_ctx=SMALL['n_positions'],
+    n_embd=SMALL['n_embd'],
+    n_layer=SMALL['n_layer'],
+    n_head=SMALL['n_head'],
+    d_ff=4 * SMALL['n_embd'],
+  )
 
 
 def _random_params(model_config: ModelConfig, seed: int = 0):
   """Our params with every leaf random (biases and LayerNorms too), as numpy float32."""
-  shapes = jax.eval_shape(lambda: GPT(model_config).init(
-      jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params'])
+  shapes = jax.eval_shape(
+    lambda: GPT(model_config).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params']
+  )
   rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32),
-                      flax.linen.meta.unbox(shapes))
+  return jax.tree.map(
+    lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32), flax.linen.meta.unbox(shapes)
+  )
 
 
 def _save_hf_dir(model, path, *, bare_keys=False, safetensors=True, config_changes=None):
@@ -50,8 +57,11 @@ def _save_hf_dir(model, path, *, bare_keys=False, safetensors=True, config_chang
   state = (model.transformer if bare_keys else model).state_dict()
   if safetensors:
     from safetensors.torch import save_file
-    save_file({k: v.contiguous() for k, v in state.items() if k != 'lm_head.weight'},
-              path / 'model.safetensors')
+
+    save_file(
+      {k: v.contiguous() for k, v in state.items() if k != 'lm_head.weight'},
+      path / 'model.safetensors',
+    )
   else:
     torch.save(state, path / 'pytorch_model.bin')
   return path
@@ -63,8 +73,9 @@ def _save_hf_dir(model, path, *, bare_keys=False, safetensors=True, config_chang
 @pytest.fixture(scope='module')
 def tokenizer(tmp_path_factory):
   text = ' '.join(f'the {w} sat on the mat' for w in ('cat', 'dog', 'fox') * 40)
-  return train_tokenizer([text], tmp_path_factory.mktemp('spm') / 'spm.model', vocab_size=300,
-                         max_bytes=10**6)
+  return train_tokenizer(
+    [text], tmp_path_factory.mktemp('spm') / 'spm.model', vocab_size=300, max_bytes=10**6
+  )
 
 
 def test_export_loads_in_hugging_face_without_warnings_and_gives_same_logits(tmp_path, tokenizer):
@@ -72,8 +83,7 @@ def test_export_loads_in_hugging_face_without_warnings_and_gives_same_logits(tmp
   params = _random_params(model_config)
   out = hf.export_hf_dir(params, model_config, tmp_path / 'export', tokenizer)
 
-  reference, info = transformers.OpenAIGPTLMHeadModel.from_pretrained(
-      out, output_loading_info=True)
+  reference, info = transformers.OpenAIGPTLMHeadModel.from_pretrained(out, output_loading_info=True)
   assert not any(info.values()), info  # no missing, unexpected or mismatched weights, no errors
   reference.eval()
   diff = max_abs_diff(our_logits(params, model_config, TOKENS), hf_logits(reference, TOKENS))
@@ -107,8 +117,9 @@ def test_old_checkpoint_buffers_and_tied_head_are_accepted(tmp_path):
   state = dict(reference.state_dict())  # has lm_head.weight, tied to the token embedding
   state['transformer.h.0.attn.bias'] = torch.tril(torch.ones(1, 1, 16, 16))  # saved by old versions
   params, _ = hf.params_from_hf(state, reference.config)
-  np.testing.assert_array_equal(params['tokens_embed']['embedding'],
-                                reference.transformer.tokens_embed.weight.detach().numpy())
+  np.testing.assert_array_equal(
+    params['tokens_embed']['embedding'], reference.transformer.tokens_embed.weight.detach().numpy()
+  )
 
 
 def test_special_token_rows_are_appended_after_the_vocabulary():
@@ -116,10 +127,10 @@ def test_special_token_rows_are_appended_after_the_vocabulary():
   params, model_config = hf.params_from_hf(reference)
   params = add_token_rows(params, 3, jax.random.key(7))
   model_config = dataclasses.replace(model_config, vocab_size=model_config.vocab_size + 3)
-  rows = params['tokens_embed']['embedding'][SMALL['vocab_size']:]
+  rows = params['tokens_embed']['embedding'][SMALL['vocab_size'] :]
   assert rows.shape == (3, SMALL['n_embd']) and 0.01 < rows.std() < 0.03
   ours = our_logits(params, model_config, TOKENS)
-  assert max_abs_diff(ours[..., :SMALL['vocab_size']], hf_logits(reference, TOKENS)) <= 1e-5
+  assert max_abs_diff(ours[..., : SMALL['vocab_size']], hf_logits(reference, TOKENS)) <= 1e-5
 
 
 _EXECUTED = []
@@ -147,12 +158,18 @@ def test_pytorch_bin_with_pickled_code_is_refused_without_running_it(tmp_path):
 # The release's per-block arrays in its own order and TF shapes, with the Hugging
 # Face names they go to: written out here independently of gpt_jax.hf.
 _RELEASE_BLOCK = [
-    ('attn.c_attn.weight', lambda d: (1, d, 3 * d)), ('attn.c_attn.bias', lambda d: (3 * d,)),
-    ('attn.c_proj.weight', lambda d: (1, d, d)), ('attn.c_proj.bias', lambda d: (d,)),
-    ('ln_1.weight', lambda d: (d,)), ('ln_1.bias', lambda d: (d,)),
-    ('mlp.c_fc.weight', lambda d: (1, d, 4 * d)), ('mlp.c_fc.bias', lambda d: (4 * d,)),
-    ('mlp.c_proj.weight', lambda d: (1, 4 * d, d)), ('mlp.c_proj.bias', lambda d: (d,)),
-    ('ln_2.weight', lambda d: (d,)), ('ln_2.bias', lambda d: (d,)),
+  ('attn.c_attn.weight', lambda d: (1, d, 3 * d)),
+  ('attn.c_attn.bias', lambda d: (3 * d,)),
+  ('attn.c_proj.weight', lambda d: (1, d, d)),
+  ('attn.c_proj.bias', lambda d: (d,)),
+  ('ln_1.weight', lambda d: (d,)),
+  ('ln_1.bias', lambda d: (d,)),
+  ('mlp.c_fc.weight', lambda d: (1, d, 4 * d)),
+  ('mlp.c_fc.bias', lambda d: (4 * d,)),
+  ('mlp.c_proj.weight', lambda d: (1, 4 * d, d)),
+  ('mlp.c_proj.bias', lambda d: (d,)),
+  ('ln_2.weight', lambda d: (d,)),
+  ('ln_2.bias', lambda d: (d,)),
 ]
 
 
@@ -164,15 +181,21 @@ def _write_release(path, vocab=100, n_positions=16, d=32, n_layer=2, seed=0):
   for i in range(n_layer):
     names += [f'h.{i}.{name}' for name, _ in _RELEASE_BLOCK]
     shapes += [shape(d) for _, shape in _RELEASE_BLOCK]
-  arrays = [(rng.normal(0, 0.1, s) + (1.0 if '.ln_' in n and n.endswith('weight') else 0.0))
-            .astype(np.float32) for n, s in zip(names, shapes)]
+  arrays = [
+    (rng.normal(0, 0.1, s) + (1.0 if '.ln_' in n and n.endswith('weight') else 0.0)).astype(
+      np.float32
+    )
+    for n, s in zip(names, shapes)
+  ]
   path.mkdir()
   (path / 'params_shapes.json').write_text(json.dumps([list(s) for s in shapes]))
   flat = np.concatenate([a.reshape(-1) for a in arrays])
   for i, shard in enumerate(np.array_split(flat, 10)):
     np.save(path / f'params_{i}.npy', shard)
-  return {'transformer.' + n: torch.from_numpy(a.reshape(a.shape[1:]) if a.ndim == 3 else a)
-          for n, a in zip(names, arrays)}
+  return {
+    'transformer.' + n: torch.from_numpy(a.reshape(a.shape[1:]) if a.ndim == 3 else a)
+    for n, a in zip(names, arrays)
+  }
 
 
 def test_original_release_reproduces_hugging_face_logits(tmp_path):
@@ -193,10 +216,12 @@ def test_original_release_keeps_n_ctx_positions(tmp_path):
   state = _write_release(tmp_path / 'release')
   params, model_config = hf.load_openai_release(tmp_path / 'release', n_ctx=8, n_head=4)
   assert (model_config.n_ctx, model_config.vocab_size) == (8, 100)
-  np.testing.assert_array_equal(params['positions_embed']['embedding'],
-                                state['transformer.positions_embed.weight'][:8].numpy())
-  np.testing.assert_array_equal(params['tokens_embed']['embedding'][:100],
-                                state['transformer.tokens_embed.weight'].numpy())
+  np.testing.assert_array_equal(
+    params['positions_embed']['embedding'], state['transformer.positions_embed.weight'][:8].numpy()
+  )
+  np.testing.assert_array_equal(
+    params['tokens_embed']['embedding'][:100], state['transformer.tokens_embed.weight'].numpy()
+  )
 
 
 # ------------------------------------------------------------- errors
@@ -237,10 +262,14 @@ def test_missing_unexpected_and_misshapen_weights_name_the_parameter(tmp_path):
     hf.params_from_hf(without, reference.config)
   with pytest.raises(UserError, match=r"unexpected weights \['transformer.ln_f.weight'\]"):
     hf.params_from_hf({**state, 'transformer.ln_f.weight': torch.ones(32)}, reference.config)
-  with pytest.raises(UserError, match=r'h.0.attn.c_attn.weight has shape \(32, 95\), but the '
-                     r'config needs \(32, 96\)'):
-    hf.params_from_hf({**state, 'transformer.h.0.attn.c_attn.weight': torch.zeros(32, 95)},
-                      reference.config)
+  with pytest.raises(
+    UserError,
+    match=r'h.0.attn.c_attn.weight has shape \(32, 95\), but the '
+    r'config needs \(32, 96\)',
+  ):
+    hf.params_from_hf(
+      {**state, 'transformer.h.0.attn.c_attn.weight': torch.zeros(32, 95)}, reference.config
+    )
   path = _save_hf_dir(reference, tmp_path / 'hf', config_changes={'n_layer': 3})
   with pytest.raises(UserError, match='h.2.attn.c_attn.weight is missing'):
     hf.load_hf_dir(path)
@@ -253,8 +282,9 @@ def test_missing_unexpected_and_misshapen_weights_name_the_parameter(tmp_path):
     hf.load_openai_release(tmp_path / 'release', n_ctx=16, n_head=4)
 
 
-def test_export_refuses_bad_params_and_never_leaves_a_partial_directory(tmp_path, monkeypatch,
-                                                                      tokenizer):
+def test_export_refuses_bad_params_and_never_leaves_a_partial_directory(
+  tmp_path, monkeypatch, tokenizer
+):
   model_config = _small_model_config()
   params = _random_params(model_config)
   wrong = jax.tree.map(lambda x: x, params)

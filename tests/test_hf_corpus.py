@@ -19,14 +19,25 @@ from gpt_jax.data import store as store_lib
 from gpt_jax.data import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
 
-TEXTS = [f'record {i}: a fox and a dog met {i % 5} times by the river. ' * (3 + i % 4)
-         for i in range(40)]
+TEXTS = [
+  f'record {i}: a fox and a dog met {i % 5} times by the river. ' * (3 + i % 4) for i in range(40)
+]
 
 
 def data_config(corpus, **fields):
-  return ml_collections.ConfigDict(dict(dict(
-      corpus=corpus, text_key='', validation_split='', validation_fraction=0.25, data_dir='',
-      download=False), **fields))
+  return ml_collections.ConfigDict(
+    dict(
+      dict(
+        corpus=corpus,
+        text_key='',
+        validation_split='',
+        validation_fraction=0.25,
+        data_dir='',
+        download=False,
+      ),
+      **fields,
+    )
+  )
 
 
 def documents(corpus, split):
@@ -48,13 +59,21 @@ def test_jsonl_file_with_a_configurable_text_field(tmp_path):
 
 def test_save_to_disk_directory_keeps_its_validation_split_and_feeds_a_store(tmp_path):
   directory = tmp_path / 'saved'
-  datasets.DatasetDict({
+  datasets.DatasetDict(
+    {
       'train': datasets.Dataset.from_dict({'text': TEXTS[:32]}),
       'validation': datasets.Dataset.from_dict({'text': TEXTS[32:]}),
-  }).save_to_disk(str(directory))
-  config = config_lib.load_config('tiny', [
-      f'data.corpus=hf:{directory}', f'data.data_dir={tmp_path / "data"}',
-      'model.vocab_size=320', 'data.prepare_workers=1'])
+    }
+  ).save_to_disk(str(directory))
+  config = config_lib.load_config(
+    'tiny',
+    [
+      f'data.corpus=hf:{directory}',
+      f'data.data_dir={tmp_path / "data"}',
+      'model.vocab_size=320',
+      'data.prepare_workers=1',
+    ],
+  )
   tokenizer = workflow.train_tokenizer(config, log=lambda _: None)
   store = workflow.prepare(config, log=lambda _: None)
   for split, texts in (('train', TEXTS[:32]), ('validation', TEXTS[32:])):
@@ -82,9 +101,12 @@ def test_a_corpus_that_cannot_be_loaded_is_one_line(tmp_path):
 # validation file, named so that `datasets` infers the splits from a directory; a null and an
 # empty text among the rows.
 ROWS = [*TEXTS[:17], None, *TEXTS[17:30], '', *TEXTS[30:]]
-FILES = {'train-00000-of-00003.parquet': (0, 11, 4), 'train-00001-of-00003.parquet': (11, 12, 4),
-         'train-00002-of-00003.parquet': (12, 34, 4),
-         'validation-00000-of-00001.parquet': (34, 42, 3)}
+FILES = {
+  'train-00000-of-00003.parquet': (0, 11, 4),
+  'train-00001-of-00003.parquet': (11, 12, 4),
+  'train-00002-of-00003.parquet': (12, 34, 4),
+  'validation-00000-of-00001.parquet': (34, 42, 3),
+}
 
 
 def write_parquet_corpus(directory):
@@ -128,34 +150,49 @@ def test_parquet_files_read_in_place_give_the_documents_datasets_gives(tmp_path,
     for split in ('train', 'validation'):
       assert documents(corpus, split) == documents(reference, split)
     train = documents(corpus, 'train')
-    assert train == [text or '' for text in ROWS[:len(train)]] and train[17] == ''  # the null
+    assert train == [text or '' for text in ROWS[: len(train)]] and train[17] == ''  # the null
     for start, stop in ((0, 3), (3, 9), (10, 13), (11, 12), (5, 24), (12, 12)):  # files, groups
       assert [t for b in corpus.documents('train', start, stop, 3) for t in b] == train[start:stop]
   identity = in_place(tmp_path / 'corpus', monkeypatch).identity()
-  assert [[path.rsplit('/', 1)[1], rows] for path, _, rows in identity['splits']['train']['files']
-          ] == [[name, end - first] for name, (first, end, _) in list(FILES.items())[:3]]
+  assert [
+    [path.rsplit('/', 1)[1], rows] for path, _, rows in identity['splits']['train']['files']
+  ] == [[name, end - first] for name, (first, end, _) in list(FILES.items())[:3]]
   text_bytes = sum(map(len, ROWS[34:]))  # the footers' size of the text column, for planning
   assert text_bytes / 2 < identity['splits']['validation']['bytes'] < text_bytes * 2
 
 
 def test_a_store_from_parquet_in_place_is_the_datasets_one_byte_for_byte(tmp_path, monkeypatch):
   write_parquet_corpus(tmp_path / 'corpus')
-  tokenizer = tokenizer_lib.train_tokenizer(TEXTS, tmp_path / 'bpe.model', vocab_size=320,
-                                            max_bytes=10**7)
-  corpora_by_name = dict(datasets=through_datasets(tmp_path / 'corpus', monkeypatch),
-                         in_place=in_place(tmp_path / 'corpus', monkeypatch))
-  stores = {name: store_lib.build_store(tmp_path / name, corpus, tokenizer, show_progress=False)[0]
-            for name, corpus in corpora_by_name.items()}
+  tokenizer = tokenizer_lib.train_tokenizer(
+    TEXTS, tmp_path / 'bpe.model', vocab_size=320, max_bytes=10**7
+  )
+  corpora_by_name = dict(
+    datasets=through_datasets(tmp_path / 'corpus', monkeypatch),
+    in_place=in_place(tmp_path / 'corpus', monkeypatch),
+  )
+  stores = {
+    name: store_lib.build_store(tmp_path / name, corpus, tokenizer, show_progress=False)[0]
+    for name, corpus in corpora_by_name.items()
+  }
   for name in ('train-00000.bin', 'validation-00000.bin', 'counts.npy'):  # one shard a split
-    assert (tmp_path / 'datasets' / name).read_bytes() == (tmp_path / 'in_place' / name).read_bytes()
+    assert (tmp_path / 'datasets' / name).read_bytes() == (
+      tmp_path / 'in_place' / name
+    ).read_bytes()
   for split in store_lib.SPLITS:
     assert stores['in_place'].num_tokens(split) == stores['datasets'].num_tokens(split) > 0
   # Cut into shards of ~1,000 bytes of text (shard ranges cross files and row groups).
-  sharded = store_lib.build_store(tmp_path / 'sharded', corpora_by_name['in_place'], tokenizer,
-                                  shard_mb=1000 / 2**20, show_progress=False)[0]
+  sharded = store_lib.build_store(
+    tmp_path / 'sharded',
+    corpora_by_name['in_place'],
+    tokenizer,
+    shard_mb=1000 / 2**20,
+    show_progress=False,
+  )[0]
   assert len(sharded.meta['splits']['train']['shards']) > 3
   for split in store_lib.SPLITS:
-    np.testing.assert_array_equal(sharded.tokens(split).all(), stores['datasets'].tokens(split).all())
+    np.testing.assert_array_equal(
+      sharded.tokens(split).all(), stores['datasets'].tokens(split).all()
+    )
 
 
 def test_a_range_reads_only_its_files_row_groups_and_the_text_column(tmp_path, monkeypatch):
@@ -170,6 +207,7 @@ def test_a_range_reads_only_its_files_row_groups_and_the_text_column(tmp_path, m
   def recorded(parquet, *args, **kwargs):
     reads.append((kwargs['row_groups'], kwargs['columns']))
     return iter_batches(parquet, *args, **kwargs)
+
   monkeypatch.setattr(pq.ParquetFile, 'iter_batches', recorded)
   assert [t for batch in corpus.documents('train', 17, 21, 2) for t in batch] == expected
   assert reads == [([1, 2], ['text'])]
@@ -180,15 +218,25 @@ def test_parquet_in_a_bucket_is_prepared_in_place(gcs, tmp_path, monkeypatch):
   write_parquet_corpus(f'{bucket}/corpus')
   glob = in_place(f'{bucket}/corpus/train-*.parquet', monkeypatch)
   assert documents(glob, 'train') + documents(glob, 'validation') == [
-      text or '' for text in ROWS[:34]]
-  config = config_lib.load_config('tiny', [
-      f'data.corpus=hf:{bucket}/corpus', f'data.data_dir={bucket}/data', 'model.vocab_size=320',
-      'data.prepare_workers=1', f'data.shard_mb={1000 / 2**20}'])
+    text or '' for text in ROWS[:34]
+  ]
+  config = config_lib.load_config(
+    'tiny',
+    [
+      f'data.corpus=hf:{bucket}/corpus',
+      f'data.data_dir={bucket}/data',
+      'model.vocab_size=320',
+      'data.prepare_workers=1',
+      f'data.shard_mb={1000 / 2**20}',
+    ],
+  )
   monkeypatch.setattr(datasets, 'load_dataset', None)
   tokenizer = workflow.train_tokenizer(config, log=lambda _: None)
   store = workflow.prepare(config, log=lambda _: None)
-  assert str(store.directory).startswith(f'{bucket}/data/') and len(
-      store.meta['splits']['train']['shards']) > 3
+  assert (
+    str(store.directory).startswith(f'{bucket}/data/')
+    and len(store.meta['splits']['train']['shards']) > 3
+  )
   for split, rows in (('train', ROWS[:34]), ('validation', ROWS[34:])):
     expected = np.concatenate([tokenizer.encode(t) + [tokenizer.eod_id] for t in rows if t])
     np.testing.assert_array_equal(store.tokens(split).all(), expected)
@@ -201,8 +249,9 @@ def test_parquet_mistakes_are_one_line(tmp_path):
   with pytest.raises(UserError, match=r'hf:.*/corpus/test-\*\.parquet: no parquet file matches'):
     corpora.open_corpus(data_config(f'hf:{tmp_path}/corpus/test-*.parquet')).prepare()
   with pytest.raises(UserError, match=r"validation_split='test': .* has splits train$"):
-    corpora.open_corpus(data_config(f'hf:{tmp_path}/corpus/train-*.parquet',
-                                    validation_split='test')).prepare()
+    corpora.open_corpus(
+      data_config(f'hf:{tmp_path}/corpus/train-*.parquet', validation_split='test')
+    ).prepare()
 
 
 def test_worker_processes_get_the_footers_read_once(tmp_path, monkeypatch):

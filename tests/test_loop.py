@@ -3,10 +3,10 @@
 import jax
 import numpy as np
 import pytest
+from helpers import make_trainer, tiny_config
 
 from gpt_jax import loop, sharding
 from gpt_jax.errors import UserError
-from helpers import make_trainer, tiny_config
 
 
 def _call_sizes(first_step: int, total_steps: int) -> dict[int, int]:
@@ -19,12 +19,28 @@ def _call_sizes(first_step: int, total_steps: int) -> dict[int, int]:
 
 
 def test_calls_start_at_multiples_and_never_straddle_a_step_that_needs_the_state():
-  assert _call_sizes(0, 30) == {0: 4, 4: 4, 8: 1, 9: 1, 10: 1, 11: 1, 12: 4, 16: 4, 20: 4,
-                                24: 4, 28: 1, 29: 1}
+  assert _call_sizes(0, 30) == {
+    0: 4,
+    4: 4,
+    8: 1,
+    9: 1,
+    10: 1,
+    11: 1,
+    12: 4,
+    16: 4,
+    20: 4,
+    24: 4,
+    28: 1,
+    29: 1,
+  }
   # Resumed from any step, the run groups the later steps as the uninterrupted run did.
   resumed = _call_sizes(13, 30)
-  assert resumed == {13: 1, 14: 1, 15: 1, **{s: n for s, n in _call_sizes(0, 30).items()
-                                             if s >= 16}}
+  assert resumed == {
+    13: 1,
+    14: 1,
+    15: 1,
+    **{s: n for s, n in _call_sizes(0, 30).items() if s >= 16},
+  }
 
 
 def test_batches_of_different_shapes_run_one_call_each():
@@ -49,14 +65,17 @@ def test_steps_in_one_call_equal_one_call_per_step_bit_for_bit(grad_accum_steps)
     state, metrics = trainer.train_step(state, sharding.global_batch(batch, mesh))
     per_step.append(jax.device_get(metrics))
   called, stacked = trainer.train_steps(
-      trainer.init(jax.random.key(0)),
-      sharding.global_batch(np.stack(batches), mesh, steps_axis=True))
+    trainer.init(jax.random.key(0)), sharding.global_batch(np.stack(batches), mesh, steps_axis=True)
+  )
 
   for name, values in jax.device_get(stacked).items():
     np.testing.assert_array_equal(values, [m[name] for m in per_step], err_msg=name)
   assert int(called.step) == 3
-  for a, b in zip(jax.tree.leaves(called.params) + jax.tree.leaves(called.opt_state),
-                  jax.tree.leaves(state.params) + jax.tree.leaves(state.opt_state), strict=True):
+  for a, b in zip(
+    jax.tree.leaves(called.params) + jax.tree.leaves(called.opt_state),
+    jax.tree.leaves(state.params) + jax.tree.leaves(state.opt_state),
+    strict=True,
+  ):
     np.testing.assert_array_equal(a, b)
 
 
@@ -84,5 +103,15 @@ def test_guard_counts_skips_inside_a_call_and_stops_at_the_limit():
 
 def test_steps_per_call_below_one_is_a_clear_error():
   with pytest.raises(UserError, match=r'train.steps_per_call=0: use 1'):
-    loop.run(None, None, iter([]), first_step=0, total_steps=1, schedule=None, steps=None,
-             guard=None, log=None, steps_per_call=0)
+    loop.run(
+      None,
+      None,
+      iter([]),
+      first_step=0,
+      total_steps=1,
+      schedule=None,
+      steps=None,
+      guard=None,
+      log=None,
+      steps_per_call=0,
+    )

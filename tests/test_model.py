@@ -10,12 +10,14 @@ from gpt_jax.model import GPT, ModelConfig
 
 
 def _model_and_params(**overrides):
-  config = ModelConfig(vocab_size=50, n_ctx=16, n_embd=32, n_layer=2, n_head=4, d_ff=64,
-                       **overrides)
+  config = ModelConfig(
+    vocab_size=50, n_ctx=16, n_embd=32, n_layer=2, n_head=4, d_ff=64, **overrides
+  )
   model = GPT(config)
   params = model.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))['params']
-  return model, jax.tree.map(lambda p: p.unbox() if hasattr(p, 'unbox') else p, params,
-                             is_leaf=lambda p: hasattr(p, 'unbox'))
+  return model, jax.tree.map(
+    lambda p: p.unbox() if hasattr(p, 'unbox') else p, params, is_leaf=lambda p: hasattr(p, 'unbox')
+  )
 
 
 def test_changing_future_tokens_leaves_past_logits_unchanged():
@@ -24,11 +26,11 @@ def test_changing_future_tokens_leaves_past_logits_unchanged():
   tokens = rng.integers(0, 50, (2, 16))
   for t in (0, 5, 14):
     changed = tokens.copy()
-    changed[:, t + 1:] = rng.integers(0, 50, (2, 15 - t))
+    changed[:, t + 1 :] = rng.integers(0, 50, (2, 15 - t))
     a = model.apply({'params': params}, tokens)
     b = model.apply({'params': params}, changed)
-    np.testing.assert_array_equal(a[:, :t + 1], b[:, :t + 1])
-    assert np.abs(a[:, t + 1:] - b[:, t + 1:]).max() > 1e-4  # the future did change
+    np.testing.assert_array_equal(a[:, : t + 1], b[:, : t + 1])
+    assert np.abs(a[:, t + 1 :] - b[:, t + 1 :]).max() > 1e-4  # the future did change
 
 
 def test_initialisation_follows_the_paper():
@@ -46,8 +48,9 @@ def test_output_layer_is_the_transposed_token_embedding():
   tokens = jnp.arange(8)[None]
   hidden = model.apply({'params': params}, tokens, method=GPT.hidden_states)
   logits = model.apply({'params': params}, tokens)
-  expected = np.asarray(hidden, np.float64) @ np.asarray(
-      params['tokens_embed']['embedding'], np.float64).T
+  expected = (
+    np.asarray(hidden, np.float64) @ np.asarray(params['tokens_embed']['embedding'], np.float64).T
+  )
   np.testing.assert_allclose(logits, expected, atol=1e-5)
 
 
@@ -56,8 +59,9 @@ def test_dropout_only_in_training_mode():
   tokens = jnp.arange(16)[None]
   eval_a = model.apply({'params': params}, tokens)
   eval_b = model.apply({'params': params}, tokens, deterministic=True)
-  train = model.apply({'params': params}, tokens, deterministic=False,
-                      rngs={'dropout': jax.random.key(1)})
+  train = model.apply(
+    {'params': params}, tokens, deterministic=False, rngs={'dropout': jax.random.key(1)}
+  )
   np.testing.assert_array_equal(eval_a, eval_b)
   assert np.abs(train - eval_a).max() > 1e-3
 
@@ -76,7 +80,10 @@ def test_remat_gives_identical_gradients():
   model, params = _model_and_params()
   remat_model, _ = _model_and_params(remat=True)
   tokens = jnp.arange(16)[None] % 50
-  loss = lambda m: lambda p: m.apply({'params': p}, tokens).mean()
+
+  def loss(m):
+    return lambda p: m.apply({'params': p}, tokens).mean()
+
   a = jax.grad(loss(model))(params)
   b = jax.grad(loss(remat_model))(params)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):

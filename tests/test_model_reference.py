@@ -68,8 +68,9 @@ def test_full_size_model_logits_match_hugging_face(full_hf_model):
 
 
 def test_parameter_count_is_the_papers_and_hugging_faces(full_hf_model):
-  shapes = jax.eval_shape(lambda: GPT(ModelConfig()).init(
-      jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params'])
+  shapes = jax.eval_shape(
+    lambda: GPT(ModelConfig()).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params']
+  )
   ours = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
   # parameters() lists the tied lm_head / token embedding once.
   theirs = sum(p.numel() for p in full_hf_model.parameters())

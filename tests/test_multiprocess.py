@@ -12,11 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import multiprocess_worker
 import numpy as np
 import pytest
-
-import multiprocess_worker
 from helpers import prepared_local_corpus
+
 from gpt_jax import distributed
 from gpt_jax.errors import UserError
 
@@ -32,10 +32,17 @@ def _free_port() -> int:
 
 def _start_processes(argv_of, num_processes: int, cwd: Path) -> list[subprocess.Popen]:
   """Starts `num_processes` processes (argv_of(process_id)) of 8 / num_processes CPU devices each."""
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
-         'XLA_FLAGS': f'--xla_force_host_platform_device_count={8 // num_processes}'}
-  return [subprocess.Popen(argv_of(i), cwd=cwd, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True) for i in range(num_processes)]
+  env = {
+    **os.environ,
+    'JAX_PLATFORMS': 'cpu',
+    'XLA_FLAGS': f'--xla_force_host_platform_device_count={8 // num_processes}',
+  }
+  return [
+    subprocess.Popen(
+      argv_of(i), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    for i in range(num_processes)
+  ]
 
 
 def _wait_for_success(procs: list[subprocess.Popen], timeout_s: int = TIMEOUT_S) -> list[str]:
@@ -64,8 +71,18 @@ def test_two_processes_train_like_one_process_with_eight_devices(tmp_path):
   address = f'127.0.0.1:{_free_port()}'
   worker = str(Path(multiprocess_worker.__file__))
   procs = _start_processes(
-      lambda i: [sys.executable, worker, str(tmp_path / 'multi.npz'), str(STEPS), address, '2',
-                 str(i)], 2, tmp_path)
+    lambda i: [
+      sys.executable,
+      worker,
+      str(tmp_path / 'multi.npz'),
+      str(STEPS),
+      address,
+      '2',
+      str(i),
+    ],
+    2,
+    tmp_path,
+  )
   try:  # the reference runs here while the two processes train
     multiprocess_worker.main(str(tmp_path / 'single.npz'), STEPS)  # 1 process, 8 devices
   finally:
@@ -88,15 +105,38 @@ def test_cli_pretrain_as_two_processes_writes_one_set_of_outputs(tmp_path, capsy
   data = prepared_local_corpus(tmp_path)
   workdir = tmp_path / 'run'
   address = f'127.0.0.1:{_free_port()}'
-  outputs = _wait_for_success(_start_processes(
-      lambda i: [sys.executable, '-m', 'gpt_jax.cli', 'pretrain', '--config', 'tiny',
-                 '--workdir', str(workdir), *data, '--config.model.n_layer=1',
-                 '--config.train.num_steps=3', '--config.train.log_every=1',
-                 '--config.train.batch_size=8', '--config.train.seq_len=32',
-                 '--config.train.eval_batches=1', '--config.mesh.data=-1',
-                 '--config.mesh.fsdp=2', '--config.mesh.tensor=1',
-                 '--coordinator_address', address, '--num_processes', '2', '--process_id', str(i)],
-      2, tmp_path))
+  outputs = _wait_for_success(
+    _start_processes(
+      lambda i: [
+        sys.executable,
+        '-m',
+        'gpt_jax.cli',
+        'pretrain',
+        '--config',
+        'tiny',
+        '--workdir',
+        str(workdir),
+        *data,
+        '--config.model.n_layer=1',
+        '--config.train.num_steps=3',
+        '--config.train.log_every=1',
+        '--config.train.batch_size=8',
+        '--config.train.seq_len=32',
+        '--config.train.eval_batches=1',
+        '--config.mesh.data=-1',
+        '--config.mesh.fsdp=2',
+        '--config.mesh.tensor=1',
+        '--coordinator_address',
+        address,
+        '--num_processes',
+        '2',
+        '--process_id',
+        str(i),
+      ],
+      2,
+      tmp_path,
+    )
+  )
   # Only process 0 logs.
   assert 'done: eval loss' in outputs[0] and 'done: eval loss' not in outputs[1]
   records = [json.loads(line) for line in (workdir / 'metrics.jsonl').open()]
@@ -108,11 +148,14 @@ def test_cli_pretrain_as_two_processes_writes_one_set_of_outputs(tmp_path, capsy
   assert (workdir / 'tokenizer.model').is_file()
 
 
-@pytest.mark.parametrize('args, message', [
+@pytest.mark.parametrize(
+  'args, message',
+  [
     (('127.0.0.1:1234', 2, None), 'missing --process_id'),
     (('127.0.0.1:1234', 2, 2), '--process_id 2 must be in 0 .. --num_processes - 1'),
     (('127.0.0.1', 2, 0), 'expected HOST:PORT'),
-])
+  ],
+)
 def test_bad_process_flags_are_one_clear_error(args, message):
   with pytest.raises(UserError, match=message):
     distributed.initialize(*args)

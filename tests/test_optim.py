@@ -18,8 +18,10 @@ def _params():
 
 
 def _flat(tree):
-  return {'/'.join(str(k.key) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    '/'.join(str(k.key) for k in path): leaf
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def test_weight_decay_touches_exactly_the_weight_matrices():
@@ -27,12 +29,26 @@ def test_weight_decay_touches_exactly_the_weight_matrices():
   decayed = {name for name, flag in _flat(optim.decay_mask(params)).items() if flag}
   # In GPT-1's own (flattened) layout these are exactly the 2-D parameters.
   assert decayed == {
-      'tokens_embed/embedding', 'positions_embed/embedding', 'h_0/attn/c_attn/kernel',
-      'h_0/attn/c_proj/kernel', 'h_0/mlp/c_fc/kernel', 'h_0/mlp/c_proj/kernel'}
+    'tokens_embed/embedding',
+    'positions_embed/embedding',
+    'h_0/attn/c_attn/kernel',
+    'h_0/attn/c_proj/kernel',
+    'h_0/mlp/c_fc/kernel',
+    'h_0/mlp/c_proj/kernel',
+  }
   # Apply AdamW with zero gradients: only decayed leaves move, by lr * wd * p.
-  config = ml_collections.ConfigDict(dict(
-      learning_rate=1e-2, schedule='linear', warmup_fraction=0.5, b1=0.9, b2=0.999, eps=1e-8,
-      weight_decay=0.01, clip_norm=1.0))
+  config = ml_collections.ConfigDict(
+    dict(
+      learning_rate=1e-2,
+      schedule='linear',
+      warmup_fraction=0.5,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.01,
+      clip_norm=1.0,
+    )
+  )
   tx, schedule = optim.make_optimizer(config, total_steps=4)
   state = tx.init(params)
   zeros = jax.tree.map(jnp.zeros_like, params)
@@ -64,9 +80,18 @@ def test_finetuning_schedule_warms_up_over_a_fraction_then_decays_linearly():
 
 
 def test_the_optimizer_clips_gradients_to_global_norm_one_before_adam():
-  config = ml_collections.ConfigDict(dict(
-      learning_rate=1e-3, schedule='cosine', warmup_steps=0, b1=0.9, b2=0.999, eps=1e-8,
-      weight_decay=0.0, clip_norm=1.0))
+  config = ml_collections.ConfigDict(
+    dict(
+      learning_rate=1e-3,
+      schedule='cosine',
+      warmup_steps=0,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.0,
+      clip_norm=1.0,
+    )
+  )
   tx, _ = optim.make_optimizer(config, total_steps=10)
   params = {'a': jnp.zeros(3), 'b': jnp.zeros(4)}
   grads = {'a': jnp.array([30.0, -40.0, 0.0]), 'b': jnp.array([0.0, 0.0, 120.0, 0.0])}  # norm 130

@@ -20,8 +20,9 @@ from gpt_jax import checkpoint
 from gpt_jax import workdir as workdir_lib
 from gpt_jax.data import tokenizer as tokenizer_lib
 from gpt_jax.errors import UserError
-from gpt_jax.workdir import is_local, path as workdir_path
 from gpt_jax.report import RunLog
+from gpt_jax.workdir import is_local
+from gpt_jax.workdir import path as workdir_path
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def bucket(tmp_path):
 
   def local(path):
     text = os.fspath(path)
-    return str(root / text[len('gs://'):]) if text.startswith('gs://') else text
+    return str(root / text[len('gs://') :]) if text.startswith('gs://') else text
 
   def reroute(original, path, *args, **kwargs):
     return original(local(path), *args, **kwargs)
@@ -40,10 +41,23 @@ def bucket(tmp_path):
   def reroute_two(original, path, dst, *args, **kwargs):
     return original(local(path), local(dst), *args, **kwargs)
 
-  one = ('exists', 'glob', 'isdir', 'listdir', 'makedirs', 'mkdir', 'open', 'remove', 'rmtree',
-         'stat', 'walk')
-  with epath_testing.mock_epath(**{name: reroute for name in one},
-                                **{name: reroute_two for name in ('copy', 'rename', 'replace')}):
+  one = (
+    'exists',
+    'glob',
+    'isdir',
+    'listdir',
+    'makedirs',
+    'mkdir',
+    'open',
+    'remove',
+    'rmtree',
+    'stat',
+    'walk',
+  )
+  with epath_testing.mock_epath(
+    **{name: reroute for name in one},
+    **{name: reroute_two for name in ('copy', 'rename', 'replace')},
+  ):
     yield root
 
 
@@ -65,8 +79,8 @@ def _event_steps(directory):
   for path in directory.glob('events.out.tfevents.*'):
     data, offset = path.read_bytes(), 0
     while offset < len(data):
-      (length,) = struct.unpack('<Q', data[offset:offset + 8])
-      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      (length,) = struct.unpack('<Q', data[offset : offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
       offset += 12 + length + 4
       steps += [event.step for v in event.summary.value if v.tag == 'train/loss']
   return sorted(steps)
@@ -115,23 +129,28 @@ def test_check_workdir_in_an_unwritable_bucket_is_one_user_error(tmp_path):
       raise PermissionError(13, 'Permission denied')
     return original(path, mode, *args, **kwargs)
 
-  with epath_testing.mock_epath(open=refuse, makedirs=lambda original, *a, **k: None,
-                                mkdir=lambda original, *a, **k: None,
-                                exists=lambda original, path: True):
+  with epath_testing.mock_epath(
+    open=refuse,
+    makedirs=lambda original, *a, **k: None,
+    mkdir=lambda original, *a, **k: None,
+    exists=lambda original, path: True,
+  ):
     with pytest.raises(UserError, match='gs://b/run is not writable'):
       workdir_lib.check_workdir('gs://b/run')
 
 
 def test_tokenizer_copied_to_a_bucket_loads_from_it(tmp_path, bucket):
   documents = [string.ascii_lowercase * 30, 'a small corpus for a small tokenizer. ' * 80]
-  local = tokenizer_lib.train_tokenizer(documents, tmp_path / 'tok.model', vocab_size=300,
-                                        max_bytes=10**6)
+  local = tokenizer_lib.train_tokenizer(
+    documents, tmp_path / 'tok.model', vocab_size=300, max_bytes=10**6
+  )
   target = local.copy_to('gs://b/run')
   assert str(target) == 'gs://b/run/tokenizer.model'
   remote = tokenizer_lib.Tokenizer('gs://b/run/tokenizer.model')
   ids = local.encode(documents[1])
   assert remote.encode(documents[1]) == ids and remote.decode(ids) == documents[1]
   assert remote.special_ids == local.special_ids
-  assert (bucket / 'b' / 'run' / 'tokenizer.model').read_bytes() == (tmp_path /
-                                                                     'tok.model').read_bytes()
+  assert (bucket / 'b' / 'run' / 'tokenizer.model').read_bytes() == (
+    tmp_path / 'tok.model'
+  ).read_bytes()
   assert tokenizer_lib.read_record('gs://b/run/tokenizer.model')['eod_id'] == local.eod_id

@@ -17,8 +17,8 @@ def _read_events(directory):
     data = path.read_bytes()
     offset = 0
     while offset < len(data):
-      (length,) = struct.unpack('<Q', data[offset:offset + 8])
-      payload = data[offset + 12:offset + 12 + length]
+      (length,) = struct.unpack('<Q', data[offset : offset + 8])
+      payload = data[offset + 12 : offset + 12 + length]
       offset += 12 + length + 4
       event = event_pb2.Event.FromString(payload)
       for value in event.summary.value:
@@ -29,14 +29,17 @@ def _read_events(directory):
 def test_scalars_reach_jsonl_tensorboard_console_and_png(tmp_path, capsys):
   log = RunLog(tmp_path, progress=False)
   for step in range(10, 60, 10):
-    log.scalars(step, {'loss': 5.0 - step / 20, 'learning_rate': 1e-4 * step,
-                       'tokens_per_s': 1000.0, 'mfu': 0.25})
+    log.scalars(
+      step,
+      {'loss': 5.0 - step / 20, 'learning_rate': 1e-4 * step, 'tokens_per_s': 1000.0, 'mfu': 0.25},
+    )
   log.scalars(50, {'loss': 2.9, 'accuracy': 0.7}, split='eval')
   log.close()
 
   out = capsys.readouterr().out
-  assert 'train step 30 | loss 3.5000 | learning_rate 3.000e-03 | tokens_per_s 1,000 | mfu 25.0%' \
-      in out
+  assert (
+    'train step 30 | loss 3.5000 | learning_rate 3.000e-03 | tokens_per_s 1,000 | mfu 25.0%' in out
+  )
   records = read_metrics(tmp_path / 'metrics.jsonl')
   assert [r['step'] for r in records if r['split'] == 'train'] == [10, 20, 30, 40, 50]
   assert records[-1]['accuracy'] == 0.7
@@ -52,14 +55,18 @@ def test_scalars_reach_jsonl_tensorboard_console_and_png(tmp_path, capsys):
 
 
 def test_curves_plot_metrics_not_positions_and_only_logged_losses():
-  records = [{'split': 'train', 'step': s, 'time': 1.0, 'loss': 3.0, 'learning_rate': 1e-4}
-             for s in (10, 20)]
-  records += [{'split': 'validation', 'step': s, 'time': 2.0, 'epoch': e,
-               'validation_accuracy': 0.5 + e / 10} for s, e in ((15, 1.0), (30, 2.0))]
+  records = [
+    {'split': 'train', 'step': s, 'time': 1.0, 'loss': 3.0, 'learning_rate': 1e-4} for s in (10, 20)
+  ]
+  records += [
+    {'split': 'validation', 'step': s, 'time': 2.0, 'epoch': e, 'validation_accuracy': 0.5 + e / 10}
+    for s, e in ((15, 1.0), (30, 2.0))
+  ]
   assert curve_series(records) == {
-      'loss': {'train loss': ([10, 20], [3.0, 3.0])},
-      'learning rate': {'train learning rate': ([10, 20], [1e-4, 1e-4])},
-      'validation metrics': {'validation_accuracy': ([15, 30], [0.6, 0.7])}}
+    'loss': {'train loss': ([10, 20], [3.0, 3.0])},
+    'learning rate': {'train learning rate': ([10, 20], [1e-4, 1e-4])},
+    'validation metrics': {'validation_accuracy': ([15, 30], [0.6, 0.7])},
+  }
 
 
 def test_progress_bar_shows_loss_throughput_and_eta(tmp_path):
@@ -87,6 +94,7 @@ def test_progress_bar_shows_loss_throughput_and_eta(tmp_path):
 
 def test_profiler_writes_a_trace_for_the_window(tmp_path):
   import jax.numpy as jnp
+
   log = RunLog(None)
   profiler = StepProfiler(tmp_path, start=1, count=2)
   for step in range(4):
@@ -101,8 +109,13 @@ def test_step_logger_counts_each_batch_own_tokens(tmp_path, monkeypatch):
   clock = iter([0.0, 10.0, 10.0, 12.0, 12.0])  # start, compile done, log at step 3, ...
   monkeypatch.setattr('gpt_jax.report.time.perf_counter', lambda: next(clock))
   log = RunLog(tmp_path, progress=False)
-  steps = StepLogger(log, every=3, total_steps=10,
-                     work=lambda batch: (batch.size, 100.0 * batch.size), peak_flops=1e4)
+  steps = StepLogger(
+    log,
+    every=3,
+    total_steps=10,
+    work=lambda batch: (batch.size, 100.0 * batch.size),
+    peak_flops=1e4,
+  )
   lengths = {1: 512, 2: 64, 3: 128, 4: 512}  # step 1 compiles; step 4 is in flight at step 3's log
   for done, length in lengths.items():
     steps.after_steps(done, {'loss': np.float32(1.0)}, [np.zeros((2, length))])
@@ -117,8 +130,9 @@ def test_step_logger_logs_each_step_of_a_call_with_the_call_throughput(tmp_path,
   clock = iter([0.0, 10.0, 10.0, 12.0, 12.0, 14.0, 14.0])
   monkeypatch.setattr('gpt_jax.report.time.perf_counter', lambda: next(clock))
   log = RunLog(tmp_path, progress=False)
-  steps = StepLogger(log, every=2, total_steps=8,
-                     work=lambda batch: (batch.size, 100.0 * batch.size), peak_flops=1e4)
+  steps = StepLogger(
+    log, every=2, total_steps=8, work=lambda batch: (batch.size, 100.0 * batch.size), peak_flops=1e4
+  )
   batches = [np.zeros((2, 16))] * 4
   steps.after_steps(4, {'loss': np.arange(4, dtype=np.float32)}, batches)  # compiles
   steps.after_steps(8, {'loss': np.arange(4, 8, dtype=np.float32)}, batches)

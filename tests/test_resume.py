@@ -27,12 +27,20 @@ from gpt_jax.report import read_metrics
 REPO = Path(__file__).resolve().parents[1]
 NUM_STEPS = 80
 MODEL_FLAGS = [
-    '--config.model.n_layer=2', '--config.model.n_embd=32', '--config.model.n_head=4',
-    '--config.model.d_ff=64', '--config.model.n_ctx=32', '--config.model.vocab_size=400',
-    '--config.train.seq_len=16', '--config.train.batch_size=8',
-    f'--config.train.num_steps={NUM_STEPS}', '--config.train.log_every=1',
-    '--config.train.eval_every=20', '--config.train.eval_batches=2',
-    '--config.checkpoint.every_steps=5']
+  '--config.model.n_layer=2',
+  '--config.model.n_embd=32',
+  '--config.model.n_head=4',
+  '--config.model.d_ff=64',
+  '--config.model.n_ctx=32',
+  '--config.model.vocab_size=400',
+  '--config.train.seq_len=16',
+  '--config.train.batch_size=8',
+  f'--config.train.num_steps={NUM_STEPS}',
+  '--config.train.log_every=1',
+  '--config.train.eval_every=20',
+  '--config.train.eval_batches=2',
+  '--config.checkpoint.every_steps=5',
+]
 
 
 @pytest.fixture(scope='module')
@@ -41,10 +49,14 @@ def flags(tmp_path_factory):
   root = tmp_path_factory.mktemp('corpus')
   texts = [inspect.getdoc(obj) for obj in vars(json).values() if inspect.getdoc(obj)]
   (root / 'docs.jsonl').write_text(''.join(json.dumps({'text': t}) + '\n' for t in texts))
-  data_flags = ['--config.data.corpus=local_text', f'--config.data.text_glob={root}',
-                '--config.data.validation_fraction=0.3', f'--config.data.data_dir={root / "tfds"}']
+  data_flags = [
+    '--config.data.corpus=local_text',
+    f'--config.data.text_glob={root}',
+    '--config.data.validation_fraction=0.3',
+    f'--config.data.data_dir={root / "tfds"}',
+  ]
   all_flags = MODEL_FLAGS + data_flags
-  config = config_lib.load_config('tiny', [flag[len('--config.'):] for flag in all_flags])
+  config = config_lib.load_config('tiny', [flag[len('--config.') :] for flag in all_flags])
   workflow.train_tokenizer(config, log=lambda _: None)
   workflow.prepare(config, log=lambda _: None)
   return all_flags
@@ -52,10 +64,14 @@ def flags(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def environment(tmp_path_factory):
-  env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu',
-             # Later runs load the compiled step instead of compiling it again.
-             JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp('jax_cache')),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  env = dict(
+    os.environ,
+    XLA_FLAGS='',
+    JAX_PLATFORMS='cpu',
+    # Later runs load the compiled step instead of compiling it again.
+    JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp('jax_cache')),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+  )
   env.pop('GPT_JAX_TRACEBACK', None)
   return env
 
@@ -66,8 +82,9 @@ def _start(workdir: Path, flags, environment, with_config=True) -> subprocess.Po
     argv += ['--config', 'tiny', *flags]
   log_path = workdir.parent / f'{workdir.name}.{time.time_ns()}.log'
   with open(log_path, 'w') as output:
-    process = subprocess.Popen(argv, cwd=REPO, env=environment, stdout=output,
-                               stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+      argv, cwd=REPO, env=environment, stdout=output, stderr=subprocess.STDOUT
+    )
   process.log_path = log_path
   return process
 
@@ -81,8 +98,11 @@ def _finish(process: subprocess.Popen) -> str:
 
 def _saved_steps(workdir: Path) -> list[int]:
   directory = workdir / 'checkpoints'
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) \
-      if directory.is_dir() else []
+  return (
+    sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    if directory.is_dir()
+    else []
+  )
 
 
 def _wait_for_step(process, workdir: Path, step: int) -> None:
@@ -90,8 +110,11 @@ def _wait_for_step(process, workdir: Path, step: int) -> None:
   metrics = workdir / 'metrics.jsonl'
   while True:
     assert process.poll() is None, 'the run ended before it could be interrupted'
-    logged = [json.loads(line)['step'] for line in metrics.read_text().splitlines()
-              if line.endswith('}')] if metrics.exists() else []
+    logged = (
+      [json.loads(line)['step'] for line in metrics.read_text().splitlines() if line.endswith('}')]
+      if metrics.exists()
+      else []
+    )
     if logged and max(logged) >= step and _saved_steps(workdir):
       return
     time.sleep(0.01)
@@ -99,15 +122,18 @@ def _wait_for_step(process, workdir: Path, step: int) -> None:
 
 def _curve(workdir: Path) -> list[tuple]:
   """Every logged value that depends on the training (not on the clock)."""
-  return [(r['split'], r['step'], r['loss'], r.get('grad_norm'), r.get('learning_rate'))
-          for r in read_metrics(workdir / 'metrics.jsonl')]
+  return [
+    (r['split'], r['step'], r['loss'], r.get('grad_norm'), r.get('learning_rate'))
+    for r in read_metrics(workdir / 'metrics.jsonl')
+  ]
 
 
 def _assert_same_run(workdir: Path, reference: Path) -> None:
   assert _curve(workdir) == _curve(reference)
   final, expected = (checkpoint.load_params(w, step=NUM_STEPS) for w in (workdir, reference))
-  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(final)[0],
-                          jax.tree.leaves(expected), strict=True):
+  for (path, a), b in zip(
+    jax.tree_util.tree_flatten_with_path(final)[0], jax.tree.leaves(expected), strict=True
+  ):
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
 
 
@@ -121,7 +147,8 @@ def reference(tmp_path_factory, flags, environment):
 
 @pytest.mark.parametrize('kill,steps_per_call', [('SIGKILL', 4), ('SIGTERM', 1)])
 def test_interrupted_run_resumes_to_the_same_parameters_and_loss_curve(
-    tmp_path, flags, environment, reference, kill, steps_per_call):
+  tmp_path, flags, environment, reference, kill, steps_per_call
+):
   """With steps_per_call=4 the reference is still the one-step-per-call run: the calls of
   four steps (and the single steps around checkpoints every 5) give the same bits."""
   workdir = tmp_path / 'run'

@@ -3,10 +3,10 @@
 import jax
 import numpy as np
 import pytest
+from helpers import make_trainer, max_relative_difference, tiny_config
 from jax.sharding import PartitionSpec as P
 
 from gpt_jax import sharding
-from helpers import make_trainer, max_relative_difference, tiny_config
 
 
 def _run_steps(mesh_config, devices, config, batches, one_call=False):
@@ -16,7 +16,8 @@ def _run_steps(mesh_config, devices, config, batches, one_call=False):
   state = trainer.init(jax.random.key(0))
   if one_call:
     state, metrics = trainer.train_steps(
-        state, sharding.global_batch(np.stack(batches), mesh, steps_axis=True))
+      state, sharding.global_batch(np.stack(batches), mesh, steps_axis=True)
+    )
     return state, [float(loss) for loss in metrics['loss']]
   losses = []
   for batch in batches:
@@ -49,13 +50,17 @@ def test_step_on_2x2x2_mesh_matches_single_device(grad_accum_steps, one_call):
   config.optim.grad_accum_steps = grad_accum_steps
   rng = np.random.default_rng(0)
   batches = [rng.integers(0, 64, (8, 17)).astype(np.int32) for _ in range(3)]
-  sharded, sharded_losses = _run_steps(dict(data=2, fsdp=2, tensor=2), jax.devices(), config,
-                                       batches, one_call)
-  single, single_losses = _run_steps(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1], config,
-                                     batches)
+  sharded, sharded_losses = _run_steps(
+    dict(data=2, fsdp=2, tensor=2), jax.devices(), config, batches, one_call
+  )
+  single, single_losses = _run_steps(
+    dict(data=1, fsdp=1, tensor=1), jax.devices()[:1], config, batches
+  )
   np.testing.assert_allclose(sharded_losses, single_losses, rtol=1e-5)
-  assert max_relative_difference(_without_key_bias(sharded.params),
-                                 _without_key_bias(single.params)) <= 1e-5
+  assert (
+    max_relative_difference(_without_key_bias(sharded.params), _without_key_bias(single.params))
+    <= 1e-5
+  )
 
   # The parameters and Adam moments really are split over the mesh.
   params = sharded.params
@@ -82,8 +87,9 @@ def test_mesh_sizes_resolve_and_fail_clearly():
 def test_unshardable_model_fails_before_compiling_naming_dimension_and_axis():
   config = tiny_config(vocab_size=63)  # odd vocabulary over tensor=2
   mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
-  with pytest.raises(sharding.ShardingError,
-                     match=r'tokens_embed/embedding dimension 0 \(vocab, size 63\).*tensor'):
+  with pytest.raises(
+    sharding.ShardingError, match=r'tokens_embed/embedding dimension 0 \(vocab, size 63\).*tensor'
+  ):
     make_trainer(config, mesh)
 
 
@@ -92,4 +98,3 @@ def test_batch_that_cannot_split_over_data_and_fsdp_is_rejected():
   with pytest.raises(sharding.ShardingError, match='batch_size=6'):
     sharding.check_batch(6, mesh)
   assert sharding.check_batch(8, mesh) == 8  # one process holds the whole global batch
-

@@ -8,12 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_tasks_transforms import PAD, FakeTokenizer, _log_softmax, _reference_lm_loss
 
 from gpt_jax.model import GPTForTask, ModelConfig
 from gpt_jax.tasks import transforms
 from gpt_jax.tasks.batches import batches, bucket_length
 from gpt_jax.tasks.task import HEAD_LAYOUTS
-from test_tasks_transforms import PAD, FakeTokenizer, _log_softmax, _reference_lm_loss
 
 MAX_LEN = 40
 CONFIG = ModelConfig(vocab_size=64, n_ctx=MAX_LEN, n_embd=32, n_layer=2, n_head=4, d_ff=64)
@@ -25,16 +25,24 @@ def _words(n, start=10):
 
 def _examples(lengths, kind='classification'):
   if kind == 'multiple_choice':
-    return [{'context': _words(n), 'choices': ['5', _words(n % 7 + 1)], 'label': i % 2}
-            for i, n in enumerate(lengths)]
+    return [
+      {'context': _words(n), 'choices': ['5', _words(n % 7 + 1)], 'label': i % 2}
+      for i, n in enumerate(lengths)
+    ]
   return [{'text': _words(n), 'label': i % 3} for i, n in enumerate(lengths)]
 
 
-@pytest.mark.parametrize('longest, bucket, max_len, expected', [
-    (25, 64, 512, 64), (64, 64, 512, 64), (65, 64, 512, 128), (500, 64, 512, 512),
+@pytest.mark.parametrize(
+  'longest, bucket, max_len, expected',
+  [
+    (25, 64, 512, 64),
+    (64, 64, 512, 64),
+    (65, 64, 512, 128),
+    (500, 64, 512, 512),
     (33, 16, 40, 40),  # the last bucket is max_len itself
     (3, 0, 512, 512),  # bucket 0: today's padding to max_len
-])
+  ],
+)
 def test_bucket_length(longest, bucket, max_len, expected):
   assert bucket_length(longest, bucket, max_len) == expected
 
@@ -73,17 +81,32 @@ def test_bucketed_batches_are_todays_batches_cut_to_the_bucket(kind):
 def test_processes_share_the_global_batch_length():
   """Each process's rows of a global batch have the length of the global batch's longest."""
   examples = _examples([2, 3, 30, 2, 4, 2, 3, 2, 1, 2, 3, 17])
-  whole = list(batches(examples, 'classification', FakeTokenizer(), MAX_LEN, 4, bucket=8,
-                       shuffle_seed=3))
-  shards = [list(batches(examples, 'classification', FakeTokenizer(), MAX_LEN, 2, bucket=8,
-                         shuffle_seed=3, shard=(i, 2))) for i in range(2)]
+  whole = list(
+    batches(examples, 'classification', FakeTokenizer(), MAX_LEN, 4, bucket=8, shuffle_seed=3)
+  )
+  shards = [
+    list(
+      batches(
+        examples,
+        'classification',
+        FakeTokenizer(),
+        MAX_LEN,
+        2,
+        bucket=8,
+        shuffle_seed=3,
+        shard=(i, 2),
+      )
+    )
+    for i in range(2)
+  ]
   for b, batch in enumerate(whole):
     for i, shard in enumerate(shards):
       assert shard[b]['tokens'].shape == (2, batch['tokens'].shape[-1])
       np.testing.assert_array_equal(shard[b]['tokens'], batch['tokens'][i::2])
   # Resuming at batch 1 gives the same batches as before.
-  resumed = batches(examples, 'classification', FakeTokenizer(), MAX_LEN, 4, bucket=8,
-                    shuffle_seed=3, start=1)
+  resumed = batches(
+    examples, 'classification', FakeTokenizer(), MAX_LEN, 4, bucket=8, shuffle_seed=3, start=1
+  )
   for before, after in zip(whole[1:], resumed):
     np.testing.assert_array_equal(before['tokens'], after['tokens'])
 
@@ -95,14 +118,17 @@ def test_processes_share_the_global_batch_length():
 def _model_and_params(kind, num_outputs):
   model = GPTForTask(CONFIG, HEAD_LAYOUTS[kind], num_outputs=num_outputs)
   shape = (1, 2, 8) if kind == 'multiple_choice' else (1, 8)
-  params = model.init(jax.random.key(0), jnp.zeros(shape, jnp.int32),
-                      jnp.zeros(shape[:-1], jnp.int32))['params']
-  return model, jax.tree.map(lambda p: p.unbox() if hasattr(p, 'unbox') else p, params,
-                             is_leaf=lambda p: hasattr(p, 'unbox'))
+  params = model.init(
+    jax.random.key(0), jnp.zeros(shape, jnp.int32), jnp.zeros(shape[:-1], jnp.int32)
+  )['params']
+  return model, jax.tree.map(
+    lambda p: p.unbox() if hasattr(p, 'unbox') else p, params, is_leaf=lambda p: hasattr(p, 'unbox')
+  )
 
 
-@pytest.mark.parametrize('kind, chunk', [('classification', 5), ('multiple_choice', 3),
-                                         ('classification', 128)])
+@pytest.mark.parametrize(
+  'kind, chunk', [('classification', 5), ('multiple_choice', 3), ('classification', 128)]
+)
 def test_bucketed_loss_equals_padded_loss_and_numpy(kind, chunk):
   model, params = _model_and_params(kind, 1 if kind == 'multiple_choice' else 3)
   examples = _examples([3, 11, 5, 2], kind)
@@ -113,8 +139,9 @@ def test_bucketed_loss_equals_padded_loss_and_numpy(kind, chunk):
   loss_padded, aux_padded = loss_fn(params, padded, None, True)
   loss_bucketed, aux_bucketed = loss_fn(params, bucketed, None, True)
 
-  task_logits, lm_logits = model.apply({'params': params}, padded['tokens'],
-                                       padded['extract_index'])
+  task_logits, lm_logits = model.apply(
+    {'params': params}, padded['tokens'], padded['extract_index']
+  )
   task = -_log_softmax(task_logits)[np.arange(4), padded['label']].mean()
   lm = _reference_lm_loss(lm_logits, padded['tokens'], padded['lm_mask'], np.ones(4))
   for loss, aux in ((loss_padded, aux_padded), (loss_bucketed, aux_bucketed)):
@@ -135,18 +162,27 @@ def _full_logits_lm_loss(model, params, batch):
 
 def test_chunked_lm_loss_gradients_equal_the_full_logits_gradients():
   model, params = _model_and_params('classification', 2)
-  [batch] = batches(_examples([3, 13, 6, 2]), 'classification', FakeTokenizer(), MAX_LEN, 4,
-                    bucket=8)
+  [batch] = batches(
+    _examples([3, 13, 6, 2]), 'classification', FakeTokenizer(), MAX_LEN, 4, bucket=8
+  )
 
   def chunked(params):
-    _, hidden = model.apply({'params': params}, batch['tokens'], batch['extract_index'],
-                            method='task_logits_and_hidden')
-    return transforms.lm_loss(lambda h: model.apply({'params': params}, h, method='lm_logits'),
-                              hidden, batch['tokens'], batch['lm_mask'], jnp.ones(4), chunk=3)
+    _, hidden = model.apply(
+      {'params': params}, batch['tokens'], batch['extract_index'], method='task_logits_and_hidden'
+    )
+    return transforms.lm_loss(
+      lambda h: model.apply({'params': params}, h, method='lm_logits'),
+      hidden,
+      batch['tokens'],
+      batch['lm_mask'],
+      jnp.ones(4),
+      chunk=3,
+    )
 
   loss, grads = jax.value_and_grad(chunked)(params)
-  expected_loss, expected = jax.value_and_grad(_full_logits_lm_loss, argnums=1)(model, params,
-                                                                               batch)
+  expected_loss, expected = jax.value_and_grad(_full_logits_lm_loss, argnums=1)(
+    model, params, batch
+  )
   np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
   for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
@@ -156,16 +192,22 @@ def test_no_buffer_of_every_position_times_the_vocabulary():
   """XLA's temporaries for the loss and its gradient stay under one full logits buffer."""
   config = ModelConfig(vocab_size=8192, n_ctx=256, n_embd=32, n_layer=1, n_head=2, d_ff=64)
   model = GPTForTask(config, 'single', num_outputs=2)
-  batch = {'tokens': jnp.ones((8, 256), jnp.int32), 'extract_index': jnp.full(8, 255),
-           'lm_mask': jnp.ones((8, 256), jnp.int32), 'label': jnp.zeros(8, jnp.int32),
-           'valid': jnp.ones(8, jnp.int32)}
-  params = jax.eval_shape(lambda: model.init(jax.random.key(0), batch['tokens'],
-                                             batch['extract_index'])['params'])
+  batch = {
+    'tokens': jnp.ones((8, 256), jnp.int32),
+    'extract_index': jnp.full(8, 255),
+    'lm_mask': jnp.ones((8, 256), jnp.int32),
+    'label': jnp.zeros(8, jnp.int32),
+    'valid': jnp.ones(8, jnp.int32),
+  }
+  params = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), batch['tokens'], batch['extract_index'])['params']
+  )
   full_logits_bytes = 8 * 256 * 8192 * 4  # 64 MiB
 
   def temp_bytes(chunk):
-    grad = jax.grad(lambda p: transforms.finetune_loss_fn(model, lm_chunk=chunk)(
-        p, batch, None, True)[0])
+    grad = jax.grad(
+      lambda p: transforms.finetune_loss_fn(model, lm_chunk=chunk)(p, batch, None, True)[0]
+    )
     return jax.jit(grad).lower(params).compile().memory_analysis().temp_size_in_bytes
 
   # One chunk of every position holds the logits and their gradient: two whole buffers.

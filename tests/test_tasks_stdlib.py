@@ -19,15 +19,15 @@ import ml_collections
 import numpy as np
 import pytest
 import sklearn.dummy
+from test_tasks_registry import SST2_DEV, SST2_TRAIN, _prepare, _write_tsv
 
-from gpt_jax.configs import gpt1
-from gpt_jax.tasks import load, registry, stdlib, transforms
-from gpt_jax.tasks import metrics as task_metrics
 from gpt_jax.config import load_config
+from gpt_jax.configs import gpt1
 from gpt_jax.data.builders import stdlib_docs, text_corpus
 from gpt_jax.data.tokenizer import train_tokenizer
 from gpt_jax.errors import UserError
-from test_tasks_registry import SST2_DEV, SST2_TRAIN, _prepare, _write_tsv
+from gpt_jax.tasks import load, registry, stdlib, transforms
+from gpt_jax.tasks import metrics as task_metrics
 
 NAMES = tuple(stdlib.DEFAULT_TASKS)
 SPLITS = ('train', 'validation', 'test')
@@ -40,16 +40,22 @@ def all_tasks():
 
 
 def _splits(task):
-  return {'train': task.train, 'validation': task.validation['validation'],
-          'test': task.test['test']}
+  return {
+    'train': task.train,
+    'validation': task.validation['validation'],
+    'test': task.test['test'],
+  }
 
 
 @functools.cache
 def _docstrings(module: str) -> tuple[str, ...]:
   """The module's docstrings as one line each (whitespace collapsed), read independently."""
   tree = ast.parse((stdlib_docs.stdlib_root() / module).read_bytes())
-  nodes = [node for node in ast.walk(tree)
-           if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+  nodes = [
+    node
+    for node in ast.walk(tree)
+    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+  ]
   return tuple(' '.join(doc.split()) for doc in map(ast.get_docstring, nodes) if doc)
 
 
@@ -58,42 +64,55 @@ def _in_module(text: str, module: str) -> bool:
 
 
 def _texts(example) -> list[str]:
-  return [text for field in ('text', 'premise', 'hypothesis', 'text_a', 'text_b', 'context')
-          if field in example for text in [example[field]]] + list(example.get('choices', ()))
+  return [
+    text
+    for field in ('text', 'premise', 'hypothesis', 'text_a', 'text_b', 'context')
+    if field in example
+    for text in [example[field]]
+  ] + list(example.get('choices', ()))
 
 
 def _modules(example) -> set[str]:
-  return {module for value in example['source'].values()
-          for module in ([value] if isinstance(value, str) else value)}
+  return {
+    module
+    for value in example['source'].values()
+    for module in ([value] if isinstance(value, str) else value)
+  }
 
 
 def test_prose_runs_keep_sentences_that_follow_each_other():
-  docstring = ('Return the frobnicated value of x. It never fails on integers.\n\n'
-               'Example::\n\n    frob(3)\n\n'
-               'Floats are rounded first, as the paper says. Short one.\n'
-               'Then they are frobnicated like integers.\n\n'
-               '>>> frob(2.5)\n3\n\n'
-               'Strings raise TypeError in every case.')
+  docstring = (
+    'Return the frobnicated value of x. It never fails on integers.\n\n'
+    'Example::\n\n    frob(3)\n\n'
+    'Floats are rounded first, as the paper says. Short one.\n'
+    'Then they are frobnicated like integers.\n\n'
+    '>>> frob(2.5)\n3\n\n'
+    'Strings raise TypeError in every case.'
+  )
   assert stdlib.prose_runs(docstring) == (
-      ('Return the frobnicated value of x.', 'It never fails on integers.'),
-      ('Floats are rounded first, as the paper says.',),  # 'Short one.' (2 words) ends the run
-      ('Then they are frobnicated like integers.',),  # the doctest is not prose: it ends the run
-      ('Strings raise TypeError in every case.',))
+    ('Return the frobnicated value of x.', 'It never fails on integers.'),
+    ('Floats are rounded first, as the paper says.',),  # 'Short one.' (2 words) ends the run
+    ('Then they are frobnicated like integers.',),  # the doctest is not prose: it ends the run
+    ('Strings raise TypeError in every case.',),
+  )
 
 
 def test_same_seed_same_examples_and_the_split_does_not_depend_on_it(all_tasks):
   for name in NAMES:
     again = stdlib.load_default_task(name, seed=0)
     other = stdlib.load_default_task(name, seed=1)
-    modules = {split: set().union(*map(_modules, examples))
-               for split, examples in _splits(all_tasks[name]).items()}
+    modules = {
+      split: set().union(*map(_modules, examples))
+      for split, examples in _splits(all_tasks[name]).items()
+    }
     for split, examples in _splits(all_tasks[name]).items():
       assert _splits(again)[split] == examples
       assert _splits(other)[split] != examples
       # Seed 1 draws other examples, but each split from the same modules.
       other_modules = set().union(*map(_modules, _splits(other)[split]))
-      assert all(not other_modules & modules[elsewhere] for elsewhere in SPLITS
-                 if elsewhere != split), (name, split)
+      assert all(
+        not other_modules & modules[elsewhere] for elsewhere in SPLITS if elsewhere != split
+      ), (name, split)
 
 
 _DIGEST = """
@@ -109,24 +128,34 @@ def test_examples_do_not_depend_on_the_process_hash_seed(all_tasks):
   task = all_tasks['stdlib_next_sentence']
   splits = [task.train, task.validation['validation'], task.test['test']]
   expected = hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()
-  out = subprocess.run([sys.executable, '-c', _DIGEST], capture_output=True, text=True,
-                       check=True, env={**os.environ, 'PYTHONHASHSEED': '12345'})
+  out = subprocess.run(
+    [sys.executable, '-c', _DIGEST],
+    capture_output=True,
+    text=True,
+    check=True,
+    env={**os.environ, 'PYTHONHASHSEED': '12345'},
+  )
   assert out.stdout.strip() == expected
 
 
 def test_splits_are_disjoint_by_module_and_share_no_text(all_tasks):
   for name, task in all_tasks.items():
-    modules = {split: set().union(*map(_modules, examples))
-               for split, examples in _splits(task).items()}
-    texts = {split: {text for e in examples for text in _texts(e)}
-             for split, examples in _splits(task).items()}
+    modules = {
+      split: set().union(*map(_modules, examples)) for split, examples in _splits(task).items()
+    }
+    texts = {
+      split: {text for e in examples for text in _texts(e)}
+      for split, examples in _splits(task).items()
+    }
     for a, b in (('train', 'validation'), ('train', 'test'), ('validation', 'test')):
       assert not modules[a] & modules[b], (name, a, b)
       assert not texts[a] & texts[b], (name, a, b)
     if name != 'stdlib_package':  # held out like pretraining holds documents out
       assert all(text_corpus.is_validation(m, 0.1) for m in modules['test'])
-      assert all(text_corpus.is_validation(m, 0.2) and not text_corpus.is_validation(m, 0.1)
-                 for m in modules['validation'])
+      assert all(
+        text_corpus.is_validation(m, 0.2) and not text_corpus.is_validation(m, 0.1)
+        for m in modules['validation']
+      )
       assert not any(text_corpus.is_validation(m, 0.2) for m in modules['train'])
 
 
@@ -157,7 +186,7 @@ def test_continuation_labels_come_from_the_files(all_tasks):
         assert follows and source['hypothesis'] == source['premise']
       else:
         assert not follows and source['hypothesis'] != source['premise']
-    assert np.ptp(np.bincount([e["label"] for e in examples])) <= 1, split  # 50/50
+    assert np.ptp(np.bincount([e['label'] for e in examples])) <= 1, split  # 50/50
 
 
 def test_same_module_labels_come_from_the_files(all_tasks):
@@ -169,7 +198,7 @@ def test_same_module_labels_come_from_the_files(all_tasks):
       assert _in_module(example['text_a'], a) and _in_module(example['text_b'], b)
       assert example['text_a'] != example['text_b']
       assert (a == b) == (task.labels[example['label']] == 'same')
-    assert np.ptp(np.bincount([e["label"] for e in examples])) <= 1, split
+    assert np.ptp(np.bincount([e['label'] for e in examples])) <= 1, split
 
 
 def test_next_sentence_answers_come_from_the_files(all_tasks):
@@ -186,7 +215,7 @@ def test_next_sentence_answers_come_from_the_files(all_tasks):
         assert _in_module(choice, module)
         if k != label:
           assert module != example['source']['context']
-    assert np.ptp(np.bincount([e["label"] for e in examples], minlength=4)) <= 1, split
+    assert np.ptp(np.bincount([e['label'] for e in examples], minlength=4)) <= 1, split
 
 
 def test_sizes_caps_and_index(all_tasks):
@@ -201,18 +230,20 @@ def test_sizes_caps_and_index(all_tasks):
 
 
 def test_majority_baseline_matches_sklearn(all_tasks):
-  for name, task in all_tasks.items():
+  for task in all_tasks.values():
     labels = [e['label'] for e in task.validation['validation']]
-    dummy = sklearn.dummy.DummyClassifier(strategy='most_frequent').fit(np.zeros((len(labels), 1)),
-                                                                        labels)
+    dummy = sklearn.dummy.DummyClassifier(strategy='most_frequent').fit(
+      np.zeros((len(labels), 1)), labels
+    )
     expected = dummy.score(np.zeros((len(labels), 1)), labels)
     assert task_metrics.majority_baseline(task) == pytest.approx(expected)
   assert task_metrics.majority_baseline(all_tasks['stdlib_continuation']) == 0.5
 
 
 def test_every_example_encodes_with_the_project_tokenizer(all_tasks, tmp_path):
-  corpus = [text for task in all_tasks.values() for e in task.validation['validation']
-            for text in _texts(e)]
+  corpus = [
+    text for task in all_tasks.values() for e in task.validation['validation'] for text in _texts(e)
+  ]
   tokenizer = train_tokenizer(corpus, tmp_path / 'bpe.model', vocab_size=512, max_bytes=10**6)
   for name, task in all_tasks.items():
     examples = task.validation['validation']
@@ -223,13 +254,19 @@ def test_every_example_encodes_with_the_project_tokenizer(all_tasks, tmp_path):
     extract = np.take_along_axis(batch['tokens'], batch['extract_index'][..., None], -1)
     assert (extract == tokenizer.extract_id).all()
     # Texts are capped at MAX_WORDS words: even this small vocabulary fits them in 256 tokens.
-    assert transforms.encode_examples(task.kind, examples, tokenizer, max_len=256)[1] <= \
-        0.02 * len(examples), name
+    assert transforms.encode_examples(task.kind, examples, tokenizer, max_len=256)[1] <= 0.02 * len(
+      examples
+    ), name
   first = all_tasks['stdlib_continuation'].validation['validation'][0]
   out = transforms.encode_example('entailment', first, tokenizer, 128)
-  ids = [tokenizer.start_id, *tokenizer.encode(first['premise']), tokenizer.delimiter_id,
-         *tokenizer.encode(first['hypothesis']), tokenizer.extract_id]
-  np.testing.assert_array_equal(out['tokens'][:len(ids)], ids)
+  ids = [
+    tokenizer.start_id,
+    *tokenizer.encode(first['premise']),
+    tokenizer.delimiter_id,
+    *tokenizer.encode(first['hypothesis']),
+    tokenizer.extract_id,
+  ]
+  np.testing.assert_array_equal(out['tokens'][: len(ids)], ids)
 
 
 def test_unknown_default_task_and_empty_split():
@@ -253,10 +290,19 @@ def test_load_task_reads_a_registry_task_by_either_name(tmp_path):
   src = tmp_path / 'src'
   src.mkdir()
   from tensorflow_datasets.text import glue
-  _prepare(glue.Glue, str(tmp_path), config='sst2', splits={
-      split: dict(data_file=_write_tsv(src / f'{split}.tsv', ['sentence', 'label'], rows),
-                  split='train' if split == 'train' else 'dev')
-      for split, rows in (('train', SST2_TRAIN), ('validation', SST2_DEV), ('test', SST2_DEV))})
+
+  _prepare(
+    glue.Glue,
+    str(tmp_path),
+    config='sst2',
+    splits={
+      split: dict(
+        data_file=_write_tsv(src / f'{split}.tsv', ['sentence', 'label'], rows),
+        split='train' if split == 'train' else 'dev',
+      )
+      for split, rows in (('train', SST2_TRAIN), ('validation', SST2_DEV), ('test', SST2_DEV))
+    },
+  )
   for name in ('sst2', 'glue/sst2'):
     task = load.load_task(_task_config(name, data_dir=str(tmp_path)))
     assert task.name == 'sst2' and task.labels == ('negative', 'positive')
@@ -265,13 +311,21 @@ def test_load_task_reads_a_registry_task_by_either_name(tmp_path):
 
 
 def test_load_task_reads_local_files(tmp_path):
-  rows = [{'premise': 'a b', 'hypothesis': 'c', 'label': 'yes'},
-          {'premise': 'd', 'hypothesis': 'e f', 'label': 'no'}]
+  rows = [
+    {'premise': 'a b', 'hypothesis': 'c', 'label': 'yes'},
+    {'premise': 'd', 'hypothesis': 'e f', 'label': 'no'},
+  ]
   path = tmp_path / 'train.jsonl'
   path.write_text(''.join(json.dumps(row) + '\n' for row in rows))
-  config = load_config(str(FINETUNE_CONFIGS / 'local.py'), [
-      'task.kind=entailment', f'task.train={path}', f'task.validation={path}',
-      'task.labels=yes, no'])
+  config = load_config(
+    str(FINETUNE_CONFIGS / 'local.py'),
+    [
+      'task.kind=entailment',
+      f'task.train={path}',
+      f'task.validation={path}',
+      'task.labels=yes, no',
+    ],
+  )
   task = load.load_task(config.task)
   assert task.kind == 'entailment' and task.labels == ('yes', 'no')  # the config's order
   assert [(e['premise'], e['label']) for e in task.train] == [('a b', 0), ('d', 1)]
@@ -281,15 +335,16 @@ def test_load_task_reads_local_files(tmp_path):
 
 
 def test_load_task_builds_a_default_task(all_tasks):
-  config = load_config(str(FINETUNE_CONFIGS / 'stdlib_same_module.py'),
-                       ['task.max_train_examples=11', 'task.max_eval_examples=7', 'task.seed=0'])
+  config = load_config(
+    str(FINETUNE_CONFIGS / 'stdlib_same_module.py'),
+    ['task.max_train_examples=11', 'task.max_eval_examples=7', 'task.seed=0'],
+  )
   task = load.load_task(config.task)
   expected = all_tasks['stdlib_same_module']
   assert task.train == expected.train[:11]
   assert task.test['test'] == expected.test['test'][:7]
   # From the base config, without the default tasks' own fields: their defaults.
-  assert load.load_task(_task_config('stdlib_package')).train == \
-      all_tasks['stdlib_package'].train
+  assert load.load_task(_task_config('stdlib_package')).train == all_tasks['stdlib_package'].train
 
 
 def test_load_task_names_every_option_for_an_unknown_name():
@@ -305,12 +360,23 @@ def test_every_finetune_config_loads_with_the_paper_recipe():
   for path in paths:
     config = load_config(str(path))
     assert isinstance(config.task, ml_collections.ConfigDict)
-    assert (config.optim.learning_rate, config.optim.schedule, config.optim.warmup_fraction,
-            config.optim.weight_decay) == (6.25e-5, 'linear', 0.002, 0.01)
-    assert (config.train.batch_size, config.train.num_epochs,
-            config.train.num_steps) == (32, 3.0, -1)
-    assert (config.finetune.init, config.finetune.lm_coef, config.finetune.clf_pdrop,
-            config.finetune.eval_batch_size) == ('', 0.5, 0.1, 64)
+    assert (
+      config.optim.learning_rate,
+      config.optim.schedule,
+      config.optim.warmup_fraction,
+      config.optim.weight_decay,
+    ) == (6.25e-5, 'linear', 0.002, 0.01)
+    assert (config.train.batch_size, config.train.num_epochs, config.train.num_steps) == (
+      32,
+      3.0,
+      -1,
+    )
+    assert (
+      config.finetune.init,
+      config.finetune.lm_coef,
+      config.finetune.clf_pdrop,
+      config.finetune.eval_batch_size,
+    ) == ('', 0.5, 0.1, 64)
     assert (config.task.max_len, config.task.max_train_examples) == (-1, -1)
     assert config.model.to_dict() == pretraining.model.to_dict()
     if path.stem not in ('base', 'local'):

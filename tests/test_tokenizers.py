@@ -16,8 +16,13 @@ from gpt_jax.data import hf_tokenizer
 from gpt_jax.data.tokenizer import Tokenizer, train_tokenizer
 from gpt_jax.errors import UserError
 
-TRICKY = ['  two  spaces\n\n\tand a tab', 'Caf\u00e9 NA\u00cfVE \u4e2d\u6587 \U0001F600 a\u2581b',
-          'raw <s> $ <e> <pad> <|endoftext|> spellings', '', '   ']
+TRICKY = [
+  '  two  spaces\n\n\tand a tab',
+  'Caf\u00e9 NA\u00cfVE \u4e2d\u6587 \U0001f600 a\u2581b',
+  'raw <s> $ <e> <pad> <|endoftext|> spellings',
+  '',
+  '   ',
+]
 
 
 @pytest.fixture(scope='module')
@@ -71,8 +76,9 @@ def test_openai_release_file_names_read_the_same_tables(gpt1_files, tmp_path):
   assert release.fingerprint() == hf_layout.fingerprint()
 
 
-def test_sentencepiece_export_loads_in_auto_tokenizer_with_the_same_ids(documents, sentencepiece,
-                                                                          tmp_path):
+def test_sentencepiece_export_loads_in_auto_tokenizer_with_the_same_ids(
+  documents, sentencepiece, tmp_path
+):
   hf_tokenizer.write_for_hf(sentencepiece, tmp_path)
   reference = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
   texts = documents + TRICKY
@@ -82,7 +88,8 @@ def test_sentencepiece_export_loads_in_auto_tokenizer_with_the_same_ids(document
   assert not mismatched, f'{len(mismatched)} of {len(got)} documents differ, e.g. #{mismatched[0]}'
   for text in texts[:50] + TRICKY:
     assert reference.decode(sentencepiece.encode(text)) == sentencepiece.decode(
-        sentencepiece.encode(text))
+      sentencepiece.encode(text)
+    )
   assert reference.pad_token_id == sentencepiece.pad_id
   assert reference.eos_token_id == sentencepiece.eod_id
 

@@ -23,11 +23,11 @@ def read_wandb_records(path) -> list:
   position, pending, records = 7, b'', []
   while position + 7 <= len(data):
     room = block - position % block
-    _, length, kind = struct.unpack('<IHB', data[position:position + 7])
+    _, length, kind = struct.unpack('<IHB', data[position : position + 7])
     if room < 7 or (length == 0 and kind == 0):  # block trailer / padding
       position += room
       continue
-    pending += data[position + 7:position + 7 + length]
+    pending += data[position + 7 : position + 7 + length]
     position += 7 + length
     if kind in (1, 4):  # a full record, or the last chunk of one
       record = wandb_internal_pb2.Record()
@@ -42,12 +42,29 @@ def test_finetuning_logs_config_once_and_every_logged_step_offline(tmp_path, mon
   monkeypatch.setenv('WANDB_SILENT', 'true')
   model = random_lm_dir(tmp_path / 'model', scale=1.0)
   workdir = tmp_path / 'ft'
-  assert cli.main(['finetune', '--config', 'configs/finetune/local.py', '--workdir', str(workdir),
-                   '--init', str(model), *_task_files(tmp_path), '--config.task.max_len=32',
-                   '--config.train.batch_size=8', '--config.finetune.eval_batch_size=8',
-                   '--config.train.num_steps=6', '--config.train.log_every=2',
-                   '--config.mesh.fsdp=1', '--config.mesh.data=-1',
-                   '--config.report.wandb_project=gpt_jax_test']) == 0
+  assert (
+    cli.main(
+      [
+        'finetune',
+        '--config',
+        'configs/finetune/local.py',
+        '--workdir',
+        str(workdir),
+        '--init',
+        str(model),
+        *_task_files(tmp_path),
+        '--config.task.max_len=32',
+        '--config.train.batch_size=8',
+        '--config.finetune.eval_batch_size=8',
+        '--config.train.num_steps=6',
+        '--config.train.log_every=2',
+        '--config.mesh.fsdp=1',
+        '--config.mesh.data=-1',
+        '--config.report.wandb_project=gpt_jax_test',
+      ]
+    )
+    == 0
+  )
   [run_file] = glob.glob(str(workdir / 'wandb' / 'offline-run-*' / 'run-*.wandb'))
   records = read_wandb_records(run_file)
 
@@ -60,14 +77,20 @@ def test_finetuning_logs_config_once_and_every_logged_step_offline(tmp_path, mon
   history = {}
   for record in records:
     if record.WhichOneof('record_type') == 'history':
-      items = {item.key or '/'.join(item.nested_key): json.loads(item.value_json)
-               for item in record.history.item}
+      items = {
+        item.key or '/'.join(item.nested_key): json.loads(item.value_json)
+        for item in record.history.item
+      }
       history.setdefault(items.pop('_step'), {}).update(items)
   expected = {}
   for row in read_metrics(workdir / 'metrics.jsonl'):
-    expected.setdefault(row['step'], {}).update({
-        f'{row["split"]}/{name}': value for name, value in row.items()
-        if name not in ('split', 'step', 'time')})
+    expected.setdefault(row['step'], {}).update(
+      {
+        f'{row["split"]}/{name}': value
+        for name, value in row.items()
+        if name not in ('split', 'step', 'time')
+      }
+    )
   assert sorted(history) == sorted(expected) == [2, 4, 6]
   for step, values in expected.items():
     assert {k: history[step][k] for k in values} == pytest.approx(values)

@@ -26,8 +26,12 @@ def test_hugging_face_directory_gives_its_weights_shape_and_tokenizer(tmp_path):
   weights = load_weights(tmp_path / 'hf', tokenizer_required=False)
   assert weights.model_config == model_config and weights.tokenizer is None
   assert 'Hugging Face weights' in weights.source
-  assert max_abs_diff(our_logits(weights.params, weights.model_config, TOKENS),
-                      hf_logits(reference, TOKENS)) <= 1e-5
+  assert (
+    max_abs_diff(
+      our_logits(weights.params, weights.model_config, TOKENS), hf_logits(reference, TOKENS)
+    )
+    <= 1e-5
+  )
   with pytest.raises(UserError, match='has no tokenizer: '):
     load_weights(tmp_path / 'hf')
 
@@ -35,8 +39,11 @@ def test_hugging_face_directory_gives_its_weights_shape_and_tokenizer(tmp_path):
 def test_openai_release_is_recognised_by_its_files(tmp_path):
   _write_release(tmp_path / 'release', d=48)  # GPT-1's 12 heads need a width they divide
   weights = load_weights(tmp_path / 'release', tokenizer_required=False)
-  assert (weights.model_config.n_layer, weights.model_config.n_head,
-          weights.model_config.vocab_size) == (2, 12, 100)
+  assert (
+    weights.model_config.n_layer,
+    weights.model_config.n_head,
+    weights.model_config.vocab_size,
+  ) == (2, 12, 100)
   assert "OpenAI's released weights" in weights.source
 
 
@@ -68,10 +75,13 @@ def test_ids_to_redraw_get_fresh_rows_inside_the_vocabulary(tmp_path):
   assert grown.model_config.vocab_size == 102
 
 
-@pytest.mark.parametrize('setup, message', [
+@pytest.mark.parametrize(
+  'setup, message',
+  [
     (None, 'finetune.init=.*nowhere is not a directory'),
     ('empty', 'holds no weights gpt_jax can read'),
-])
+  ],
+)
 def test_sources_it_cannot_read_are_one_line_errors(tmp_path, setup, message):
   source = tmp_path / 'nowhere'
   if setup == 'empty':
@@ -106,10 +116,18 @@ def test_published_openai_gpt_directory_brings_gpt1_bpe(tmp_path, gpt1_bpe):
   reference = _hf_openai_gpt_dir(tmp_path / 'openai-gpt', bpe_dir, vocab_size)
   weights = load_weights(tmp_path / 'openai-gpt')
   assert isinstance(weights.tokenizer, HFTokenizer)
-  assert weights.tokenizer.encode('The cat.') == transformers.OpenAIGPTTokenizer.from_pretrained(
-      str(bpe_dir))('The cat.', add_special_tokens=False)['input_ids']
-  assert max_abs_diff(our_logits(weights.params, weights.model_config, TOKENS),
-                      hf_logits(reference, TOKENS)) <= 1e-5
+  assert (
+    weights.tokenizer.encode('The cat.')
+    == transformers.OpenAIGPTTokenizer.from_pretrained(str(bpe_dir))(
+      'The cat.', add_special_tokens=False
+    )['input_ids']
+  )
+  assert (
+    max_abs_diff(
+      our_logits(weights.params, weights.model_config, TOKENS), hf_logits(reference, TOKENS)
+    )
+    <= 1e-5
+  )
   grown = with_token_ids(weights, [weights.tokenizer.extract_id], seed=0)
   assert grown.model_config.vocab_size == vocab_size + 3  # <s>, $, <e> as in the paper
 
@@ -140,8 +158,12 @@ def test_hub_id_is_read_from_the_cache_offline(tmp_path, gpt1_bpe, monkeypatch):
   monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
   weights = load_weights('hf:openai-community/openai-gpt')
   assert isinstance(weights.tokenizer, HFTokenizer)
-  assert max_abs_diff(our_logits(weights.params, weights.model_config, TOKENS),
-                      hf_logits(reference, TOKENS)) <= 1e-5
+  assert (
+    max_abs_diff(
+      our_logits(weights.params, weights.model_config, TOKENS), hf_logits(reference, TOKENS)
+    )
+    <= 1e-5
+  )
 
 
 def test_bad_gpt1_sources_are_one_line_cli_errors(tmp_path, gpt1_bpe, monkeypatch, capsys):
@@ -150,16 +172,23 @@ def test_bad_gpt1_sources_are_one_line_cli_errors(tmp_path, gpt1_bpe, monkeypatc
   for name in ('vocab.json', 'merges.txt'):
     (tmp_path / 'no_tokenizer' / name).unlink()
   random_hf_model(seed=5, **{**SMALL, 'vocab_size': vocab_size - 10}).save_pretrained(
-      tmp_path / 'too_small')
+    tmp_path / 'too_small'
+  )
   for name in ('vocab.json', 'merges.txt'):
     shutil.copy(bpe_dir / name, tmp_path / 'too_small' / name)
   monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'empty_cache'))
   monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
-  cases = [(tmp_path / 'no_tokenizer', 'no_tokenizer has no tokenizer: '),
-           (tmp_path / 'too_small', f'has {vocab_size:,} tokens but the embedding has '
-                                    f'{vocab_size - 10:,} rows'),
-           ('hf:openai-community/openai-gpt', 'hf:openai-community/openai-gpt is not in the '
-                                              'Hugging Face cache')]
+  cases = [
+    (tmp_path / 'no_tokenizer', 'no_tokenizer has no tokenizer: '),
+    (
+      tmp_path / 'too_small',
+      f'has {vocab_size:,} tokens but the embedding has {vocab_size - 10:,} rows',
+    ),
+    (
+      'hf:openai-community/openai-gpt',
+      'hf:openai-community/openai-gpt is not in the Hugging Face cache',
+    ),
+  ]
   capsys.readouterr()  # transformers' progress bars while saving
   for source, message in cases:
     assert cli.main(['sample', '--workdir', str(source), '--prompt', 'the']) == 1

@@ -12,17 +12,18 @@ from gpt_jax.configs import gpt1
 def get_config() -> ml_collections.ConfigDict:
   config = gpt1.get_config()
   config.optim.update(
-      learning_rate=6.25e-5,
-      schedule='linear',  # linear warmup over warmup_fraction of the steps, then linear decay to 0
-      warmup_fraction=0.002,  # 0.2% of training
-      weight_decay=0.01,
+    learning_rate=6.25e-5,
+    schedule='linear',  # linear warmup over warmup_fraction of the steps, then linear decay to 0
+    warmup_fraction=0.002,  # 0.2% of training
+    weight_decay=0.01,
   )
   config.train.update(
-      batch_size=32,
-      num_epochs=3.0,
-      num_steps=-1,  # -1: num_epochs over the task's training split
+    batch_size=32,
+    num_epochs=3.0,
+    num_steps=-1,  # -1: num_epochs over the task's training split
   )
-  config.task = ml_collections.ConfigDict(dict(
+  config.task = ml_collections.ConfigDict(
+    dict(
       # A registry task ('sst2' or its TFDS name 'glue/sst2'), 'local' (your own files, see
       # finetune/local.py), or an offline default task (stdlib_package, stdlib_continuation,
       # stdlib_same_module, stdlib_next_sentence); see gpt_jax.tasks.load.load_task.
@@ -48,8 +49,10 @@ def get_config() -> ml_collections.ConfigDict:
       zero_shot_score='mean',  # an answer's token log-probabilities: 'mean' (paper) or 'sum'
       acceptability=False,  # CoLA-style: the text's mean token log-probability, thresholded
       acceptability_threshold=float('nan'),  # NaN: keep the training labels' positive share
-  ))
-  config.finetune = ml_collections.ConfigDict(dict(
+    )
+  )
+  config.finetune = ml_collections.ConfigDict(
+    dict(
       init='',  # a pretraining workdir or a Hugging Face directory (--init)
       random_init=False,  # True: init's shape and tokenizer, random weights (the paper's ablation)
       # False: <s>, $ and <e> start from fresh N(0, 0.02) rows, as in the paper, also when
@@ -60,5 +63,6 @@ def get_config() -> ml_collections.ConfigDict:
       lm_chunk=128,  # LM logits are made this many positions per sequence at a time (memory)
       clf_pdrop=0.1,  # dropout before the classifier
       eval_batch_size=64,
-  ))
+    )
+  )
   return config

@@ -19,12 +19,12 @@ from gpt_jax.configs.finetune import base
 def get_config():
   config = base.get_config()
   config.task.update(
-      name='local',
-      kind='classification',  # classification, entailment, similarity or multiple_choice
-      train='',  # required: the training file
-      validation='',  # required: scored every epoch, selects the best checkpoint
-      test='',  # optional: predicted at the end; its labels may be left out
-      labels='',  # comma-separated class labels; '' takes the sorted labels of the train file
-      regression=False,  # similarity / classification with a numeric label
+    name='local',
+    kind='classification',  # classification, entailment, similarity or multiple_choice
+    train='',  # required: the training file
+    validation='',  # required: scored every epoch, selects the best checkpoint
+    test='',  # optional: predicted at the end; its labels may be left out
+    labels='',  # comma-separated class labels; '' takes the sorted labels of the train file
+    regression=False,  # similarity / classification with a numeric label
   )
   return config

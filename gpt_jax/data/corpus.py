@@ -37,8 +37,9 @@ class Corpus(abc.ABC):
     """Documents in the split."""
 
   @abc.abstractmethod
-  def documents(self, split: str, start: int = 0, stop: int | None = None,
-                batch_size: int = 256) -> Iterator[list[str]]:
+  def documents(
+    self, split: str, start: int = 0, stop: int | None = None, batch_size: int = 256
+  ) -> Iterator[list[str]]:
     """Documents [start, stop) of the split in stored order, as lists of up to `batch_size`."""
 
   @abc.abstractmethod

@@ -25,10 +25,10 @@ import functools
 import os
 from collections.abc import Iterator
 
+from gpt_jax import workdir as workdir_lib
 from gpt_jax.data import parquet_files
 from gpt_jax.data.corpus import Corpus
 from gpt_jax.errors import UserError
-from gpt_jax import workdir as workdir_lib
 
 _FILE_BUILDERS = {'.parquet': 'parquet', '.jsonl': 'json', '.json': 'json', '.csv': 'csv'}
 
@@ -36,8 +36,14 @@ _FILE_BUILDERS = {'.parquet': 'parquet', '.jsonl': 'json', '.json': 'json', '.cs
 class HfCorpus(Corpus):
   """A `datasets` Dataset(Dict) with a train and a validation split."""
 
-  def __init__(self, source: str, config_name: str, text_key: str, validation_split: str,
-               validation_fraction: float):
+  def __init__(
+    self,
+    source: str,
+    config_name: str,
+    text_key: str,
+    validation_split: str,
+    validation_fraction: float,
+  ):
     self.source, self.config_name = source, config_name
     self.text_key, self.validation_split = text_key, validation_split
     self.validation_fraction = validation_fraction
@@ -55,30 +61,43 @@ class HfCorpus(Corpus):
     if 'train' not in loaded:
       raise UserError(f'{self.name} has no train split (it has {", ".join(names)})')
     if self.validation_split and self.validation_split not in loaded:
-      raise UserError(f'data.validation_split={self.validation_split!r}: {self.name} has splits '
-                      f'{", ".join(names)}')
+      raise UserError(
+        f'data.validation_split={self.validation_split!r}: {self.name} has splits '
+        f'{", ".join(names)}'
+      )
     train = loaded['train']
     for split in loaded.values():
       if self.text_key not in split.column_names:
-        raise UserError(f'{self.name} has no column {self.text_key!r} (it has '
-                        f'{", ".join(split.column_names)}); set --config.data.text_key')
+        raise UserError(
+          f'{self.name} has no column {self.text_key!r} (it has '
+          f'{", ".join(split.column_names)}); set --config.data.text_key'
+        )
     validation = self.validation_split or next(
-        (name for name in ('validation', 'test') if name in loaded), '')
+      (name for name in ('validation', 'test') if name in loaded), ''
+    )
     if validation:
-      return {'train': (train, 0, len(train)),
-              'validation': (loaded[validation], 0, len(loaded[validation]))}
+      return {
+        'train': (train, 0, len(train)),
+        'validation': (loaded[validation], 0, len(loaded[validation])),
+      }
     held_out = round(len(train) * self.validation_fraction)
     if not 0 < held_out < len(train):
-      raise UserError(f'data.validation_fraction={self.validation_fraction} holds out '
-                      f'{held_out} of the {len(train)} documents of {self.name}:train (it has no '
-                      'validation split); choose a fraction that keeps some on both sides')
-    return {'train': (train, 0, len(train) - held_out),
-            'validation': (train, len(train) - held_out, len(train))}
+      raise UserError(
+        f'data.validation_fraction={self.validation_fraction} holds out '
+        f'{held_out} of the {len(train)} documents of {self.name}:train (it has no '
+        'validation split); choose a fraction that keeps some on both sides'
+      )
+    return {
+      'train': (train, 0, len(train) - held_out),
+      'validation': (train, len(train) - held_out, len(train)),
+    }
 
   @property
   def split_names(self) -> dict[str, str]:
-    return {split: f'{table.split or "train"}[{first}:{end}]'
-            for split, (table, first, end) in self._splits.items()}
+    return {
+      split: f'{table.split or "train"}[{first}:{end}]'
+      for split, (table, first, end) in self._splits.items()
+    }
 
   def prepare(self) -> None:
     for split in ('train', 'validation'):
@@ -89,8 +108,9 @@ class HfCorpus(Corpus):
     _, first, end = self._splits[split]
     return end - first
 
-  def documents(self, split: str, start: int = 0, stop: int | None = None,
-                batch_size: int = 256) -> Iterator[list[str]]:
+  def documents(
+    self, split: str, start: int = 0, stop: int | None = None, batch_size: int = 256
+  ) -> Iterator[list[str]]:
     table, first, end = self._splits[split]
     stop = end - first if stop is None else stop
     for texts in table.texts(self.text_key, first + start, first + stop, batch_size):
@@ -100,9 +120,12 @@ class HfCorpus(Corpus):
     splits = {}
     for split, (table, first, end) in self._splits.items():
       fraction = (end - first) / max(len(table), 1)
-      splits[split] = dict(spec=self.split_names[split], documents=end - first,
-                           bytes=int(table.text_bytes(self.text_key) * fraction),
-                           **table.identity())
+      splits[split] = dict(
+        spec=self.split_names[split],
+        documents=end - first,
+        bytes=int(table.text_bytes(self.text_key) * fraction),
+        **table.identity(),
+      )
     return dict(name=self.name, text_key=self.text_key, splits=splits)
 
   def opener(self, reopen):
@@ -136,32 +159,37 @@ class DatasetTable:
   def texts(self, key: str, start: int, stop: int, batch_size: int) -> Iterator[list]:
     column = self.dataset.select_columns([key])
     for row in range(start, stop, batch_size):
-      yield column[row:min(row + batch_size, stop)][key]
+      yield column[row : min(row + batch_size, stop)][key]
 
 
 def _load(source: str, config_name: str) -> dict:
   """split -> table: parquet files read in place, else what `datasets` loads."""
   import datasets  # pylint: disable=import-outside-toplevel
+
   try:
     files = None if config_name else parquet_files.resolve(source)
     return parquet_files.open_tables(files) if files else _load_with_datasets(source, config_name)
   except UserError:
     raise
   except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as error:
-    raise UserError(f'data.corpus=hf:{source}: cannot load it '
-                    f'({str(error).splitlines()[0] if str(error) else type(error).__name__}); give '
-                    'a save_to_disk directory, parquet/jsonl/csv files, or a cached hub id') from None
+    raise UserError(
+      f'data.corpus=hf:{source}: cannot load it '
+      f'({str(error).splitlines()[0] if str(error) else type(error).__name__}); give '
+      'a save_to_disk directory, parquet/jsonl/csv files, or a cached hub id'
+    ) from None
 
 
 def _load_with_datasets(source: str, config_name: str) -> dict:
   """split -> DatasetTable, from a save_to_disk directory, data files or the hub."""
   import datasets  # pylint: disable=import-outside-toplevel
+
   path = workdir_lib.path(source)
   if (path / 'dataset_dict.json').exists() or (path / 'state.json').exists():
     loaded = datasets.load_from_disk(str(path))
   elif os.path.splitext(source)[1] in _FILE_BUILDERS:
-    loaded = datasets.load_dataset(_FILE_BUILDERS[os.path.splitext(source)[1]],
-                                   data_files={'train': source})
+    loaded = datasets.load_dataset(
+      _FILE_BUILDERS[os.path.splitext(source)[1]], data_files={'train': source}
+    )
   else:
     loaded = datasets.load_dataset(source, config_name or None)
   loaded = loaded if isinstance(loaded, datasets.DatasetDict) else {'train': loaded}
@@ -169,11 +197,16 @@ def _load_with_datasets(source: str, config_name: str) -> dict:
 
 
 def open_hf_corpus(data_config) -> HfCorpus:
-  rest = data_config.corpus[len('hf:'):]
+  rest = data_config.corpus[len('hf:') :]
   source, colon, config_name = rest.rpartition(':')
   if not colon or '/' in config_name:  # no CONFIG: the colon (if any) is a URL's, gs://...
     source, config_name = rest, ''
   if not source:
     raise UserError('data.corpus=hf:NAME[:CONFIG] needs a NAME (hub id, directory or files)')
-  return HfCorpus(source, config_name, data_config.text_key or 'text',
-                  data_config.validation_split, data_config.validation_fraction)
+  return HfCorpus(
+    source,
+    config_name,
+    data_config.text_key or 'text',
+    data_config.validation_split,
+    data_config.validation_fraction,
+  )

@@ -58,16 +58,24 @@ class HFTokenizer(sentencepiece_lib.TextTokenizer):
     self._tokenizer = tokenizers.Tokenizer.from_str(tokenizer.to_str())  # ours to change
     self.text_vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
     missing = [token for token in FINETUNE_TOKENS if self._tokenizer.token_to_id(token) is None]
-    self._tokenizer.add_special_tokens([
-        tokenizers.AddedToken(token, special=True, normalized=False) for token in missing])
+    self._tokenizer.add_special_tokens(
+      [tokenizers.AddedToken(token, special=True, normalized=False) for token in missing]
+    )
     self._tokenizer.encode_special_tokens = True  # "<s>" in text is three ordinary characters
     self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
-    self.start_id, self.delimiter_id, self.extract_id = map(self._tokenizer.token_to_id,
-                                                            FINETUNE_TOKENS)
+    self.start_id, self.delimiter_id, self.extract_id = map(
+      self._tokenizer.token_to_id, FINETUNE_TOKENS
+    )
     pad_id = self._tokenizer.token_to_id(sentencepiece_lib.PAD)
     self.pad_id = self.extract_id if pad_id is None else pad_id
-    self.eod_id = next((self._tokenizer.token_to_id(token) for token in _EOD_TOKENS
-                        if self._tokenizer.token_to_id(token) is not None), None)
+    self.eod_id = next(
+      (
+        self._tokenizer.token_to_id(token)
+        for token in _EOD_TOKENS
+        if self._tokenizer.token_to_id(token) is not None
+      ),
+      None,
+    )
 
   @property
   def hf_tokenizer(self) -> tokenizers.Tokenizer:
@@ -101,8 +109,9 @@ class HFTokenizer(sentencepiece_lib.TextTokenizer):
 def gpt1_bpe(vocab: dict[str, int], merges: list[tuple[str, str]]) -> tokenizers.Tokenizer:
   """GPT-1's BPE pipeline (see the module docstring) over a vocabulary and its merges."""
   unk = '<unk>' if '<unk>' in vocab else None
-  tokenizer = tokenizers.Tokenizer(BPE(vocab=vocab, merges=merges, end_of_word_suffix=END_OF_WORD,
-                                       unk_token=unk, fuse_unk=False))
+  tokenizer = tokenizers.Tokenizer(
+    BPE(vocab=vocab, merges=merges, end_of_word_suffix=END_OF_WORD, unk_token=unk, fuse_unk=False)
+  )
   tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
   tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
   tokenizer.decoder = decoders.BPEDecoder(suffix=END_OF_WORD)
@@ -127,8 +136,9 @@ def read_gpt1_bpe(vocab_file, merges_file) -> HFTokenizer:
   try:
     return HFTokenizer(gpt1_bpe(vocab, merges), vocab_file)
   except Exception as error:  # tokenizers raises plain Exceptions for inconsistent tables
-    raise UserError(f'{vocab_file} and {merges_file} do not make a BPE tokenizer ({error})'
-                    ) from None
+    raise UserError(
+      f'{vocab_file} and {merges_file} do not make a BPE tokenizer ({error})'
+    ) from None
 
 
 def read_tokenizer_json(path) -> HFTokenizer:
@@ -170,20 +180,29 @@ def from_sentencepiece(tokenizer: sentencepiece_lib.Tokenizer) -> tokenizers.Tok
   special = [sentencepiece_lib.PAD, sentencepiece_lib.UNK, *sentencepiece_lib.CONTROL_PIECES]
   merges = []
   for piece in set(pieces) - set(special):
-    splits = [(piece[:cut], piece[cut:]) for cut in range(1, len(piece))
-              if piece[:cut] in vocab and piece[cut:] in vocab]
+    splits = [
+      (piece[:cut], piece[cut:])
+      for cut in range(1, len(piece))
+      if piece[:cut] in vocab and piece[cut:] in vocab
+    ]
     merges += [(vocab[piece], vocab[a], vocab[b], a, b) for a, b in splits]
   merges = [(a, b) for *_, a, b in sorted(merges)]
-  hf = tokenizers.Tokenizer(BPE(vocab=vocab, merges=merges, unk_token=sentencepiece_lib.UNK,
-                                fuse_unk=True, byte_fallback=True))
+  hf = tokenizers.Tokenizer(
+    BPE(
+      vocab=vocab, merges=merges, unk_token=sentencepiece_lib.UNK, fuse_unk=True, byte_fallback=True
+    )
+  )
   hf.normalizer = normalizers.Replace(' ', '\u2581')
   # sentencepiece's words (allow_whitespace_only_pieces): a run of spaces and what follows it.
-  hf.pre_tokenizer = pre_tokenizers.Split(tokenizers.Regex('\u2581*[^\u2581]+|\u2581+'),
-                                          behavior='isolated')
-  hf.decoder = decoders.Sequence([decoders.Replace('\u2581', ' '), decoders.ByteFallback(),
-                                  decoders.Fuse()])
-  hf.add_special_tokens([tokenizers.AddedToken(token, special=True, normalized=False)
-                         for token in special])
+  hf.pre_tokenizer = pre_tokenizers.Split(
+    tokenizers.Regex('\u2581*[^\u2581]+|\u2581+'), behavior='isolated'
+  )
+  hf.decoder = decoders.Sequence(
+    [decoders.Replace('\u2581', ' '), decoders.ByteFallback(), decoders.Fuse()]
+  )
+  hf.add_special_tokens(
+    [tokenizers.AddedToken(token, special=True, normalized=False) for token in special]
+  )
   return hf
 
 
@@ -199,12 +218,20 @@ def tokenizer_config(tokenizer: sentencepiece_lib.TextTokenizer) -> dict:
 
   `split_special_tokens` makes Hugging Face encode "<s>" in raw text as text, as we do.
   """
-  names = {key: tokenizer.id_to_piece(value) for key, value in tokenizer.special_ids.items()
-           if value is not None}
-  config = {'tokenizer_class': 'PreTrainedTokenizerFast', 'model_max_length': int(1e30),
-            'pad_token': names['pad_id'], 'bos_token': names['start_id'],
-            'cls_token': names['extract_id'], 'sep_token': names['delimiter_id'],
-            'split_special_tokens': True}
+  names = {
+    key: tokenizer.id_to_piece(value)
+    for key, value in tokenizer.special_ids.items()
+    if value is not None
+  }
+  config = {
+    'tokenizer_class': 'PreTrainedTokenizerFast',
+    'model_max_length': int(1e30),
+    'pad_token': names['pad_id'],
+    'bos_token': names['start_id'],
+    'cls_token': names['extract_id'],
+    'sep_token': names['delimiter_id'],
+    'split_special_tokens': True,
+  }
   if 'eod_id' in names:
     config['eos_token'] = names['eod_id']
   return config
@@ -213,4 +240,6 @@ def tokenizer_config(tokenizer: sentencepiece_lib.TextTokenizer) -> dict:
 def write_for_hf(tokenizer: sentencepiece_lib.TextTokenizer, directory: Path) -> None:
   """tokenizer.json + tokenizer_config.json, which `AutoTokenizer.from_pretrained` reads."""
   (directory / TOKENIZER_JSON).write_text(as_hf(tokenizer).to_str(pretty=True))
-  (directory / TOKENIZER_CONFIG).write_text(json.dumps(tokenizer_config(tokenizer), indent=2) + '\n')
+  (directory / TOKENIZER_CONFIG).write_text(
+    json.dumps(tokenizer_config(tokenizer), indent=2) + '\n'
+  )

@@ -25,8 +25,8 @@ from collections.abc import Iterator
 import fsspec
 import pyarrow.parquet as pq
 
-from gpt_jax.errors import UserError
 from gpt_jax import workdir as workdir_lib
+from gpt_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +55,9 @@ class ParquetFile:
     for chunk in (group.column(c) for group in groups for c in range(group.num_columns)):
       name = chunk.path_in_schema.split('.')[0]  # a nested column's leaves count for it
       column_bytes[name] = column_bytes.get(name, 0) + chunk.total_uncompressed_size
-    return cls(path, filesystem.size(where), tuple(group.num_rows for group in groups), columns,
-               column_bytes)
+    return cls(
+      path, filesystem.size(where), tuple(group.num_rows for group in groups), columns, column_bytes
+    )
 
   def texts(self, key: str, start: int, stop: int, batch_size: int) -> Iterator[list]:
     """Column `key` of rows [start, stop), reading only the row groups they lie in."""
@@ -66,8 +67,9 @@ class ParquetFile:
       return
     row = bounds[groups[0]]  # the file's row number of the next batch's first row
     with fsspec.open(self.path, 'rb') as file:
-      for batch in pq.ParquetFile(file).iter_batches(batch_size, row_groups=groups,
-                                                      columns=[key], use_threads=False):
+      for batch in pq.ParquetFile(file).iter_batches(
+        batch_size, row_groups=groups, columns=[key], use_threads=False
+      ):
         first, end = max(start - row, 0), min(stop - row, batch.num_rows)
         if first < end:
           yield batch.column(0).slice(first, end - first).to_pylist()
@@ -82,8 +84,9 @@ class ParquetTable:
   def __init__(self, split: str, files: list[ParquetFile]):
     self.split, self.files = split, files
     # A column the reader may ask for is one every file has.
-    self.column_names = [name for name in files[0].columns
-                         if all(name in file.columns for file in files)]
+    self.column_names = [
+      name for name in files[0].columns if all(name in file.columns for file in files)
+    ]
     self._starts = [0, *itertools.accumulate(file.rows for file in files)]
 
   def __len__(self) -> int:
@@ -114,6 +117,7 @@ def resolve(source: str) -> dict[str, list[str]] | None:
   directory names (train-*, validation/, ...), else all of it is 'train'.
   """
   from datasets import data_files as data_files_lib  # pylint: disable=import-outside-toplevel
+
   if workdir_lib.is_local(source):
     source = os.path.abspath(os.path.expanduser(source))
   directory = workdir_lib.path(source)
@@ -125,8 +129,10 @@ def resolve(source: str) -> dict[str, list[str]] | None:
     return None
   files = data_files_lib.DataFilesDict.from_patterns(patterns, base_path=source)
   if not any(files.values()):
-    raise UserError(f'data.corpus=hf:{source}: no parquet file matches it; check the path or '
-                    'glob (gs://BUCKET/DIR/*.parquet)')
+    raise UserError(
+      f'data.corpus=hf:{source}: no parquet file matches it; check the path or '
+      'glob (gs://BUCKET/DIR/*.parquet)'
+    )
   if not all(path.endswith('.parquet') for split_files in files.values() for path in split_files):
     return None
   return {split: list(split_files) for split, split_files in files.items() if split_files}
@@ -138,5 +144,7 @@ def open_tables(files: dict[str, list[str]]) -> dict[str, ParquetTable]:
   paths = sorted({path for split_files in files.values() for path in split_files})
   with concurrent.futures.ThreadPoolExecutor(min(16, len(paths))) as pool:
     footers = dict(zip(paths, pool.map(ParquetFile.read, paths)))
-  return {split: ParquetTable(split, [footers[path] for path in split_files])
-          for split, split_files in files.items()}
+  return {
+    split: ParquetTable(split, [footers[path] for path in split_files])
+    for split, split_files in files.items()
+  }

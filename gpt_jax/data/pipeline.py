@@ -49,18 +49,28 @@ def _reader(tokens):
   return tokens if hasattr(tokens, 'read') else ArrayTokens(tokens)
 
 
-def _check_fits(split: str, num_tokens: int, seq_len: int, windows: int, needed: int,
-                what: str) -> None:
+def _check_fits(
+  split: str, num_tokens: int, seq_len: int, windows: int, needed: int, what: str
+) -> None:
   if windows < needed:
-    raise UserError(f'the {split} split has {num_tokens:,} tokens: too few for {what} of '
-                    f'train.seq_len + 1 = {seq_len + 1} tokens; use a larger corpus or a smaller '
-                    'train.seq_len / train.batch_size' +
-                    (' (or raise data.validation_fraction)' if split == 'validation' else ''))
+    raise UserError(
+      f'the {split} split has {num_tokens:,} tokens: too few for {what} of '
+      f'train.seq_len + 1 = {seq_len + 1} tokens; use a larger corpus or a smaller '
+      'train.seq_len / train.batch_size'
+      + (' (or raise data.validation_fraction)' if split == 'validation' else '')
+    )
 
 
-def train_batches(tokens, *, seq_len: int, batch_size: int, seed: int,
-                  process_index: int = 0, process_count: int = 1,
-                  num_threads: int = 2) -> grain.DatasetIterator:
+def train_batches(
+  tokens,
+  *,
+  seq_len: int,
+  batch_size: int,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  num_threads: int = 2,
+) -> grain.DatasetIterator:
   """An endless iterator of int32 arrays (batch_size, seq_len + 1) for one process.
 
   `tokens`: a reader (gpt_jax.data.tokens) or an array. `batch_size` is this
@@ -70,28 +80,45 @@ def train_batches(tokens, *, seq_len: int, batch_size: int, seed: int,
   tokens = _reader(tokens)
   windows = EpochWindows(len(tokens), seq_len, seed)
   usable = windows.num_windows - windows.num_windows % process_count  # same count per process
-  _check_fits('train', len(tokens), seq_len, usable, process_count,
-              f'one window per process ({process_count})')
+  _check_fits(
+    'train',
+    len(tokens),
+    seq_len,
+    usable,
+    process_count,
+    f'one window per process ({process_count})',
+  )
   per_process = usable // process_count
   if per_process < batch_size:
-    warn(f'the train split holds {per_process:,} windows per process, fewer than one batch '
-         f'({batch_size}); every batch repeats windows')
+    warn(
+      f'the train split holds {per_process:,} windows per process, fewer than one batch '
+      f'({batch_size}); every batch repeats windows'
+    )
 
   def start(index, window):
     return windows.start(index // per_process, window)
 
-  dataset = (grain.MapDataset.range(usable)[process_index::process_count]
-             .shuffle(seed=seed)  # a new order every epoch (the seed is folded with it)
-             .repeat()
-             .map_with_index(start)
-             .batch(batch_size, drop_remainder=True)
-             .map(lambda starts: tokens.read(starts, seq_len + 1)))
+  dataset = (
+    grain.MapDataset.range(usable)[process_index::process_count]
+    .shuffle(seed=seed)  # a new order every epoch (the seed is folded with it)
+    .repeat()
+    .map_with_index(start)
+    .batch(batch_size, drop_remainder=True)
+    .map(lambda starts: tokens.read(starts, seq_len + 1))
+  )
   options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4 * max(num_threads, 1))
   return iter(dataset.to_iter_dataset(options))
 
 
-def eval_batches(tokens, *, seq_len: int, batch_size: int, num_batches: int,
-                 process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+def eval_batches(
+  tokens,
+  *,
+  seq_len: int,
+  batch_size: int,
+  num_batches: int,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> grain.IterDataset:
   """The first `num_batches` (all if <= 0) batches of the split's windows, in order.
 
   Returns a re-iterable dataset of int32 arrays (batch_size, seq_len + 1); each
@@ -101,11 +128,19 @@ def eval_batches(tokens, *, seq_len: int, batch_size: int, num_batches: int,
   num_windows = max(len(tokens) - 1, 0) // seq_len
   usable = num_windows - num_windows % process_count
   available = usable // process_count // batch_size
-  _check_fits('validation', len(tokens), seq_len, available, 1,
-              f'one batch per process ({process_count} x {batch_size}) of windows')
-  dataset = (grain.MapDataset.range(usable)[process_index::process_count]
-             .batch(batch_size, drop_remainder=True)
-             .map(lambda windows: tokens.read(windows * seq_len, seq_len + 1)))
+  _check_fits(
+    'validation',
+    len(tokens),
+    seq_len,
+    available,
+    1,
+    f'one batch per process ({process_count} x {batch_size}) of windows',
+  )
+  dataset = (
+    grain.MapDataset.range(usable)[process_index::process_count]
+    .batch(batch_size, drop_remainder=True)
+    .map(lambda windows: tokens.read(windows * seq_len, seq_len + 1))
+  )
   if 0 < num_batches < available:
     dataset = dataset[:num_batches]
   return dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))

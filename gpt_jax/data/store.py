@@ -31,11 +31,11 @@ from collections.abc import Callable
 import numpy as np
 import tqdm
 
+from gpt_jax import workdir as workdir_lib
 from gpt_jax.data import tokens as tokens_lib
 from gpt_jax.data.corpus import Corpus
 from gpt_jax.data.tokenizer import Tokenizer
 from gpt_jax.errors import UserError
-from gpt_jax import workdir as workdir_lib
 
 FORMAT_VERSION = 2
 SPLITS = ('train', 'validation')
@@ -44,8 +44,10 @@ INDEX = 'index.json'
 
 def fingerprint(corpus_identity: dict, tokenizer: Tokenizer) -> str:
   """Hash of everything the tokens depend on: the corpus, the tokenizer, this format."""
-  description = json.dumps(dict(format=FORMAT_VERSION, corpus=corpus_identity,
-                                tokenizer=tokenizer.fingerprint()), sort_keys=True)
+  description = json.dumps(
+    dict(format=FORMAT_VERSION, corpus=corpus_identity, tokenizer=tokenizer.fingerprint()),
+    sort_keys=True,
+  )
   return hashlib.sha256(description.encode()).hexdigest()
 
 
@@ -68,10 +70,15 @@ class TokenStore:
     self.directory = workdir_lib.path(directory)
     index = self.directory / INDEX
     if not index.is_file():
-      state = ('is incomplete (no index.json: its prepare did not finish)'
-               if self.directory.is_dir() else 'does not exist')
-      raise UserError(f'token store {self.directory} {state}; build it with '
-                      '`gpt-jax prepare --config ...` and the same config flags')
+      state = (
+        'is incomplete (no index.json: its prepare did not finish)'
+        if self.directory.is_dir()
+        else 'does not exist'
+      )
+      raise UserError(
+        f'token store {self.directory} {state}; build it with '
+        '`gpt-jax prepare --config ...` and the same config flags'
+      )
     self.meta = json.loads(index.read_text())
     self.dtype = np.dtype(self.meta['dtype'])
 
@@ -82,8 +89,12 @@ class TokenStore:
     """A reader of the split's windows: memory maps when local, range requests in a bucket
     (`filesystem` replaces the fsspec filesystem)."""
     shards = self.meta['splits'][split]['shards']
-    return tokens_lib.open_tokens([self.directory / shard['file'] for shard in shards],
-                                  [shard['tokens'] for shard in shards], self.dtype, filesystem)
+    return tokens_lib.open_tokens(
+      [self.directory / shard['file'] for shard in shards],
+      [shard['tokens'] for shard in shards],
+      self.dtype,
+      filesystem,
+    )
 
   def counts(self, split: str) -> np.ndarray:
     with (self.directory / 'counts.npy').open('rb') as file:
@@ -134,10 +145,19 @@ class BuildSpec:
   num_threads: int  # sentencepiece threads per worker (0: one per CPU)
 
 
-def build_store(directory, corpus: Corpus, tokenizer: Tokenizer, *, open_corpus=None,
-                shard_mb: float = 256, workers: int = 1, process_index: int = 0,
-                process_count: int = 1, barrier: Callable[[str], None] = lambda name: None,
-                show_progress: bool = True) -> tuple[TokenStore, bool]:
+def build_store(
+  directory,
+  corpus: Corpus,
+  tokenizer: Tokenizer,
+  *,
+  open_corpus=None,
+  shard_mb: float = 256,
+  workers: int = 1,
+  process_index: int = 0,
+  process_count: int = 1,
+  barrier: Callable[[str], None] = lambda name: None,
+  show_progress: bool = True,
+) -> tuple[TokenStore, bool]:
   """Tokenises the (prepared) corpus into `directory`; returns the store and whether it was
   reused.
 
@@ -158,10 +178,16 @@ def build_store(directory, corpus: Corpus, tokenizer: Tokenizer, *, open_corpus=
     directory.mkdir(parents=True, exist_ok=True)
   barrier('gpt_jax_store_open')
   shards = plan_shards(corpus, shard_mb)
-  spec = BuildSpec(open_corpus, str(tokenizer.model_path), str(directory), expected,
-                   num_threads=0 if workers <= 1 else 1)
-  _write_shards(spec, shards[process_index::process_count], workers, corpus, tokenizer,
-                show_progress)
+  spec = BuildSpec(
+    open_corpus,
+    str(tokenizer.model_path),
+    str(directory),
+    expected,
+    num_threads=0 if workers <= 1 else 1,
+  )
+  _write_shards(
+    spec, shards[process_index::process_count], workers, corpus, tokenizer, show_progress
+  )
   barrier('gpt_jax_store_shards_written')
   if process_index == 0:
     _write_index(directory, corpus, tokenizer, shards, expected)
@@ -169,10 +195,21 @@ def build_store(directory, corpus: Corpus, tokenizer: Tokenizer, *, open_corpus=
   return TokenStore(directory), False
 
 
-def _write_shards(spec: BuildSpec, shards: list[Shard], workers: int, corpus: Corpus,
-                  tokenizer: Tokenizer, show_progress: bool) -> None:
-  with tqdm.tqdm(total=sum(s.stop - s.start for s in shards), unit='doc', desc='tokenizing',
-                 disable=not show_progress, dynamic_ncols=True) as progress:
+def _write_shards(
+  spec: BuildSpec,
+  shards: list[Shard],
+  workers: int,
+  corpus: Corpus,
+  tokenizer: Tokenizer,
+  show_progress: bool,
+) -> None:
+  with tqdm.tqdm(
+    total=sum(s.stop - s.start for s in shards),
+    unit='doc',
+    desc='tokenizing',
+    disable=not show_progress,
+    dynamic_ncols=True,
+  ) as progress:
     if workers <= 1 or len(shards) <= 1:
       for shard in shards:
         _tokenize_shard(spec, shard, corpus, tokenizer)
@@ -180,8 +217,9 @@ def _write_shards(spec: BuildSpec, shards: list[Shard], workers: int, corpus: Co
       return
     # spawn: the parent may hold JAX's and gcsfs's threads, which fork would copy mid-flight.
     context = multiprocessing.get_context('spawn')
-    with concurrent.futures.ProcessPoolExecutor(min(workers, len(shards)),
-                                                mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+      min(workers, len(shards)), mp_context=context
+    ) as pool:
       for shard in pool.map(_tokenize_shard_in_worker, [spec] * len(shards), shards):
         progress.update(shard.stop - shard.start)
 
@@ -220,19 +258,30 @@ def _tokenize_shard(spec: BuildSpec, shard: Shard, corpus: Corpus, tokenizer: To
       counts += np.bincount(batch, minlength=tokenizer.vocab_size)
       documents, tokens = documents + len(texts), tokens + batch.size
       text_bytes += sum(len(text.encode('utf-8')) for text in texts)
-  record_path.write_text(json.dumps(dict(wanted, file=f'{shard.name}.bin', documents=documents,
-                                         tokens=tokens, text_bytes=text_bytes,
-                                         counts=counts.tolist())))
+  record_path.write_text(
+    json.dumps(
+      dict(
+        wanted,
+        file=f'{shard.name}.bin',
+        documents=documents,
+        tokens=tokens,
+        text_bytes=text_bytes,
+        counts=counts.tolist(),
+      )
+    )
+  )
 
 
-def _write_index(directory, corpus: Corpus, tokenizer: Tokenizer, shards: list[Shard],
-                 expected: str) -> None:
+def _write_index(
+  directory, corpus: Corpus, tokenizer: Tokenizer, shards: list[Shard], expected: str
+) -> None:
   """Sums the shard records into counts.npy and index.json (last: the commit)."""
-  records = {shard: json.loads((directory / f'{shard.name}.json').read_text())
-             for shard in shards}
+  records = {shard: json.loads((directory / f'{shard.name}.json').read_text()) for shard in shards}
   if any(record['fingerprint'] != expected for record in records.values()):
-    raise UserError(f'token store {directory}: a shard was written for another corpus or '
-                    'tokenizer while this one was prepared; run `gpt-jax prepare` again')
+    raise UserError(
+      f'token store {directory}: a shard was written for another corpus or '
+      'tokenizer while this one was prepared; run `gpt-jax prepare` again'
+    )
   splits, counts = {}, []
   for split in SPLITS:
     mine = [records[shard] for shard in shards if shard.split == split]
@@ -240,17 +289,27 @@ def _write_index(directory, corpus: Corpus, tokenizer: Tokenizer, shards: list[S
     documents, tokens = sum(r['documents'] for r in mine), sum(r['tokens'] for r in mine)
     text_bytes = sum(r['text_bytes'] for r in mine)
     splits[split] = dict(
-        documents=documents, tokens=tokens, text_bytes=text_bytes,
-        bytes_per_token=round(text_bytes / max(tokens - documents, 1), 3),
-        unigram_entropy_nats=round(unigram_entropy(split_counts), 6),
-        shards=[dict(file=r['file'], documents=r['documents'], tokens=r['tokens']) for r in mine])
+      documents=documents,
+      tokens=tokens,
+      text_bytes=text_bytes,
+      bytes_per_token=round(text_bytes / max(tokens - documents, 1), 3),
+      unigram_entropy_nats=round(unigram_entropy(split_counts), 6),
+      shards=[dict(file=r['file'], documents=r['documents'], tokens=r['tokens']) for r in mine],
+    )
     counts.append(split_counts)
   with (directory / 'counts.npy').open('wb') as file:
     np.save(file, np.stack(counts))
-  meta = dict(format=FORMAT_VERSION, fingerprint=expected, corpus=corpus.name,
-              tokenizer=str(tokenizer.model_path), tokenizer_sha256=tokenizer.fingerprint(),
-              vocab_size=tokenizer.vocab_size, eod_id=tokenizer.eod_id,
-              dtype=token_dtype(tokenizer.vocab_size).str, splits=splits)
+  meta = dict(
+    format=FORMAT_VERSION,
+    fingerprint=expected,
+    corpus=corpus.name,
+    tokenizer=str(tokenizer.model_path),
+    tokenizer_sha256=tokenizer.fingerprint(),
+    vocab_size=tokenizer.vocab_size,
+    eod_id=tokenizer.eod_id,
+    dtype=token_dtype(tokenizer.vocab_size).str,
+    splits=splits,
+  )
   (directory / INDEX).write_text(json.dumps(meta, indent=2) + '\n')
 
 
@@ -259,8 +318,10 @@ def describe(store: TokenStore) -> str:
   lines = []
   for split in SPLITS:
     info = store.meta['splits'][split]
-    lines.append(f'{split}: {info["documents"]:,} documents, {info["tokens"]:,} tokens '
-                 f'in {len(info["shards"])} shards ({info["bytes_per_token"]} bytes/token), '
-                 f'unigram entropy {info["unigram_entropy_nats"]:.3f} nats (perplexity '
-                 f'{math.exp(info["unigram_entropy_nats"]):,.0f})')
+    lines.append(
+      f'{split}: {info["documents"]:,} documents, {info["tokens"]:,} tokens '
+      f'in {len(info["shards"])} shards ({info["bytes_per_token"]} bytes/token), '
+      f'unigram entropy {info["unigram_entropy_nats"]:.3f} nats (perplexity '
+      f'{math.exp(info["unigram_entropy_nats"]):,.0f})'
+    )
   return '\n'.join(lines)

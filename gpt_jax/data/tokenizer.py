@@ -33,8 +33,8 @@ from collections.abc import Iterable, Sequence
 import sentencepiece as spm
 from etils import epath
 
-from gpt_jax.errors import UserError
 from gpt_jax import workdir as workdir_lib
+from gpt_jax.errors import UserError
 
 PAD, UNK, EOD, START, DELIMITER, EXTRACT = '<pad>', '<unk>', '<|endoftext|>', '<s>', '<$>', '<e>'
 # Fixed ids: pad 0, unk 1, then the control pieces in this order (2..5).
@@ -65,8 +65,13 @@ class TextTokenizer(abc.ABC):
 
   @property
   def special_ids(self) -> dict[str, int | None]:
-    return dict(pad_id=self.pad_id, eod_id=self.eod_id, start_id=self.start_id,
-                delimiter_id=self.delimiter_id, extract_id=self.extract_id)
+    return dict(
+      pad_id=self.pad_id,
+      eod_id=self.eod_id,
+      start_id=self.start_id,
+      delimiter_id=self.delimiter_id,
+      extract_id=self.extract_id,
+    )
 
   @abc.abstractmethod
   def encode(self, text: str) -> list[int]:
@@ -80,8 +85,7 @@ class TextTokenizer(abc.ABC):
     """Text of `ids`; special tokens decode to nothing."""
 
   @abc.abstractmethod
-  def id_to_piece(self, token_id: int) -> str:
-    ...
+  def id_to_piece(self, token_id: int) -> str: ...
 
   @abc.abstractmethod
   def fingerprint(self) -> str:
@@ -98,20 +102,25 @@ class Tokenizer(TextTokenizer):
   def __init__(self, model_path: str | epath.Path):
     self.model_path = workdir_lib.path(model_path)  # may be in a bucket workdir
     if not self.model_path.is_file():
-      raise UserError(f'tokenizer model {self.model_path} does not exist; train one with '
-                      '`gpt-jax tokenizer --config ...` or set --config.data.tokenizer=PATH')
+      raise UserError(
+        f'tokenizer model {self.model_path} does not exist; train one with '
+        '`gpt-jax tokenizer --config ...` or set --config.data.tokenizer=PATH'
+      )
     # Bytes, not a file name: sentencepiece reads local files only.
     self._processor = spm.SentencePieceProcessor(model_proto=self.model_path.read_bytes())
     self.vocab_size = self.text_vocab_size = self._processor.get_piece_size()
     self.pad_id = self._control_id(PAD)
     self.eod_id, self.start_id, self.delimiter_id, self.extract_id = map(
-        self._control_id, CONTROL_PIECES)
+      self._control_id, CONTROL_PIECES
+    )
 
   def _control_id(self, piece: str) -> int:
     token_id = self._processor.piece_to_id(piece)
     if self._processor.id_to_piece(token_id) != piece or not self._processor.is_control(token_id):
-      raise UserError(f'tokenizer {self.model_path} has no control piece {piece!r}; it was not '
-                      'trained by `gpt-jax tokenizer` (retrain it)')
+      raise UserError(
+        f'tokenizer {self.model_path} has no control piece {piece!r}; it was not '
+        'trained by `gpt-jax tokenizer` (retrain it)'
+      )
     return token_id
 
   def encode(self, text: str) -> list[int]:
@@ -162,9 +171,16 @@ def _sentences(document: str) -> Iterable[str]:
       yield paragraph
 
 
-def train_tokenizer(documents: Iterable[str], model_path: str | epath.Path, vocab_size: int, *,
-                    max_bytes: int, description: str = '', progress=None,
-                    num_threads: int = 0) -> Tokenizer:
+def train_tokenizer(
+  documents: Iterable[str],
+  model_path: str | epath.Path,
+  vocab_size: int,
+  *,
+  max_bytes: int,
+  description: str = '',
+  progress=None,
+  num_threads: int = 0,
+) -> Tokenizer:
   """Trains a BPE model of `vocab_size` pieces on up to `max_bytes` of `documents`.
 
   The vocabulary is 6 special pieces, 256 byte-fallback pieces, the characters
@@ -191,32 +207,57 @@ def train_tokenizer(documents: Iterable[str], model_path: str | epath.Path, voca
   start = time.perf_counter()
   try:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=sentences(), model_writer=model, model_type='bpe',
-        vocab_size=vocab_size, pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,
-        pad_piece=PAD, unk_piece=UNK, control_symbols=list(CONTROL_PIECES),
-        normalization_rule_name='identity', remove_extra_whitespaces=False,
-        add_dummy_prefix=False, allow_whitespace_only_pieces=True, byte_fallback=True,
-        character_coverage=1.0, max_sentence_length=MAX_SENTENCE_BYTES, input_sentence_size=0,
-        num_threads=num_threads or os.cpu_count(), minloglevel=2)
+      sentence_iterator=sentences(),
+      model_writer=model,
+      model_type='bpe',
+      vocab_size=vocab_size,
+      pad_id=0,
+      unk_id=1,
+      bos_id=-1,
+      eos_id=-1,
+      pad_piece=PAD,
+      unk_piece=UNK,
+      control_symbols=list(CONTROL_PIECES),
+      normalization_rule_name='identity',
+      remove_extra_whitespaces=False,
+      add_dummy_prefix=False,
+      allow_whitespace_only_pieces=True,
+      byte_fallback=True,
+      character_coverage=1.0,
+      max_sentence_length=MAX_SENTENCE_BYTES,
+      input_sentence_size=0,
+      num_threads=num_threads or os.cpu_count(),
+      minloglevel=2,
+    )
   except RuntimeError as error:
     if corpus_bytes == 0:
-      raise UserError(f'no text to train the tokenizer on ({description or "empty corpus"})') from None
+      raise UserError(
+        f'no text to train the tokenizer on ({description or "empty corpus"})'
+      ) from None
     reason = str(error).split('] ')[-1]  # drop sentencepiece's source location
-    raise UserError(f'sentencepiece could not train {vocab_size} pieces on {corpus_bytes:,} bytes '
-                    f'of {description or "text"}: {reason} (set --config.model.vocab_size)'
-                    ) from None
+    raise UserError(
+      f'sentencepiece could not train {vocab_size} pieces on {corpus_bytes:,} bytes '
+      f'of {description or "text"}: {reason} (set --config.model.vocab_size)'
+    ) from None
   model_path.parent.mkdir(parents=True, exist_ok=True)
-  if workdir_lib.is_local(model_path):  # an object in a bucket appears whole or not at all; a file does not
+  if workdir_lib.is_local(
+    model_path
+  ):  # an object in a bucket appears whole or not at all; a file does not
     partial = model_path.with_name(model_path.name + '.partial')
     partial.write_bytes(model.getvalue())
     partial.replace(model_path)
   else:
     model_path.write_bytes(model.getvalue())
   tokenizer = Tokenizer(model_path)
-  record = dict(vocab_size=tokenizer.vocab_size, **tokenizer.special_ids,
-                pieces={name: tokenizer.id_to_piece(i) for name, i in tokenizer.special_ids.items()},
-                model_type='bpe', trained_on=description, trained_on_bytes=corpus_bytes,
-                training_seconds=round(time.perf_counter() - start, 1),
-                sha256=tokenizer.fingerprint())
+  record = dict(
+    vocab_size=tokenizer.vocab_size,
+    **tokenizer.special_ids,
+    pieces={name: tokenizer.id_to_piece(i) for name, i in tokenizer.special_ids.items()},
+    model_type='bpe',
+    trained_on=description,
+    trained_on_bytes=corpus_bytes,
+    training_seconds=round(time.perf_counter() - start, 1),
+    sha256=tokenizer.fingerprint(),
+  )
   record_path(model_path).write_text(json.dumps(record, indent=2) + '\n')
   return tokenizer

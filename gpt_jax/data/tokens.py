@@ -34,7 +34,7 @@ class ArrayTokens:
     return len(self._tokens)
 
   def read(self, starts: Sequence[int], length: int) -> np.ndarray:
-    return np.stack([np.asarray(self._tokens[s:s + length], np.int32) for s in starts])
+    return np.stack([np.asarray(self._tokens[s : s + length], np.int32) for s in starts])
 
   def all(self) -> np.ndarray:
     return np.asarray(self._tokens)
@@ -80,18 +80,25 @@ class LocalTokens(_ShardedTokens):
 
   def __init__(self, files: Sequence, sizes: Sequence[int], dtype: np.dtype):
     super().__init__(sizes, dtype)
-    self._maps = [np.memmap(str(f), self.dtype, mode='r', shape=(n,)) if n else
-                  np.zeros(0, self.dtype) for f, n in zip(files, sizes)]
+    self._maps = [
+      np.memmap(str(f), self.dtype, mode='r', shape=(n,)) if n else np.zeros(0, self.dtype)
+      for f, n in zip(files, sizes)
+    ]
 
   def _read_windows(self, starts, length):
     shards = np.searchsorted(self._ends, starts, side='right')
-    return [self._maps[shard][start - self._starts[shard]:start - self._starts[shard] + length]
-            if start + length <= self._ends[shard] else self._window(start, length)
-            for start, shard in zip(starts, shards)]
+    return [
+      self._maps[shard][start - self._starts[shard] : start - self._starts[shard] + length]
+      if start + length <= self._ends[shard]
+      else self._window(start, length)
+      for start, shard in zip(starts, shards)
+    ]
 
   def _window(self, start: int, length: int) -> np.ndarray:
-    pieces = [self._maps[shard][first:last]
-              for shard, first, last in self._pieces(start, min(start + length, len(self)))]
+    pieces = [
+      self._maps[shard][first:last]
+      for shard, first, last in self._pieces(start, min(start + length, len(self)))
+    ]
     return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
@@ -111,9 +118,13 @@ class RemoteTokens(_ShardedTokens):
     pieces = [list(self._pieces(start, min(start + length, len(self)))) for start in starts]
     flat = [piece for window in pieces for piece in window]
     size = self.dtype.itemsize
-    data = iter(self._fs.cat_ranges([self._files[shard] for shard, _, _ in flat],
-                                    [first * size for _, first, _ in flat],
-                                    [last * size for _, _, last in flat]))
+    data = iter(
+      self._fs.cat_ranges(
+        [self._files[shard] for shard, _, _ in flat],
+        [first * size for _, first, _ in flat],
+        [last * size for _, _, last in flat],
+      )
+    )
     windows = []
     for window in pieces:
       arrays = [np.frombuffer(next(data), self.dtype) for _ in window]
@@ -121,14 +132,16 @@ class RemoteTokens(_ShardedTokens):
     return windows
 
 
-def open_tokens(files: Sequence, sizes: Sequence[int], dtype: np.dtype,
-                filesystem=None) -> _ShardedTokens:
+def open_tokens(
+  files: Sequence, sizes: Sequence[int], dtype: np.dtype, filesystem=None
+) -> _ShardedTokens:
   """The right reader for shard `files` (epath paths or URLs): memory maps for local files,
   range requests otherwise. `filesystem` overrides the fsspec filesystem (e.g. to add
   latency in a benchmark)."""
   if filesystem is None and all(workdir_lib.is_local(f) for f in files):
     return LocalTokens(files, sizes, dtype)
   import fsspec  # pylint: disable=import-outside-toplevel
+
   located = [fsspec.core.url_to_fs(str(f)) for f in files]
   filesystem = filesystem or (located[0][0] if located else fsspec.filesystem('file'))
   return RemoteTokens(filesystem, [path for _, path in located], sizes, dtype)

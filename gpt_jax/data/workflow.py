@@ -29,26 +29,32 @@ import tqdm
 from etils import epath
 
 from gpt_jax import distributed
+from gpt_jax import workdir as workdir_lib
 from gpt_jax.data import corpora, pipeline
 from gpt_jax.data import store as store_lib
-from gpt_jax.data.corpus import Corpus
 from gpt_jax.data import tokenizer as tokenizer_lib
+from gpt_jax.data.corpus import Corpus
 from gpt_jax.errors import UserError
-from gpt_jax import workdir as workdir_lib
 
 
 def tokenizer_path(config, corpus: Corpus) -> epath.Path:
   if config.data.tokenizer:
     return workdir_lib.path(config.data.tokenizer)
-  return (corpora.data_dir(config.data) / 'gpt_jax_tokenizers' /
-          f'{corpus.slug}-bpe{config.model.vocab_size}.model')
+  return (
+    corpora.data_dir(config.data)
+    / 'gpt_jax_tokenizers'
+    / f'{corpus.slug}-bpe{config.model.vocab_size}.model'
+  )
 
 
 def store_path(config, corpus: Corpus, tokenizer: tokenizer_lib.Tokenizer) -> epath.Path:
   if config.data.store:
     return workdir_lib.path(config.data.store)
-  return (corpora.data_dir(config.data) / 'gpt_jax_token_stores' /
-          f'{corpus.slug}-{tokenizer.fingerprint()[:12]}')
+  return (
+    corpora.data_dir(config.data)
+    / 'gpt_jax_token_stores'
+    / f'{corpus.slug}-{tokenizer.fingerprint()[:12]}'
+  )
 
 
 def train_tokenizer(config, log: Callable[[str], None] = print) -> tokenizer_lib.Tokenizer:
@@ -57,7 +63,9 @@ def train_tokenizer(config, log: Callable[[str], None] = print) -> tokenizer_lib
   trains, the others wait for it and load the result."""
   corpus = corpora.open_corpus(config.data)
   path = tokenizer_path(config, corpus)
-  workdir_lib.check_writable(path.parent, 'tokenizer directory')  # every process: each fails in one line
+  workdir_lib.check_writable(
+    path.parent, 'tokenizer directory'
+  )  # every process: each fails in one line
   corpus.prepare()
   if jax.process_index() == 0:
     tokenizer = _train_or_reuse_tokenizer(config, corpus, path, log)
@@ -65,37 +73,50 @@ def train_tokenizer(config, log: Callable[[str], None] = print) -> tokenizer_lib
   return tokenizer if jax.process_index() == 0 else tokenizer_lib.Tokenizer(path)
 
 
-def _train_or_reuse_tokenizer(config, corpus: Corpus, path: epath.Path,
-                              log: Callable[[str], None]) -> tokenizer_lib.Tokenizer:
+def _train_or_reuse_tokenizer(
+  config, corpus: Corpus, path: epath.Path, log: Callable[[str], None]
+) -> tokenizer_lib.Tokenizer:
   vocab_size, max_bytes = config.model.vocab_size, config.data.tokenizer_max_bytes
   description = f'{corpus.name}:{corpus.split_names["train"]}'
   record = tokenizer_lib.read_record(path)
-  if (path.is_file() and record and record.get('trained_on') == description and
-      record.get('vocab_size') == vocab_size):
+  if (
+    path.is_file()
+    and record
+    and record.get('trained_on') == description
+    and record.get('vocab_size') == vocab_size
+  ):
     log(f'reusing tokenizer {path} ({vocab_size:,} pieces, trained on {description})')
     return tokenizer_lib.Tokenizer(path)
-  log(f'training a {vocab_size:,}-piece BPE tokenizer on up to {max_bytes:,} bytes of '
-      f'{description}')
+  log(
+    f'training a {vocab_size:,}-piece BPE tokenizer on up to {max_bytes:,} bytes of {description}'
+  )
   documents = (text for batch in corpus.documents('train') for text in batch)
   with tqdm.tqdm(unit='B', unit_scale=True, desc='reading text', dynamic_ncols=True) as progress:
-    tokenizer = tokenizer_lib.train_tokenizer(documents, path, vocab_size, max_bytes=max_bytes,
-                                              description=description, progress=progress)
+    tokenizer = tokenizer_lib.train_tokenizer(
+      documents, path, vocab_size, max_bytes=max_bytes, description=description, progress=progress
+    )
   record = tokenizer_lib.read_record(path)
-  log(f'wrote {path} in {record["training_seconds"]}s: {tokenizer.vocab_size:,} pieces; ids ' +
-      ', '.join(f'{name} {value}' for name, value in tokenizer.special_ids.items()))
+  log(
+    f'wrote {path} in {record["training_seconds"]}s: {tokenizer.vocab_size:,} pieces; ids '
+    + ', '.join(f'{name} {value}' for name, value in tokenizer.special_ids.items())
+  )
   return tokenizer
 
 
 def _load_tokenizer(config, corpus: Corpus) -> tokenizer_lib.Tokenizer:
   path = tokenizer_path(config, corpus)
   if not path.is_file():
-    raise UserError(f'no tokenizer at {path}; train it with `gpt-jax tokenizer` and the same '
-                    'config flags, or set --config.data.tokenizer=PATH')
+    raise UserError(
+      f'no tokenizer at {path}; train it with `gpt-jax tokenizer` and the same '
+      'config flags, or set --config.data.tokenizer=PATH'
+    )
   tokenizer = tokenizer_lib.Tokenizer(path)
   if tokenizer.vocab_size > config.model.vocab_size:
-    raise UserError(f'tokenizer {path} has {tokenizer.vocab_size:,} pieces but '
-                    f'model.vocab_size={config.model.vocab_size}; set '
-                    f'--config.model.vocab_size={tokenizer.vocab_size}')
+    raise UserError(
+      f'tokenizer {path} has {tokenizer.vocab_size:,} pieces but '
+      f'model.vocab_size={config.model.vocab_size}; set '
+      f'--config.model.vocab_size={tokenizer.vocab_size}'
+    )
   return tokenizer
 
 
@@ -111,18 +132,31 @@ def prepare(config, log: Callable[[str], None] = print) -> store_lib.TokenStore:
   workers = config.data.prepare_workers or os.cpu_count()
   start = time.perf_counter()
   store, reused = store_lib.build_store(
-      directory, corpus, tokenizer,
-      open_corpus=corpus.opener(functools.partial(corpora.open_corpus, config.data)),
-      shard_mb=config.data.shard_mb, workers=workers, process_index=jax.process_index(),
-      process_count=jax.process_count(), barrier=distributed.barrier,
-      show_progress=jax.process_index() == 0)
+    directory,
+    corpus,
+    tokenizer,
+    open_corpus=corpus.opener(functools.partial(corpora.open_corpus, config.data)),
+    shard_mb=config.data.shard_mb,
+    workers=workers,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    barrier=distributed.barrier,
+    show_progress=jax.process_index() == 0,
+  )
   if jax.process_index() == 0:
     seconds = time.perf_counter() - start
-    speed = '' if reused else (
+    speed = (
+      ''
+      if reused
+      else (
         f' in {seconds:.1f}s: {sum(store.num_tokens(s) for s in store_lib.SPLITS) / seconds:,.0f} '
-        f'tokens/s with {jax.process_count()} x {workers} workers')
-    log(f'{"reusing" if reused else "wrote"} token store {directory} ({corpus.name}){speed}\n' +
-        store_lib.describe(store))
+        f'tokens/s with {jax.process_count()} x {workers} workers'
+      )
+    )
+    log(
+      f'{"reusing" if reused else "wrote"} token store {directory} ({corpus.name}){speed}\n'
+      + store_lib.describe(store)
+    )
   return store
 
 
@@ -155,17 +189,29 @@ def pretrain_data(config) -> PretrainData:
   directory = store_path(config, corpus, tokenizer)
   store = store_lib.TokenStore(directory)  # fails on a missing or incomplete store
   if store.meta['tokenizer_sha256'] != tokenizer.fingerprint():
-    raise UserError(f'token store {directory} was built with another tokenizer '
-                    f'({store.meta["tokenizer"]}); run `gpt-jax prepare` again')
+    raise UserError(
+      f'token store {directory} was built with another tokenizer '
+      f'({store.meta["tokenizer"]}); run `gpt-jax prepare` again'
+    )
   process_count, batch_size = jax.process_count(), config.train.batch_size
   if batch_size % process_count:
-    raise UserError(f'train.batch_size={batch_size} must be a multiple of the number of JAX '
-                    f'processes ({process_count})')
-  shard = dict(seq_len=config.train.seq_len, batch_size=batch_size // process_count,
-               process_index=jax.process_index(), process_count=process_count)
+    raise UserError(
+      f'train.batch_size={batch_size} must be a multiple of the number of JAX '
+      f'processes ({process_count})'
+    )
+  shard = dict(
+    seq_len=config.train.seq_len,
+    batch_size=batch_size // process_count,
+    process_index=jax.process_index(),
+    process_count=process_count,
+  )
   train = pipeline.train_batches(
-      store.tokens('train'), seed=config.data.seed,
-      num_threads=reader_threads(config, shard['batch_size'], workdir_lib.is_local(directory)), **shard)
-  evaluation = pipeline.eval_batches(store.tokens('validation'),
-                                     num_batches=config.train.eval_batches, **shard)
+    store.tokens('train'),
+    seed=config.data.seed,
+    num_threads=reader_threads(config, shard['batch_size'], workdir_lib.is_local(directory)),
+    **shard,
+  )
+  evaluation = pipeline.eval_batches(
+    store.tokens('validation'), num_batches=config.train.eval_batches, **shard
+  )
   return PretrainData(tokenizer, store, train, lambda: evaluation, store.num_tokens('train'))

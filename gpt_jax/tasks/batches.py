@@ -27,19 +27,33 @@ def bucket_length(longest: int, bucket: int, max_len: int) -> int:
   return min(-(-longest // bucket) * bucket, max_len)
 
 
-def pad_to_length(example: dict[str, np.ndarray], length: int,
-                  pad_id: int) -> dict[str, np.ndarray]:
+def pad_to_length(
+  example: dict[str, np.ndarray], length: int, pad_id: int
+) -> dict[str, np.ndarray]:
   """`example` (from encode_example) with its sequences padded on the right to `length`."""
   extra = length - example['tokens'].shape[-1]
   widths = [(0, 0)] * (example['tokens'].ndim - 1) + [(0, extra)]
-  return {**example, 'tokens': np.pad(example['tokens'], widths, constant_values=pad_id),
-          'lm_mask': np.pad(example['lm_mask'], widths)}
+  return {
+    **example,
+    'tokens': np.pad(example['tokens'], widths, constant_values=pad_id),
+    'lm_mask': np.pad(example['lm_mask'], widths),
+  }
 
 
-def batches(examples: Sequence[dict], kind: str, tokenizer: Tokenizer, max_len: int,
-            batch_size: int, *, bucket: int = 64, shuffle_seed: int | None = None,
-            num_epochs: int = 1, pad_last: bool = False, shard: tuple[int, int] = (0, 1),
-            start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+def batches(
+  examples: Sequence[dict],
+  kind: str,
+  tokenizer: Tokenizer,
+  max_len: int,
+  batch_size: int,
+  *,
+  bucket: int = 64,
+  shuffle_seed: int | None = None,
+  num_epochs: int = 1,
+  pad_last: bool = False,
+  shard: tuple[int, int] = (0, 1),
+  start: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
   """This process's batches of encoded examples (transforms.encode_example), as dicts of arrays.
 
   Sequences are cut to max_len and padded to `bucket_length(longest, bucket,
@@ -66,8 +80,10 @@ def batches(examples: Sequence[dict], kind: str, tokenizer: Tokenizer, max_len: 
   global_batch = batch_size * count
   num_batches = -(-len(order) // global_batch) if pad_last else len(order) // global_batch
   if not num_batches:
-    raise UserError(f'{len(examples)} examples make no batch of {global_batch}; '
-                    'lower the batch size or add examples')
+    raise UserError(
+      f'{len(examples)} examples make no batch of {global_batch}; '
+      'lower the batch size or add examples'
+    )
   for first in range(start * global_batch, num_batches * global_batch, global_batch):
     encoded = []
     for row in range(first, first + global_batch):

@@ -37,9 +37,11 @@ def _decoded(path) -> str:
   corpus reader does)."""
   text, invalid = decode(path.read_bytes())
   if invalid:
-    line = text[:text.index('\ufffd')].count('\n') + 1
-    warn(f'{path}: replaced {invalid:,} invalid UTF-8 bytes with U+FFFD (the first on line '
-         f'{line}); save the file as UTF-8 to keep those characters')
+    line = text[: text.index('\ufffd')].count('\n') + 1
+    warn(
+      f'{path}: replaced {invalid:,} invalid UTF-8 bytes with U+FFFD (the first on line '
+      f'{line}); save the file as UTF-8 to keep those characters'
+    )
   return text
 
 
@@ -58,8 +60,9 @@ def _read_rows(path) -> list[tuple[str, dict]]:
         try:
           row = json.loads(line)
         except json.JSONDecodeError as error:
-          raise UserError(f'{path}:{number}: not valid JSON ({error.msg}); '
-                          'each line must hold one JSON object') from None
+          raise UserError(
+            f'{path}:{number}: not valid JSON ({error.msg}); each line must hold one JSON object'
+          ) from None
         if not isinstance(row, dict):
           raise UserError(f'{path}:{number}: expected a JSON object, got {type(row).__name__}')
         rows.append((f'{path}:{number}', row))
@@ -76,8 +79,10 @@ def _read_rows(path) -> list[tuple[str, dict]]:
 def _text(row, field, where, kind):
   value = row.get(field)
   if not isinstance(value, str):
-    raise UserError(f'{where}: field {field!r} is missing or not text; a {kind} example needs '
-                    f'{", ".join(FIELDS[kind])} and label (see gpt_jax/tasks/files.py)')
+    raise UserError(
+      f'{where}: field {field!r} is missing or not text; a {kind} example needs '
+      f'{", ".join(FIELDS[kind])} and label (see gpt_jax/tasks/files.py)'
+    )
   return value
 
 
@@ -87,8 +92,9 @@ def _choices(row, where):
     if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
       raise UserError(f'{where}: field "choices" must be a non-empty list of strings')
     return choices
-  columns = sorted((int(match.group(1)), key) for key in row
-                   if key and (match := _CHOICE_COLUMN.fullmatch(key)))
+  columns = sorted(
+    (int(match.group(1)), key) for key in row if key and (match := _CHOICE_COLUMN.fullmatch(key))
+  )
   if not columns:
     raise UserError(f'{where}: field "choices" (CSV: columns choice_0, choice_1, ...) is missing')
   return [_text(row, key, where, 'multiple_choice') for _, key in columns]
@@ -107,12 +113,15 @@ def _label(raw, where, kind, labels, regression, n_choices):
     except (TypeError, ValueError):
       index = -1
     if not 0 <= index < n_choices or str(index) != str(raw).strip():
-      raise UserError(f'{where}: label {raw!r} must be the index of the right choice, '
-                      f'0 to {n_choices - 1}')
+      raise UserError(
+        f'{where}: label {raw!r} must be the index of the right choice, 0 to {n_choices - 1}'
+      )
     return index
   if str(raw) not in labels:
-    raise UserError(f'{where}: unknown label value {str(raw)!r}; known labels: {list(labels)} '
-                    '(give the full list in the task config)')
+    raise UserError(
+      f'{where}: unknown label value {str(raw)!r}; known labels: {list(labels)} '
+      '(give the full list in the task config)'
+    )
   return labels.index(str(raw))
 
 
@@ -120,9 +129,14 @@ def _has_label(row) -> bool:
   return row.get('label') not in (None, '')
 
 
-def read_examples(path, kind: str, labels: tuple[str, ...] | None = None,
-                  regression: bool = False, split: str = 'test',
-                  first_choices: tuple[str, int] | None = None) -> tuple[list[dict], tuple | None]:
+def read_examples(
+  path,
+  kind: str,
+  labels: tuple[str, ...] | None = None,
+  regression: bool = False,
+  split: str = 'test',
+  first_choices: tuple[str, int] | None = None,
+) -> tuple[list[dict], tuple | None]:
   """The examples of one split file, labels mapped as the task's (`labels`: its classes).
 
   Only a test split may leave labels out (they become -1). `first_choices` is
@@ -136,16 +150,21 @@ def _examples(rows, kind, labels, regression, split, first_choices):
   """read_examples on rows already read."""
   examples = []
   for index, (where, row) in enumerate(rows):
-    example = {field: _choices(row, where) if field == 'choices'
-               else _text(row, field, where, kind) for field in FIELDS[kind]}
+    example = {
+      field: _choices(row, where) if field == 'choices' else _text(row, field, where, kind)
+      for field in FIELDS[kind]
+    }
     if kind == 'multiple_choice':
       first_choices = first_choices or (where, len(example['choices']))
       if len(example['choices']) != first_choices[1]:
-        raise UserError(f'{where}: {len(example["choices"])} choices, but {first_choices[0]} '
-                        f'has {first_choices[1]}; every example needs the same number')
+        raise UserError(
+          f'{where}: {len(example["choices"])} choices, but {first_choices[0]} '
+          f'has {first_choices[1]}; every example needs the same number'
+        )
     if _has_label(row):
-      example['label'] = _label(row['label'], where, kind, labels, regression,
-                                len(example.get('choices', ())))
+      example['label'] = _label(
+        row['label'], where, kind, labels, regression, len(example.get('choices', ()))
+      )
     elif split == 'test':
       example['label'] = -1.0 if regression else -1
     else:
@@ -154,9 +173,17 @@ def _examples(rows, kind, labels, regression, split, first_choices):
   return examples, first_choices
 
 
-def load_local_task(kind: str, train: str | None, validation: str, test: str | None = None, *,
-                    labels: tuple[str, ...] | None = None, regression: bool = False,
-                    metrics: tuple[str, ...] | None = None, name: str = 'local') -> Task:
+def load_local_task(
+  kind: str,
+  train: str | None,
+  validation: str,
+  test: str | None = None,
+  *,
+  labels: tuple[str, ...] | None = None,
+  regression: bool = False,
+  metrics: tuple[str, ...] | None = None,
+  name: str = 'local',
+) -> Task:
   """A Task from the user's files; see the module docstring for their schema.
 
   `metrics` defaults to ('pearson', 'spearman') for regression, else ('accuracy',).
@@ -168,8 +195,9 @@ def load_local_task(kind: str, train: str | None, validation: str, test: str | N
   if regression and kind == 'multiple_choice':
     raise UserError('a multiple-choice task cannot be a regression')
   if labels is not None and not classes:
-    raise UserError('labels only apply to class labels; regression and multiple-choice '
-                    'tasks take numbers')
+    raise UserError(
+      'labels only apply to class labels; regression and multiple-choice tasks take numbers'
+    )
   if classes and labels is None and not train:
     raise UserError('a task without a train file needs its class labels: task.labels=a,b,...')
   metrics = tuple(metrics or (('pearson', 'spearman') if regression else ('accuracy',)))
@@ -184,10 +212,16 @@ def load_local_task(kind: str, train: str | None, validation: str, test: str | N
   labels = tuple(str(label) for label in labels) if classes else None
   examples, first_choices = {}, None
   for split, split_rows in rows.items():
-    examples[split], first_choices = _examples(split_rows, kind, labels, regression, split,
-                                               first_choices)
-  return Task(name=name, kind=kind, labels=labels, metrics=metrics,
-              train=examples.get('train', []),
-              validation={'validation': examples['validation']},
-              test={'test': examples['test']} if 'test' in examples else {},
-              regression=regression)
+    examples[split], first_choices = _examples(
+      split_rows, kind, labels, regression, split, first_choices
+    )
+  return Task(
+    name=name,
+    kind=kind,
+    labels=labels,
+    metrics=metrics,
+    train=examples.get('train', []),
+    validation={'validation': examples['validation']},
+    test={'test': examples['test']} if 'test' in examples else {},
+    regression=regression,
+  )

@@ -30,12 +30,13 @@ def matthews_corrcoef(predictions, labels) -> float:
   predictions, labels = np.asarray(predictions), np.asarray(labels)
   classes, index = np.unique(np.concatenate([labels, predictions]), return_inverse=True)
   confusion = np.zeros((len(classes), len(classes)), np.float64)
-  np.add.at(confusion, (index[:len(labels)], index[len(labels):]), 1)
+  np.add.at(confusion, (index[: len(labels)], index[len(labels) :]), 1)
   true_counts, predicted_counts = confusion.sum(1), confusion.sum(0)
   total, correct = confusion.sum(), np.trace(confusion)
   numerator = correct * total - predicted_counts @ true_counts
-  denominator = np.sqrt((total**2 - predicted_counts @ predicted_counts) *
-                        (total**2 - true_counts @ true_counts))
+  denominator = np.sqrt(
+    (total**2 - predicted_counts @ predicted_counts) * (total**2 - true_counts @ true_counts)
+  )
   return float(numerator / denominator) if denominator else 0.0
 
 
@@ -58,11 +59,11 @@ def spearman(predictions, labels) -> float:
 
 
 TASK_METRICS = {
-    'accuracy': accuracy,
-    'f1': f1_binary,
-    'mcc': matthews_corrcoef,
-    'pearson': pearson,
-    'spearman': spearman,
+  'accuracy': accuracy,
+  'f1': f1_binary,
+  'mcc': matthews_corrcoef,
+  'pearson': pearson,
+  'spearman': spearman,
 }
 
 

@@ -33,7 +33,6 @@ import tensorflow_datasets.text  # noqa: F401  registers the legacy builders, am
 from gpt_jax.errors import UserError, warn
 from gpt_jax.tasks.task import Task, TaskShape
 
-
 # ---------------------------------------------------------------------------
 # The registry: each entry maps a TFDS dataset's features (as its builder in
 # tensorflow_datasets names them) onto a transformation's fields.
@@ -80,69 +79,156 @@ def _snli_examples(record) -> list[dict]:
   # Pairs the annotators did not agree on have label -1; as is standard, drop them.
   if record['label'] == -1:
     return []
-  return [{**_fields(record, {'premise': 'premise', 'hypothesis': 'hypothesis'}),
-           'label': int(record['label'])}]
+  return [
+    {
+      **_fields(record, {'premise': 'premise', 'hypothesis': 'hypothesis'}),
+      'label': int(record['label']),
+    }
+  ]
 
 
 def _race_examples(record) -> list[dict]:
   """One example per question: context = article + question, four options, answer A-D."""
   article = _text(record['article'])
-  return [{'context': f'{article} {_text(question)}',
-           'choices': [_text(option) for option in options],
-           'label': 'ABCD'.index(_text(answer)) if _text(answer) else -1}
-          for question, options, answer in zip(
-              record['questions'], record['options'], record['answers'])]
+  return [
+    {
+      'context': f'{article} {_text(question)}',
+      'choices': [_text(option) for option in options],
+      'label': 'ABCD'.index(_text(answer)) if _text(answer) else -1,
+    }
+    for question, options, answer in zip(record['questions'], record['options'], record['answers'])
+  ]
 
 
 def _story_cloze_examples(record) -> list[dict]:
   label = int(record['label'])  # AnswerRightEnding: 1 or 2 (-1 when absent)
-  return [{'context': _text(record['context']),
-           'choices': [_text(ending) for ending in record['endings']],
-           'label': label - 1 if label > 0 else -1}]
+  return [
+    {
+      'context': _text(record['context']),
+      'choices': [_text(ending) for ending in record['endings']],
+      'label': label - 1 if label > 0 else -1,
+    }
+  ]
 
 
 _GLUE_PAIR = {'text_a': 'sentence1', 'text_b': 'sentence2'}
 _NLI = ('entailment', 'neutral', 'contradiction')
 
 TFDS_TASKS = {
-    'cola': TfdsTask('glue/cola', 'classification', {'text': 'sentence'},
-                     ('unacceptable', 'acceptable'), ('mcc',),
-                     submission_files={'test': 'CoLA.tsv'}),
-    'sst2': TfdsTask('glue/sst2', 'classification', {'text': 'sentence'},
-                     ('negative', 'positive'), ('accuracy',),
-                     submission_files={'test': 'SST-2.tsv'}),
-    'mrpc': TfdsTask('glue/mrpc', 'similarity', _GLUE_PAIR, ('not_equivalent', 'equivalent'),
-                     ('f1', 'accuracy'), submission_files={'test': 'MRPC.tsv'}),
-    'qqp': TfdsTask('glue/qqp', 'similarity', {'text_a': 'question1', 'text_b': 'question2'},
-                    ('not_duplicate', 'duplicate'), ('f1', 'accuracy'),
-                    submission_files={'test': 'QQP.tsv'}),
-    'stsb': TfdsTask('glue/stsb', 'similarity', _GLUE_PAIR, None, ('pearson', 'spearman'),
-                     regression=True, submission_files={'test': 'STS-B.tsv'}),
-    'mnli': TfdsTask('glue/mnli', 'entailment', {'premise': 'premise', 'hypothesis': 'hypothesis'},
-                     _NLI, ('accuracy',),
-                     validation=('validation_matched', 'validation_mismatched'),
-                     test=('test_matched', 'test_mismatched'),
-                     submission_files={'test_matched': 'MNLI-m.tsv',
-                                       'test_mismatched': 'MNLI-mm.tsv'},
-                     diagnostic=('glue/ax', 'ax', 'AX.tsv')),
-    'qnli': TfdsTask('glue/qnli', 'entailment', {'premise': 'question', 'hypothesis': 'sentence'},
-                     ('entailment', 'not_entailment'), ('accuracy',),
-                     submission_files={'test': 'QNLI.tsv'}),
-    'rte': TfdsTask('glue/rte', 'entailment', {'premise': 'sentence1', 'hypothesis': 'sentence2'},
-                    ('entailment', 'not_entailment'), ('accuracy',),
-                    submission_files={'test': 'RTE.tsv'}),
-    'snli': TfdsTask('snli', 'entailment', {'premise': 'premise', 'hypothesis': 'hypothesis'},
-                     _NLI, ('accuracy',), convert=_snli_examples),
-    'scitail': TfdsTask('sci_tail', 'entailment',
-                        {'premise': 'premise', 'hypothesis': 'hypothesis'},
-                        ('entails', 'neutral'), ('accuracy',)),
-    'race_middle': TfdsTask('race/middle', 'multiple_choice', {}, None, ('accuracy',),
-                            validation=('dev',), convert=_race_examples, choices=4),
-    'race_high': TfdsTask('race/high', 'multiple_choice', {}, None, ('accuracy',),
-                          validation=('dev',), convert=_race_examples, choices=4),
-    'story_cloze': TfdsTask('story_cloze/2016', 'multiple_choice', {}, None, ('accuracy',),
-                            train='validation[:90%]', validation=('validation[90%:]',),
-                            convert=_story_cloze_examples, choices=2),
+  'cola': TfdsTask(
+    'glue/cola',
+    'classification',
+    {'text': 'sentence'},
+    ('unacceptable', 'acceptable'),
+    ('mcc',),
+    submission_files={'test': 'CoLA.tsv'},
+  ),
+  'sst2': TfdsTask(
+    'glue/sst2',
+    'classification',
+    {'text': 'sentence'},
+    ('negative', 'positive'),
+    ('accuracy',),
+    submission_files={'test': 'SST-2.tsv'},
+  ),
+  'mrpc': TfdsTask(
+    'glue/mrpc',
+    'similarity',
+    _GLUE_PAIR,
+    ('not_equivalent', 'equivalent'),
+    ('f1', 'accuracy'),
+    submission_files={'test': 'MRPC.tsv'},
+  ),
+  'qqp': TfdsTask(
+    'glue/qqp',
+    'similarity',
+    {'text_a': 'question1', 'text_b': 'question2'},
+    ('not_duplicate', 'duplicate'),
+    ('f1', 'accuracy'),
+    submission_files={'test': 'QQP.tsv'},
+  ),
+  'stsb': TfdsTask(
+    'glue/stsb',
+    'similarity',
+    _GLUE_PAIR,
+    None,
+    ('pearson', 'spearman'),
+    regression=True,
+    submission_files={'test': 'STS-B.tsv'},
+  ),
+  'mnli': TfdsTask(
+    'glue/mnli',
+    'entailment',
+    {'premise': 'premise', 'hypothesis': 'hypothesis'},
+    _NLI,
+    ('accuracy',),
+    validation=('validation_matched', 'validation_mismatched'),
+    test=('test_matched', 'test_mismatched'),
+    submission_files={'test_matched': 'MNLI-m.tsv', 'test_mismatched': 'MNLI-mm.tsv'},
+    diagnostic=('glue/ax', 'ax', 'AX.tsv'),
+  ),
+  'qnli': TfdsTask(
+    'glue/qnli',
+    'entailment',
+    {'premise': 'question', 'hypothesis': 'sentence'},
+    ('entailment', 'not_entailment'),
+    ('accuracy',),
+    submission_files={'test': 'QNLI.tsv'},
+  ),
+  'rte': TfdsTask(
+    'glue/rte',
+    'entailment',
+    {'premise': 'sentence1', 'hypothesis': 'sentence2'},
+    ('entailment', 'not_entailment'),
+    ('accuracy',),
+    submission_files={'test': 'RTE.tsv'},
+  ),
+  'snli': TfdsTask(
+    'snli',
+    'entailment',
+    {'premise': 'premise', 'hypothesis': 'hypothesis'},
+    _NLI,
+    ('accuracy',),
+    convert=_snli_examples,
+  ),
+  'scitail': TfdsTask(
+    'sci_tail',
+    'entailment',
+    {'premise': 'premise', 'hypothesis': 'hypothesis'},
+    ('entails', 'neutral'),
+    ('accuracy',),
+  ),
+  'race_middle': TfdsTask(
+    'race/middle',
+    'multiple_choice',
+    {},
+    None,
+    ('accuracy',),
+    validation=('dev',),
+    convert=_race_examples,
+    choices=4,
+  ),
+  'race_high': TfdsTask(
+    'race/high',
+    'multiple_choice',
+    {},
+    None,
+    ('accuracy',),
+    validation=('dev',),
+    convert=_race_examples,
+    choices=4,
+  ),
+  'story_cloze': TfdsTask(
+    'story_cloze/2016',
+    'multiple_choice',
+    {},
+    None,
+    ('accuracy',),
+    train='validation[:90%]',
+    validation=('validation[90%:]',),
+    convert=_story_cloze_examples,
+    choices=2,
+  ),
 }
 
 
@@ -159,8 +245,10 @@ class TfdsExamples(Sequence):
         for offset, record in enumerate(chunk):
           self._index += [(start + offset, k) for k in range(len(spec.examples(record)))]
     if not len(self):
-      raise UserError(f'{where} holds no usable examples (unlabelled ones are dropped); '
-                      'check the prepared data or prepare it again with tfds build')
+      raise UserError(
+        f'{where} holds no usable examples (unlabelled ones are dropped); '
+        'check the prepared data or prepare it again with tfds build'
+      )
 
   def __len__(self) -> int:
     return len(self._records) if self._index is None else len(self._index)
@@ -181,9 +269,11 @@ def _builder(tfds_name: str, data_dir: str | None):
   except Exception as error:  # TFDS raises several types for a missing dataset
     raise UserError(f'cannot open TFDS dataset {tfds_name} in {data_dir}: {error}') from None
   if not builder.is_prepared():
-    raise UserError(f'TFDS dataset {tfds_name} is not prepared in {builder.data_dir}; run '
-                    f'`tfds build {tfds_name} --data_dir={data_dir} '
-                    '--file_format=array_record` (see gpt_jax/tasks/registry.py)')
+    raise UserError(
+      f'TFDS dataset {tfds_name} is not prepared in {builder.data_dir}; run '
+      f'`tfds build {tfds_name} --data_dir={data_dir} '
+      '--file_format=array_record` (see gpt_jax/tasks/registry.py)'
+    )
   return builder
 
 
@@ -192,8 +282,9 @@ def _source(builder, split: str, spec: TfdsTask) -> TfdsExamples:
   try:
     records = builder.as_data_source(split)
   except Exception as error:
-    raise UserError(f'cannot read split {split!r} of {name} in {builder.data_dir}: '
-                    f'{error}') from None
+    raise UserError(
+      f'cannot read split {split!r} of {name} in {builder.data_dir}: {error}'
+    ) from None
   return TfdsExamples(records, spec, f'{name} split {split!r}')
 
 
@@ -212,25 +303,34 @@ def _diagnostic(spec: TfdsTask, data_dir: str | None) -> dict:
 def load_tfds_task(name: str, data_dir: str | None = None) -> Task:
   """The registry's task `name` (a key of TFDS_TASKS), read from `data_dir`."""
   if name not in TFDS_TASKS:
-    raise UserError(f'unknown task {name!r}; the registry has: {", ".join(TFDS_TASKS)} '
-                    '(or fine-tune on your own files, see gpt_jax.tasks.files)')
+    raise UserError(
+      f'unknown task {name!r}; the registry has: {", ".join(TFDS_TASKS)} '
+      '(or fine-tune on your own files, see gpt_jax.tasks.files)'
+    )
   spec = TFDS_TASKS[name]
   builder = _builder(spec.tfds_name, data_dir)
   if spec.labels is not None and tuple(builder.info.features['label'].names) != spec.labels:
-    raise UserError(f'{spec.tfds_name} labels are {builder.info.features["label"].names}, '
-                    f'but the task registry expects {list(spec.labels)}: the dataset was '
-                    'prepared by another TFDS version than the one gpt_jax pins')
+    raise UserError(
+      f'{spec.tfds_name} labels are {builder.info.features["label"].names}, '
+      f'but the task registry expects {list(spec.labels)}: the dataset was '
+      'prepared by another TFDS version than the one gpt_jax pins'
+    )
 
   diagnostic = _diagnostic(spec, data_dir)
   submission_files = dict(spec.submission_files)
   if diagnostic:
     submission_files[spec.diagnostic[1]] = spec.diagnostic[2]
-  return Task(name=name, kind=spec.kind, labels=spec.labels, metrics=spec.metrics,
-              train=_source(builder, spec.train, spec),
-              validation={split: _source(builder, split, spec) for split in spec.validation},
-              test={**{split: _source(builder, split, spec) for split in spec.test},
-                    **diagnostic},
-              regression=spec.regression, submission_files=submission_files)
+  return Task(
+    name=name,
+    kind=spec.kind,
+    labels=spec.labels,
+    metrics=spec.metrics,
+    train=_source(builder, spec.train, spec),
+    validation={split: _source(builder, split, spec) for split in spec.validation},
+    test={**{split: _source(builder, split, spec) for split in spec.test}, **diagnostic},
+    regression=spec.regression,
+    submission_files=submission_files,
+  )
 
 
 def tfds_task_shape(name: str) -> TaskShape:
@@ -242,5 +342,7 @@ def tfds_task_shape(name: str) -> TaskShape:
 
 
 # Registry keys by their TFDS names too: 'glue/sst2' is 'sst2', 'sci_tail' is 'scitail'.
-REGISTRY_NAMES = {**{spec.tfds_name: name for name, spec in TFDS_TASKS.items()},
-                  **{name: name for name in TFDS_TASKS}}
+REGISTRY_NAMES = {
+  **{spec.tfds_name: name for name, spec in TFDS_TASKS.items()},
+  **{name: name for name in TFDS_TASKS},
+}

@@ -78,8 +78,11 @@ def _is_sentence(text: str) -> bool:
   """Capitalised, ends like a sentence, 4 to MAX_WORDS words, few symbols (not code)."""
   words = text.split()
   letters = sum(c.isalpha() or c.isspace() for c in text)
-  return (4 <= len(words) <= MAX_WORDS and _SENTENCE.fullmatch(text) is not None
-          and letters >= 0.85 * len(text))
+  return (
+    4 <= len(words) <= MAX_WORDS
+    and _SENTENCE.fullmatch(text) is not None
+    and letters >= 0.85 * len(text)
+  )
 
 
 def prose_runs(docstring: str) -> Docstring:
@@ -123,20 +126,25 @@ def stdlib_prose() -> dict[str, tuple[Docstring, ...]]:
 
 def _split_by_hash(modules) -> dict[str, str]:
   """Module -> split by the hash threshold (the pair tasks)."""
+
   def split(key):
     if text_corpus.is_validation(key, TEST_FRACTION):
       return 'test'
     if text_corpus.is_validation(key, TEST_FRACTION + VALIDATION_FRACTION):
       return 'validation'
     return 'train'
+
   return {key: split(key) for key in modules}
 
 
 def _split_by_count(counts: dict[str, int]) -> dict[str, str]:
   """Module -> split, largest module first, each to the split furthest below its share of counts."""
   total = sum(counts.values())
-  shares = {'train': 1 - TEST_FRACTION - VALIDATION_FRACTION, 'validation': VALIDATION_FRACTION,
-            'test': TEST_FRACTION}
+  shares = {
+    'train': 1 - TEST_FRACTION - VALIDATION_FRACTION,
+    'validation': VALIDATION_FRACTION,
+    'test': TEST_FRACTION,
+  }
   filled, splits = dict.fromkeys(SPLITS, 0), {}
   for key in sorted(counts, key=lambda key: (-counts[key], text_corpus.key_hash(key))):
     split = max(SPLITS, key=lambda split: shares[split] * total - filled[split])
@@ -149,11 +157,14 @@ def _split_each_package(modules) -> dict[str, str]:
   """The modules of PACKAGES only, each package split on its own (stdlib_package)."""
   splits = {}
   for package in PACKAGES:
-    counts = {key: len(docstrings) for key, docstrings in modules.items()
-              if key.split('/')[0] == package}
+    counts = {
+      key: len(docstrings) for key, docstrings in modules.items() if key.split('/')[0] == package
+    }
     if not counts:
-      raise UserError(f'stdlib_package: this Python ({stdlib_docs.stdlib_root()}) has no '
-                      f'documented package {package!r}; use another default task')
+      raise UserError(
+        f'stdlib_package: this Python ({stdlib_docs.stdlib_root()}) has no '
+        f'documented package {package!r}; use another default task'
+      )
     splits.update(_split_by_count(counts))
   return splits
 
@@ -182,8 +193,13 @@ def _split_prose(modules, split_of: dict[str, str]) -> dict[str, dict[str, tuple
       docstrings = tuple(runs for runs in (_cut(runs, seen) for runs in modules[key]) if runs)
       if docstrings:
         by_split[split][key] = docstrings
-    seen.update(sentence for docstrings in by_split[split].values() for runs in docstrings
-                for run in runs for sentence in run)
+    seen.update(
+      sentence
+      for docstrings in by_split[split].values()
+      for runs in docstrings
+      for run in runs
+      for sentence in run
+    )
   return by_split
 
 
@@ -231,8 +247,10 @@ def _draw_other(items, key: str, avoid: set[str], rng: random.Random):
 
 
 def _package_examples(prose, rng: random.Random) -> list[dict]:
-  examples = [{'text': text, 'label': PACKAGES.index(key.split('/')[0]), 'source': {'text': key}}
-              for key, text in _passages(prose)]
+  examples = [
+    {'text': text, 'label': PACKAGES.index(key.split('/')[0]), 'source': {'text': key}}
+    for key, text in _passages(prose)
+  ]
   rng.shuffle(examples)
   return examples
 
@@ -246,8 +264,14 @@ def _continuation_examples(prose, rng: random.Random) -> list[dict]:
     source = key
     if label == 1:  # unrelated: a sentence that follows another one in some other module
       source, _, following = _draw_other(pairs, key, {following}, rng)
-    examples.append({'premise': context, 'hypothesis': following, 'label': label,
-                     'source': {'premise': key, 'hypothesis': source}})
+    examples.append(
+      {
+        'premise': context,
+        'hypothesis': following,
+        'label': label,
+        'source': {'premise': key, 'hypothesis': source},
+      }
+    )
   return examples
 
 
@@ -266,8 +290,9 @@ def _same_module_examples(prose, rng: random.Random) -> list[dict]:
     else:
       other_key, other = _draw_other(passages, key, {text}, rng)
     (a, a_key), (b, b_key) = rng.sample([(text, key), (other, other_key)], 2)
-    examples.append({'text_a': a, 'text_b': b, 'label': label,
-                     'source': {'text_a': a_key, 'text_b': b_key}})
+    examples.append(
+      {'text_a': a, 'text_b': b, 'label': label, 'source': {'text_a': a_key, 'text_b': b_key}}
+    )
   return examples
 
 
@@ -284,8 +309,14 @@ def _next_sentence_examples(prose, rng: random.Random) -> list[dict]:
     label = i % NUM_CHOICES  # every position equally often, over a shuffled list
     choices.insert(label, following)
     sources.insert(label, key)
-    examples.append({'context': context, 'choices': choices, 'label': label,
-                     'source': {'context': key, 'choices': sources}})
+    examples.append(
+      {
+        'context': context,
+        'choices': choices,
+        'label': label,
+        'source': {'context': key, 'choices': sources},
+      }
+    )
   return examples
 
 
@@ -302,19 +333,22 @@ class DefaultTask:
 
 
 DEFAULT_TASKS = {
-    'stdlib_package': DefaultTask('classification', PACKAGES, _split_each_package,
-                                  _package_examples),
-    'stdlib_continuation': DefaultTask('entailment', CONTINUATION_LABELS, _split_by_hash,
-                                       _continuation_examples),
-    'stdlib_same_module': DefaultTask('similarity', SAME_MODULE_LABELS, _split_by_hash,
-                                      _same_module_examples),
-    'stdlib_next_sentence': DefaultTask('multiple_choice', None, _split_by_hash,
-                                        _next_sentence_examples),
+  'stdlib_package': DefaultTask('classification', PACKAGES, _split_each_package, _package_examples),
+  'stdlib_continuation': DefaultTask(
+    'entailment', CONTINUATION_LABELS, _split_by_hash, _continuation_examples
+  ),
+  'stdlib_same_module': DefaultTask(
+    'similarity', SAME_MODULE_LABELS, _split_by_hash, _same_module_examples
+  ),
+  'stdlib_next_sentence': DefaultTask(
+    'multiple_choice', None, _split_by_hash, _next_sentence_examples
+  ),
 }
 
 
-def load_default_task(name: str, *, seed: int = 0, max_train_examples: int = -1,
-                      max_eval_examples: int = -1) -> Task:
+def load_default_task(
+  name: str, *, seed: int = 0, max_train_examples: int = -1, max_eval_examples: int = -1
+) -> Task:
   """The default task `name` (a key of DEFAULT_TASKS) from this Python's standard library.
 
   `seed` picks the order, the wrong texts and the answer positions; the split of
@@ -333,10 +367,18 @@ def load_default_task(name: str, *, seed: int = 0, max_train_examples: int = -1,
     cap = max_train_examples if split == 'train' else max_eval_examples
     examples = examples[:cap] if cap >= 0 else examples
     if not examples:
-      raise UserError(f'default task {name} has no {split} examples '
-                      f'(from {stdlib_docs.stdlib_root()}; caps: max_train_examples='
-                      f'{max_train_examples}, max_eval_examples={max_eval_examples})')
+      raise UserError(
+        f'default task {name} has no {split} examples '
+        f'(from {stdlib_docs.stdlib_root()}; caps: max_train_examples='
+        f'{max_train_examples}, max_eval_examples={max_eval_examples})'
+      )
     splits[split] = [{**example, 'index': index} for index, example in enumerate(examples)]
-  return Task(name=name, kind=spec.kind, labels=spec.labels, metrics=('accuracy',),
-              train=splits['train'], validation={'validation': splits['validation']},
-              test={'test': splits['test']})
+  return Task(
+    name=name,
+    kind=spec.kind,
+    labels=spec.labels,
+    metrics=('accuracy',),
+    train=splits['train'],
+    validation={'validation': splits['validation']},
+    test={'test': splits['test']},
+  )

@@ -15,18 +15,18 @@ KINDS = ('classification', 'entailment', 'similarity', 'multiple_choice')
 
 # The text fields of an example of each kind, in layout order.
 FIELDS = {
-    'classification': ('text',),
-    'entailment': ('premise', 'hypothesis'),
-    'similarity': ('text_a', 'text_b'),
-    'multiple_choice': ('context', 'choices'),  # choices: a list of strings
+  'classification': ('text',),
+  'entailment': ('premise', 'hypothesis'),
+  'similarity': ('text_a', 'text_b'),
+  'multiple_choice': ('context', 'choices'),  # choices: a list of strings
 }
 
 # How the model's task head reads each kind's sequences (see model.GPTForTask).
 HEAD_LAYOUTS = {
-    'classification': 'single',
-    'entailment': 'single',
-    'similarity': 'pair_sum',
-    'multiple_choice': 'choices',
+  'classification': 'single',
+  'entailment': 'single',
+  'similarity': 'pair_sum',
+  'multiple_choice': 'choices',
 }
 
 

@@ -38,8 +38,7 @@ class Tokenizer(Protocol):
   delimiter_id: int  # $
   extract_id: int  # <e>
 
-  def encode(self, text: str) -> list[int]:
-    ...
+  def encode(self, text: str) -> list[int]: ...
 
 
 def share_budget(lengths: Sequence[int], budget: int) -> list[int]:
@@ -72,10 +71,12 @@ def _fit(segments, max_len: int, keep_tail: Sequence[bool]):
   """Cuts segments to share the room `<s>`, the delimiters and `<e>` leave in max_len."""
   budget = max_len - len(segments) - 1
   if budget < len(segments):
-    raise UserError(f'max_len={max_len} leaves no room for text in a sequence of '
-                    f'{len(segments)} segment(s); use at least {2 * len(segments) + 1}')
+    raise UserError(
+      f'max_len={max_len} leaves no room for text in a sequence of '
+      f'{len(segments)} segment(s); use at least {2 * len(segments) + 1}'
+    )
   keep = share_budget([len(s) for s in segments], budget)
-  cut = [s[len(s) - k:] if tail else s[:k] for s, k, tail in zip(segments, keep, keep_tail)]
+  cut = [s[len(s) - k :] if tail else s[:k] for s, k, tail in zip(segments, keep, keep_tail)]
   return cut, keep != [len(s) for s in segments]
 
 
@@ -91,14 +92,15 @@ def _ids(segments, tokenizer: Tokenizer) -> list[int]:
 def _sequence(ids, length: int, pad_id: int):
   """`ids` padded to `length`: (tokens, extract_index, lm_mask)."""
   tokens = np.full(length, pad_id, np.int32)
-  tokens[:len(ids)] = ids
+  tokens[: len(ids)] = ids
   lm_mask = np.zeros(length, np.int32)
-  lm_mask[1:len(ids)] = 1
+  lm_mask[1 : len(ids)] = 1
   return tokens, np.int32(len(ids) - 1), lm_mask
 
 
-def encode_example(kind: str, example: Mapping, tokenizer: Tokenizer, max_len: int,
-                   length: int | None = None) -> dict[str, np.ndarray]:
+def encode_example(
+  kind: str, example: Mapping, tokenizer: Tokenizer, max_len: int, length: int | None = None
+) -> dict[str, np.ndarray]:
   """One example as model inputs: tokens, extract_index, lm_mask, label, valid, truncated.
 
   Sequences are padded to `length` tokens (None: max_len; 0: the longest of
@@ -111,12 +113,14 @@ def encode_example(kind: str, example: Mapping, tokenizer: Tokenizer, max_len: i
   """
   encode = tokenizer.encode
   if kind in ('classification', 'entailment'):
-    segments, truncated = _fit([encode(example[f]) for f in FIELDS[kind]], max_len,
-                               keep_tail=(False, False))
+    segments, truncated = _fit(
+      [encode(example[f]) for f in FIELDS[kind]], max_len, keep_tail=(False, False)
+    )
     sequences = [segments]
   elif kind == 'similarity':
-    (a, b), truncated = _fit([encode(example['text_a']), encode(example['text_b'])], max_len,
-                             keep_tail=(False, False))
+    (a, b), truncated = _fit(
+      [encode(example['text_a']), encode(example['text_b'])], max_len, keep_tail=(False, False)
+    )
     sequences = [[a, b], [b, a]]
   elif kind == 'multiple_choice':
     context = encode(example['context'])
@@ -129,18 +133,26 @@ def encode_example(kind: str, example: Mapping, tokenizer: Tokenizer, max_len: i
     check_kind(kind)
   ids = [_ids(segments, tokenizer) for segments in sequences]
   length = max_len if length is None else length or max(len(i) for i in ids)
-  tokens, extract_index, lm_mask = (np.stack(parts) for parts in zip(
-      *(_sequence(i, length, tokenizer.pad_id) for i in ids)))
+  tokens, extract_index, lm_mask = (
+    np.stack(parts) for parts in zip(*(_sequence(i, length, tokenizer.pad_id) for i in ids))
+  )
   if kind in ('classification', 'entailment'):  # one sequence: no sequence axis
     tokens, extract_index, lm_mask = tokens[0], extract_index[0], lm_mask[0]
   label = np.asarray(example.get('label', -1))
   label = label.astype(np.float32 if np.issubdtype(label.dtype, np.floating) else np.int32)
-  return {'tokens': tokens, 'extract_index': extract_index, 'lm_mask': lm_mask, 'label': label,
-          'valid': np.int32(1), 'truncated': np.int32(truncated)}
+  return {
+    'tokens': tokens,
+    'extract_index': extract_index,
+    'lm_mask': lm_mask,
+    'label': label,
+    'valid': np.int32(1),
+    'truncated': np.int32(truncated),
+  }
 
 
-def encode_examples(kind: str, examples: Iterable[Mapping], tokenizer: Tokenizer,
-                    max_len: int) -> tuple[dict[str, np.ndarray], int]:
+def encode_examples(
+  kind: str, examples: Iterable[Mapping], tokenizer: Tokenizer, max_len: int
+) -> tuple[dict[str, np.ndarray], int]:
   """A batch (dict of stacked arrays) of `examples`, and how many of them were truncated."""
   encoded = [encode_example(kind, example, tokenizer, max_len) for example in examples]
   if not encoded:
@@ -155,7 +167,8 @@ def task_loss(task_logits, labels, weights, regression: bool):
     losses = jnp.square(task_logits[..., 0].astype(jnp.float32) - labels)
   else:
     losses = optax.softmax_cross_entropy_with_integer_labels(
-        task_logits.astype(jnp.float32), labels)
+      task_logits.astype(jnp.float32), labels
+    )
   return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
 
 
@@ -188,23 +201,29 @@ def lm_loss(logits_fn: Callable, hidden, tokens, lm_mask, weights, chunk: int = 
   @jax.checkpoint  # keep only the chunk's inputs for the backward pass, not its logits
   def chunk_losses(hidden_chunk, target_chunk, mask_chunk):
     losses = optax.softmax_cross_entropy_with_integer_labels(
-        logits_fn(hidden_chunk).astype(jnp.float32), target_chunk)
+      logits_fn(hidden_chunk).astype(jnp.float32), target_chunk
+    )
     return (losses * mask_chunk).sum(-1)
 
   def add_chunk(total, chunk_inputs):
     return total + chunk_losses(*chunk_inputs), None
 
-  sums, _ = jax.lax.scan(add_chunk, jnp.zeros(hidden.shape[0], jnp.float32),
-                         (by_chunk(hidden), by_chunk(targets), by_chunk(mask)))
+  sums, _ = jax.lax.scan(
+    add_chunk,
+    jnp.zeros(hidden.shape[0], jnp.float32),
+    (by_chunk(hidden), by_chunk(targets), by_chunk(mask)),
+  )
   per_sequence = sums / jnp.maximum(mask.sum(-1), 1.0)
   # Every sequence of an example (2 orders, n choices) carries the example's weight.
   sequence_weights = jnp.broadcast_to(
-      weights.reshape(weights.shape + (1,) * (tokens.ndim - 2)), tokens.shape[:-1]).reshape(-1)
+    weights.reshape(weights.shape + (1,) * (tokens.ndim - 2)), tokens.shape[:-1]
+  ).reshape(-1)
   return (per_sequence * sequence_weights).sum() / jnp.maximum(sequence_weights.sum(), 1.0)
 
 
-def finetune_loss_fn(model, lm_coef: float = 0.5, regression: bool = False,
-                     lm_chunk: int = 128) -> Callable:
+def finetune_loss_fn(
+  model, lm_coef: float = 0.5, regression: bool = False, lm_chunk: int = 128
+) -> Callable:
   """The paper's fine-tuning objective L_task + lm_coef * L_LM, as a Trainer loss_fn.
 
   `model` is a `model.GPTForTask`; batches are dicts from `encode_example`.
@@ -216,16 +235,25 @@ def finetune_loss_fn(model, lm_coef: float = 0.5, regression: bool = False,
 
   def loss_fn(params, batch, rng, deterministic):
     task_logits, hidden = model.apply(
-        {'params': params}, batch['tokens'], batch['extract_index'],
-        deterministic=deterministic, rngs=None if deterministic else {'dropout': rng},
-        method='task_logits_and_hidden')
+      {'params': params},
+      batch['tokens'],
+      batch['extract_index'],
+      deterministic=deterministic,
+      rngs=None if deterministic else {'dropout': rng},
+      method='task_logits_and_hidden',
+    )
     weights = batch['valid'].astype(jnp.float32)
     loss = task_loss(task_logits, batch['label'], weights, regression)
     aux = {'task_loss': loss}
     if lm_coef > 0:
       aux['lm_loss'] = lm_loss(
-          lambda h: model.apply({'params': params}, h, method='lm_logits'), hidden,
-          batch['tokens'], batch['lm_mask'], weights, lm_chunk)
+        lambda h: model.apply({'params': params}, h, method='lm_logits'),
+        hidden,
+        batch['tokens'],
+        batch['lm_mask'],
+        weights,
+        lm_chunk,
+      )
       loss = loss + lm_coef * aux['lm_loss']
     return loss, aux
 
@@ -236,8 +264,13 @@ def predict_fn(model) -> Callable:
   """(params, batch) -> task logits, without dropout or LM logits: jit it for evaluation."""
 
   def predict(params, batch):
-    task_logits, _ = model.apply({'params': params}, batch['tokens'], batch['extract_index'],
-                                 deterministic=True, with_lm_logits=False)
+    task_logits, _ = model.apply(
+      {'params': params},
+      batch['tokens'],
+      batch['extract_index'],
+      deterministic=True,
+      with_lm_logits=False,
+    )
     return task_logits
 
   return predict

@@ -2,3 +2,5 @@
 
 from gpt_jax.data.builders.local_text import LocalText
 from gpt_jax.data.builders.stdlib_docs import StdlibDocs
+
+__all__ = ['LocalText', 'StdlibDocs']

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 
 from etils import epath
 
-from gpt_jax.data.builders import text_corpus
 from gpt_jax import workdir as workdir_lib
+from gpt_jax.data.builders import text_corpus
 from gpt_jax.errors import UserError, warn
 
 SUFFIXES = ('.txt', '.jsonl')
@@ -35,18 +35,23 @@ class LocalTextConfig(text_corpus.TextCorpusConfig):
 def find_files(pattern: str) -> list[epath.Path]:
   """The .txt/.jsonl files a glob (or a directory, searched recursively) names."""
   if not pattern:
-    raise UserError('data.corpus=local_text needs --config.data.text_glob=GLOB '
-                    '(e.g. "books/*.txt" or a directory)')
-  matches = sorted(_local_matches(pattern) if workdir_lib.is_local(pattern) else _bucket_matches(pattern),
-                   key=str)
+    raise UserError(
+      'data.corpus=local_text needs --config.data.text_glob=GLOB '
+      '(e.g. "books/*.txt" or a directory)'
+    )
+  matches = sorted(
+    _local_matches(pattern) if workdir_lib.is_local(pattern) else _bucket_matches(pattern), key=str
+  )
   if not matches:
     if not glob.has_magic(pattern):
       raise UserError(f'data.text_glob={pattern!r}: no such file or directory')
     raise UserError(f'data.text_glob={pattern!r} matches no files')
   files = [p for p in matches if p.suffix in SUFFIXES]
   if not files:
-    raise UserError(f'data.text_glob={pattern!r} matches {len(matches)} files but none ends in '
-                    f'{" or ".join(SUFFIXES)}')
+    raise UserError(
+      f'data.text_glob={pattern!r} matches {len(matches)} files but none ends in '
+      f'{" or ".join(SUFFIXES)}'
+    )
   return files
 
 
@@ -54,19 +59,27 @@ def _local_matches(pattern: str) -> list[epath.Path]:
   expanded = os.path.expanduser(pattern)
   if os.path.isdir(expanded):
     expanded = os.path.join(expanded, '**', '*')
-  return [workdir_lib.path(os.path.realpath(p)) for p in glob.glob(expanded, recursive=True)
-          if os.path.isfile(p)]
+  return [
+    workdir_lib.path(os.path.realpath(p))
+    for p in glob.glob(expanded, recursive=True)
+    if os.path.isfile(p)
+  ]
 
 
 def _bucket_matches(pattern: str) -> list[epath.Path]:
   """Files in a bucket: under a "directory", or matching a glob (`**` included), one listing."""
   import fsspec  # pylint: disable=import-outside-toplevel
+
   filesystem, _ = fsspec.core.url_to_fs(pattern)
   scheme = pattern.split('://', 1)[0]
-  found = (filesystem.find(pattern, detail=True) if filesystem.isdir(pattern) else
-           filesystem.glob(pattern, detail=True))
-  return [workdir_lib.path(f'{scheme}://{name}') for name, info in found.items()
-          if info['type'] == 'file']
+  found = (
+    filesystem.find(pattern, detail=True)
+    if filesystem.isdir(pattern)
+    else filesystem.glob(pattern, detail=True)
+  )
+  return [
+    workdir_lib.path(f'{scheme}://{name}') for name, info in found.items() if info['type'] == 'file'
+  ]
 
 
 def _common_root(files: list[epath.Path]) -> str:
@@ -91,10 +104,12 @@ def config(pattern: str, validation_fraction: float) -> LocalTextConfig:
     identity.update(f'{path}\0{size}\0{mtime}\n'.encode())
   root = _common_root(files)
   return LocalTextConfig(
-      name=f'{identity.hexdigest()[:16]}-val{validation_fraction:g}', root=root,
-      files=tuple(os.fspath(path)[len(root) + 1:] for path in files),
-      validation_fraction=validation_fraction,
-      description=f'{len(files)} files matching {pattern}')
+    name=f'{identity.hexdigest()[:16]}-val{validation_fraction:g}',
+    root=root,
+    files=tuple(os.fspath(path)[len(root) + 1 :] for path in files),
+    validation_fraction=validation_fraction,
+    description=f'{len(files)} files matching {pattern}',
+  )
 
 
 def decode(raw: bytes) -> tuple[str, int]:
@@ -122,8 +137,10 @@ class LocalText(text_corpus.TextCorpus):
           text = _jsonl_text(text, key)
         yield key, text
     if invalid_bytes:
-      warn(f'replaced {invalid_bytes:,} invalid UTF-8 bytes with U+FFFD in '
-                       f'{bad_documents:,} documents (first: {first_bad})')
+      warn(
+        f'replaced {invalid_bytes:,} invalid UTF-8 bytes with U+FFFD in '
+        f'{bad_documents:,} documents (first: {first_bad})'
+      )
 
 
 def _raw_documents(root: epath.Path, name: str, wanted) -> Iterator[tuple[str, bytes]]:
@@ -143,10 +160,13 @@ def _jsonl_text(line: str, key: str) -> str:
   try:
     record = json.loads(line)
   except json.JSONDecodeError as error:
-    raise UserError(f'{key}: not a JSON object ({error.msg}); .jsonl files hold one '
-                    '{"text": ...} object per line') from None
+    raise UserError(
+      f'{key}: not a JSON object ({error.msg}); .jsonl files hold one '
+      '{"text": ...} object per line'
+    ) from None
   if not isinstance(record, dict) or not isinstance(record.get('text'), str):
-    raise UserError(f'{key}: no "text" string field; .jsonl files hold one {{"text": ...}} '
-                    'object per line')
+    raise UserError(
+      f'{key}: no "text" string field; .jsonl files hold one {{"text": ...}} object per line'
+    )
   # JSON escapes can spell lone surrogates, which are not text: replace them too.
   return record['text'].encode('utf-8', errors='replace').decode('utf-8')

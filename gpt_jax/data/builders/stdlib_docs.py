@@ -26,8 +26,10 @@ def config(validation_fraction: float) -> text_corpus.TextCorpusConfig:
   """The corpus of this interpreter: its version is part of the name, as docstrings change."""
   version = f'{platform.python_implementation().lower()}{platform.python_version()}'
   return text_corpus.TextCorpusConfig(
-      name=f'{version}-val{validation_fraction:g}', validation_fraction=validation_fraction,
-      description=f'docstrings of {stdlib_root()}')
+    name=f'{version}-val{validation_fraction:g}',
+    validation_fraction=validation_fraction,
+    description=f'docstrings of {stdlib_root()}',
+  )
 
 
 def stdlib_modules() -> Iterator[tuple[str, Path]]:
@@ -41,8 +43,11 @@ def stdlib_modules() -> Iterator[tuple[str, Path]]:
 def docstrings(source: bytes) -> list[str]:
   """Module, class and function docstrings of one source file, each whole, in source order."""
   tree = ast.parse(source)
-  nodes = [node for node in ast.walk(tree)
-           if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+  nodes = [
+    node
+    for node in ast.walk(tree)
+    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+  ]
   nodes.sort(key=lambda node: getattr(node, 'lineno', 0))
   return [doc for doc in map(ast.get_docstring, nodes) if doc]
 

@@ -21,7 +21,8 @@ SPLITS = ('train', 'validation')
 # Our configs are made at run time (from a glob, this interpreter's version), so
 # TFDS would warn about a "custom data configuration" with its whole repr each run.
 logging.getLogger('absl').addFilter(
-    lambda record: not record.getMessage().startswith('Using custom data configuration'))
+  lambda record: not record.getMessage().startswith('Using custom data configuration')
+)
 
 
 @dataclasses.dataclass
@@ -51,8 +52,10 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self, description=self.__doc__,
-        features=tfds.features.FeaturesDict({'text': tfds.features.Text()}))
+      builder=self,
+      description=self.__doc__,
+      features=tfds.features.FeaturesDict({'text': tfds.features.Text()}),
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # everything is local
@@ -60,17 +63,24 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, split: str):
     fraction, found = self.builder_config.validation_fraction, 0
-    for key, text in self._documents(lambda key: is_validation(key, fraction) == (split == 'validation')):
+    for key, text in self._documents(
+      lambda key: is_validation(key, fraction) == (split == 'validation')
+    ):
       if text.strip():
         found += 1
         yield key, {'text': text}
     if not found:  # TFDS cannot store an empty split: say why it is empty
       raise UserError(
-          f'the {split} split of {self.name} ({self.builder_config.description}) holds no '
-          'documents with text' + ('' if split == 'train' else
-                                   f'; with data.validation_fraction={fraction} none was held '
-                                   'out: raise it or add documents (local_text: more .txt files, '
-                                   'or .jsonl with one document per line)'))
+        f'the {split} split of {self.name} ({self.builder_config.description}) holds no '
+        'documents with text'
+        + (
+          ''
+          if split == 'train'
+          else f'; with data.validation_fraction={fraction} none was held '
+          'out: raise it or add documents (local_text: more .txt files, '
+          'or .jsonl with one document per line)'
+        )
+      )
 
   @abc.abstractmethod
   def _documents(self, wanted) -> Iterator[tuple[str, str]]:
