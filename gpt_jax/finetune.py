@@ -240,7 +240,9 @@ def _train(run: _Run, config, workdir, log: RunLog, truncated: dict) -> tuple[lo
       steps=steps,
       guard=guard,
       log=log,
-      steps_per_call=config.train.steps_per_call,
+      steps_per_call=loop.updates_per_call(
+        config.train.steps_per_call, trainer.mesh.devices.flat[0].platform
+      ),
     )
     best = checkpoints.best()
   truncated['train'] = train_batches.total(len(run.train_examples))

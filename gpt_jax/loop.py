@@ -109,6 +109,17 @@ class Outcome:
   skipped_steps: int
 
 
+CPU_STEPS_PER_CALL = 8
+
+
+def updates_per_call(steps_per_call: int, platform: str) -> int:
+  """train.steps_per_call as the loop runs it: 0 (auto) is CPU_STEPS_PER_CALL on a CPU, where
+  XLA pages in a call's temporaries afresh once per call, and 1 on TPU / GPU."""
+  if steps_per_call == 0:
+    return CPU_STEPS_PER_CALL if platform == 'cpu' else 1
+  return steps_per_call
+
+
 def run(
   trainer,
   state,
@@ -130,7 +141,8 @@ def run(
   """
   if steps_per_call < 1:
     raise UserError(
-      f'train.steps_per_call={steps_per_call}: use 1 (one compiled call per update) or more'
+      f'train.steps_per_call={steps_per_call}: use 0 (auto: 8 on a CPU, 1 on TPU / GPU), '
+      '1 (one compiled call per update) or more'
     )
 
   def periodic_save(done: int) -> bool:

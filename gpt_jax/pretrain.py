@@ -156,7 +156,9 @@ def run_pretraining(
       guard=guard,
       log=log,
       profiler=profiler,
-      steps_per_call=config.train.steps_per_call,
+      steps_per_call=loop.updates_per_call(
+        config.train.steps_per_call, trainer.mesh.devices.flat[0].platform
+      ),
     )
     if first_step == run.total_steps:
       log.info(f'the workdir already holds the final step ({run.total_steps}); nothing to train')

@@ -101,8 +101,13 @@ def test_guard_counts_skips_inside_a_call_and_stops_at_the_limit():
     guard.flush()
 
 
+def test_steps_per_call_auto_is_eight_on_a_cpu_and_one_elsewhere():
+  assert [loop.updates_per_call(0, platform) for platform in ('cpu', 'tpu', 'gpu')] == [8, 1, 1]
+  assert loop.updates_per_call(3, 'tpu') == 3
+
+
 def test_steps_per_call_below_one_is_a_clear_error():
-  with pytest.raises(UserError, match=r'train.steps_per_call=0: use 1'):
+  with pytest.raises(UserError, match=r'train.steps_per_call=-1: use 0 \(auto'):
     loop.run(
       None,
       None,
@@ -113,5 +118,5 @@ def test_steps_per_call_below_one_is_a_clear_error():
       steps=None,
       guard=None,
       log=None,
-      steps_per_call=0,
+      steps_per_call=-1,
     )
