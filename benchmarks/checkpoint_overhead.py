@@ -27,6 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gpt_jax import distributed  # noqa: E402
+
+distributed.skip_absent_tpu()  # before JAX starts: no libtpu start-up errors on a CPU host
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 

@@ -26,6 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gpt_jax import distributed  # noqa: E402
+
+distributed.skip_absent_tpu()  # before JAX starts: no libtpu start-up errors on a CPU host
+
 REQUIRED_RATIO = 10.0
 REQUIRED_REMOTE_TOKENS_PER_S = 1e6
 PAPER_BATCH, PAPER_SEQ_LEN = 64, 512  # configs/gpt1.py: one v5e-8 host's whole batch

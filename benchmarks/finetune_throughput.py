@@ -28,6 +28,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gpt_jax import distributed  # noqa: E402
+
+distributed.skip_absent_tpu()  # before JAX starts: no libtpu start-up errors on a CPU host
+
 REQUIRED_RATIO = 4.0
 _POSITIVE = ('good', 'great', 'lovely', 'superb', 'moving', 'charming', 'funny', 'brilliant')
 _NEGATIVE = ('bad', 'awful', 'dull', 'boring', 'clumsy', 'tedious', 'bland', 'painful')

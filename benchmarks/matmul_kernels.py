@@ -17,7 +17,15 @@ oneDNN / MKL on x86), and their ratio.
 
 import argparse
 import multiprocessing
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gpt_jax import distributed  # noqa: E402
+
+distributed.skip_absent_tpu()  # before JAX starts: no libtpu start-up errors on a CPU host
 
 
 def shapes(tokens: int, d: int = 768, d_ff: int = 3072, vocab: int = 40478):

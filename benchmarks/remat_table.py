@@ -13,9 +13,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpt_jax import config as config_lib
-from gpt_jax import dryrun
-from gpt_jax.model import REMAT_POLICIES
+from gpt_jax import distributed  # noqa: E402
+
+distributed.skip_absent_tpu()  # before JAX starts: no libtpu start-up errors on a CPU host
+
+from gpt_jax import config as config_lib  # noqa: E402
+from gpt_jax import dryrun  # noqa: E402
+from gpt_jax.model import REMAT_POLICIES  # noqa: E402
 
 
 def main() -> None:

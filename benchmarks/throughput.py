@@ -9,13 +9,14 @@ than this 24 GB machine has, and the reclaim under that pressure slowed
 whichever process page-faulted most; a user trains with one of them at a time
 too. The median round counts. Every step is a full training
 step: forward, backward, gradient clipping and an AdamW update, float32 unless
---dtype bfloat16. gpt_jax runs --steps_per_call updates per compiled call, as a
-run with train.steps_per_call does (steps and warmup round up to whole calls).
+--dtype bfloat16. gpt_jax runs as the config runs on a CPU: its train.steps_per_call
+updates per compiled call (8 for every shipped config on a CPU; --steps_per_call
+overrides it; steps and warmup round up to whole calls).
 PyTorch runs at its best: all cores, fused AdamW, and torch.compile as a second
 contender.
 
     python benchmarks/throughput.py --configs tiny,small,gpt1 [--dtype bfloat16] [--json out.json]
-        [--rounds 3 --steps 2 --warmup 2 --steps_per_call 8]
+        [--rounds 3 --steps 2 --warmup 2] [--steps_per_call K]
         [--baseline DIR]   # also time another checkout's gpt_jax in each round: before/after
 
 Prints tokens/s, the ratio gpt_jax / PyTorch (against PyTorch's faster variant),
@@ -38,6 +39,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gpt_jax import distributed  # noqa: E402
+
+distributed.skip_absent_tpu()  # before JAX starts: no libtpu start-up errors on a CPU host
+
 # (batch, seq_len) per config: the configs' own sizes, shrunk where a CPU step would take minutes.
 SHAPES = {'tiny': (16, 128), 'small': (16, 256), 'gpt1': (4, 512)}
 
@@ -49,6 +54,16 @@ def _model_sizes(config_name: str, vocab_size: int | None) -> dict:
   if vocab_size:
     model.vocab_size = vocab_size
   return dict(model)
+
+
+def _steps_per_call(config_name: str, requested: int | None) -> int:
+  """--steps_per_call, or what the config's own train.steps_per_call runs on a CPU."""
+  from gpt_jax import loop
+  from gpt_jax.config import load_config
+
+  if requested is not None:
+    return requested
+  return loop.updates_per_call(load_config(config_name).train.steps_per_call, 'cpu')
 
 
 def _matmul_peak_torch(torch, device, dtype, size=2048, repeats=5):
@@ -273,7 +288,7 @@ def benchmark(config_name: str, args) -> dict:
   batch, seq_len = args.batch or batch, args.seq_len or seq_len
   model = _model_sizes(config_name, args.vocab_size)
   spec = dict(model=model, batch=batch, seq_len=seq_len, dtype=args.dtype)
-  jax_spec = {**spec, 'steps_per_call': args.steps_per_call}
+  jax_spec = {**spec, 'steps_per_call': _steps_per_call(config_name, args.steps_per_call)}
   contenders = {
     'gpt_jax': (jax_worker, jax_spec),
     'torch': (torch_worker, {**spec, 'compile': False}),
@@ -364,9 +379,9 @@ def main():
   parser.add_argument(
     '--steps_per_call',
     type=int,
-    default=8,
-    help="gpt_jax's updates per compiled call (train.steps_per_call); steps "
-    'and warmup round up to whole calls',
+    help="gpt_jax's updates per compiled call (default: the config's train.steps_per_call "
+    'as a CPU run resolves it, 8 for the shipped configs); steps and warmup round up to '
+    'whole calls',
   )
   parser.add_argument(
     '--rounds', type=int, default=3, help='rounds: a fresh worker of each contender per round'
