@@ -17,7 +17,10 @@ spec="$repo"
 echo "[setup] installing gpt_jax${extras:+[$extras]} (quick when already installed)"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 # The exact versions we test with (launch/constraints.txt); pyproject.toml keeps ranges.
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+# setuptools warns at every editable install of a package that maps a folder into it (our
+# configs/ becomes gpt_jax.configs) that same-named folders in the working directory win
+# imports: no news for this checkout, so that one warning is filtered where it is raised.
+PYTHONWARNINGS="ignore:::setuptools.command.editable_wheel" "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
   -c "$repo/launch/constraints.txt" -e "$spec" 2>&1 | grep -v '^WARNING: Location' || true
 "$venv/bin/python" -c 'import gpt_jax' || { echo "[setup] install failed" >&2; exit 1; }
 export PATH="$venv/bin:$PATH"
