@@ -1,6 +1,8 @@
 """Test set-up: 8 fake CPU devices so every sharding test runs on a real (2, 2, 2) mesh."""
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -9,9 +11,21 @@ os.environ['XLA_FLAGS'] = (
   os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
 ).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-# The CLI turns on the persistent compilation cache in ~/.cache; tests keep out of it
-# (the environment variable wins over the config; '' is off). test_compile_cache sets its own.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', '')
+# One persistent compilation cache for the whole run, shared by this process, the xdist
+# workers and every subprocess a test starts (the CLI runs, the multi-process runs): the same
+# tiny programs compile once per run instead of once per process. It lives in a directory of
+# its own, never in the user's ~/.cache (the environment variable wins over the config), and
+# the controlling process removes it at the end. test_compile_cache sets its own.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='gpt_jax_test_jax_cache_')
+  _OWN_COMPILE_CACHE = os.environ['JAX_COMPILATION_CACHE_DIR']
+else:
+  _OWN_COMPILE_CACHE = None
+
+
+def pytest_unconfigure(config):
+  if _OWN_COMPILE_CACHE and not hasattr(config, 'workerinput'):  # the controller, not a worker
+    shutil.rmtree(_OWN_COMPILE_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope='session')
