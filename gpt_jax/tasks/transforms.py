@@ -145,8 +145,8 @@ def encode_example(
     'extract_index': extract_index,
     'lm_mask': lm_mask,
     'label': label,
-    'valid': np.int32(1),
-    'truncated': np.int32(truncated),
+    'valid': np.asarray(1, np.int32),
+    'truncated': np.asarray(truncated, np.int32),
   }
 
 
