@@ -207,7 +207,7 @@ def _params_from_state(state: dict[str, np.ndarray], model_config: ModelConfig) 
   original_names = {k.removeprefix(_HF_PREFIX): k for k in state}
   state = {k.removeprefix(_HF_PREFIX): v for k, v in state.items()}
   our_shapes = _our_shapes(model_config)
-  params = {}
+  params: dict = {}
   for hf_name, path, merged in _layout(model_config.n_layer):
     if hf_name not in state:
       raise UserError(

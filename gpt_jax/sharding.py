@@ -100,6 +100,7 @@ def check_divisible(abstract_boxed_params, mesh: Mesh) -> None:
     jax.tree.leaves(shapes),
   ):
     mesh_spec = nn.logical_to_mesh_axes(spec, LOGICAL_RULES)
+    assert mesh_spec is not None  # None only for a None spec, and every leaf here has one
     for dim, (logical, axes) in enumerate(zip(spec, mesh_spec)):
       if axes is None:
         continue
@@ -177,7 +178,7 @@ def check_replication(
   total_bytes = sum(sizes.values())
   if replicated_bytes <= max_fraction * total_bytes:
     return
-  biggest = sorted(replicated_names, key=sizes.get, reverse=True)[:5]
+  biggest = sorted(replicated_names, key=sizes.__getitem__, reverse=True)[:5]
   listing = ', '.join(f'{name} ({_readable_bytes(sizes[name])})' for name in biggest)
   raise ShardingError(
     f'{replicated_bytes / total_bytes:.0%} of the parameter bytes would be replicated on every '

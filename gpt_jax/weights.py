@@ -34,10 +34,16 @@ from gpt_jax.model import ModelConfig, add_token_rows
 class Weights:
   """A decoder's parameters (host arrays), its shape, and the tokenizer its ids belong to."""
 
-  params: dict
+  params: dict | None  # None: the shape and tokenizer only (finetune.random_init)
   model_config: ModelConfig
   tokenizer: TextTokenizer | None
   source: str  # what they were read from, for logs and summaries
+
+  def text_tokenizer(self) -> TextTokenizer:
+    """The tokenizer, for callers that read or write text."""
+    if self.tokenizer is None:  # load_weights(tokenizer_required=False) found none
+      raise UserError(f'{self.source} has no tokenizer, and reading text needs one')
+    return self.tokenizer
 
 
 def source_kind(directory) -> str:
