@@ -35,6 +35,7 @@ from gpt_jax import config as config_lib
 from gpt_jax import layer_layout, sharding
 from gpt_jax import workdir as workdir_lib
 from gpt_jax.errors import UserError, warn
+from gpt_jax.train import Trainer, TrainState
 
 STATE, DATA, CONFIG = 'state', 'data', 'config'
 
@@ -265,7 +266,7 @@ class Checkpointer:
       items[DATA] = DataStateSave(data_state)
     self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
-  def restore_latest(self, trainer, data_iterator=None):
+  def restore_latest(self, trainer: Trainer, data_iterator=None) -> TrainState | None:
     """The newest readable checkpoint's TrainState, laid out on `trainer`'s mesh, or None.
 
     Restoring reshards: the arrays are read straight into `trainer.state_shardings`,
@@ -457,7 +458,7 @@ def _upgrade_config(stored: dict) -> dict:
   return stored
 
 
-def load_params(workdir: str | Path, target=None, step: int | None = None):
+def load_params(workdir: str | Path, target=None, step: int | None = None) -> Any:
   """The parameters of a pretraining workdir's newest readable checkpoint (or of `step`).
 
   `target` is a tree of jax.ShapeDtypeStruct with shardings (e.g. from a

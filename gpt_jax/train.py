@@ -55,7 +55,7 @@ class TrainState:
   rng: Any  # base key; step k uses fold_in(rng, k) so a resumed run repeats its dropout
 
 
-def cross_entropy(logits, targets, weights=None):
+def cross_entropy(logits, targets, weights=None) -> jax.Array:
   """Mean next-token cross-entropy in float32 over positions where `weights` is 1."""
   losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
   if weights is None:
