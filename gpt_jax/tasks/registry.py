@@ -237,7 +237,8 @@ class TfdsExamples(Sequence):
 
   def __init__(self, records, spec: TfdsTask, where: str):
     self._records, self._spec = records, spec
-    self._index: list[tuple[int, int]] | None = None  # (record, example) per example, when not one to one
+    # (record, example) per example, when not one to one
+    self._index: list[tuple[int, int]] | None = None
     if spec.convert is not None:
       self._index = []
       for start in range(0, len(records), 10_000):  # batched reads are several times faster
