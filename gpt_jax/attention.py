@@ -43,7 +43,9 @@ def check_implementation(name: str) -> None:
     )
 
 
-def attend(implementation: str, query, key, value, mask=None, dropout: Callable | None = None):
+def attend(
+  implementation: str, query, key, value, mask=None, dropout: Callable | None = None
+) -> jax.Array:
   """Attention output (batch, q_len, heads, head_dim).
 
   mask: None for causal self-attention over equal query and key lengths, or a
@@ -78,7 +80,7 @@ def attend(implementation: str, query, key, value, mask=None, dropout: Callable 
   return splash_attention(query, key, value)
 
 
-def xla_attention(query, key, value, mask=None, dropout: Callable | None = None):
+def xla_attention(query, key, value, mask=None, dropout: Callable | None = None) -> jax.Array:
   """The reference: softmax(q k^T / sqrt(d) masked) v, probabilities in float32.
 
   Causal self-attention (mask None) runs its queries in blocks of
@@ -147,7 +149,7 @@ def _splash_per_shard(query, key, value):
   return jax.vmap(splash)(query / math.sqrt(query.shape[-1]), key, value)
 
 
-def splash_attention(query, key, value):
+def splash_attention(query, key, value) -> jax.Array:
   """Causal splash attention, each device running the kernel on its own batch and heads.
 
   Under a mesh (every Trainer step) the mesh's devices say what the program

@@ -31,11 +31,29 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
+from gpt_jax import config as config_lib
 from gpt_jax import layer_layout, sharding
 from gpt_jax import workdir as workdir_lib
 from gpt_jax.errors import UserError, warn
+from gpt_jax.train import Trainer, TrainState
 
 STATE, DATA, CONFIG = 'state', 'data', 'config'
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """The checkpoint section: how often a run saves and which checkpoints it keeps."""
+
+  every_steps: int  # besides after every evaluation, at the end and on SIGTERM
+  keep: int  # the newest kept ...
+  keep_best: int  # ... plus the best by best_metric (0: none)
+  best_metric: str
+  best_mode: str  # 'min' or 'max'
+  async_save: bool
+
+  @classmethod
+  def from_config(cls, section: ml_collections.ConfigDict) -> 'CheckpointConfig':
+    return config_lib.section_view(cls, section, 'checkpoint')
 
 
 class _NoMissingMetricsNotice(logging.Filter):
@@ -152,7 +170,8 @@ def _into_layout_of(tree, target):
   A checkpoint saved with model.scan_layers on restores into a run with it off
   and back: the conversion runs on the devices, straight into the target layout.
   """
-  if jax.tree.structure(tree) == jax.tree.structure(target):
+  # jaxlib ships no stub for PyTreeDef (its ==), so mypy cannot resolve the type.
+  if jax.tree.structure(tree) == jax.tree.structure(target):  # type: ignore[operator]
     return tree  # saved in the same layout
   return jax.jit(
     lambda t: layer_layout.like(t, target), out_shardings=jax.tree.map(lambda t: t.sharding, target)
@@ -168,7 +187,7 @@ class Checkpointer:
   waits for the saves still being written.
   """
 
-  def __init__(self, workdir: str | Path, checkpoint_config):
+  def __init__(self, workdir: str | Path, checkpoint_config: CheckpointConfig):
     self.workdir = _absolute(workdir)
     self.directory = self.workdir / workdir_lib.CHECKPOINTS_DIR
     self._best_metric, self._keep_best = checkpoint_config.best_metric, checkpoint_config.keep_best
@@ -247,7 +266,7 @@ class Checkpointer:
       items[DATA] = DataStateSave(data_state)
     self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
-  def restore_latest(self, trainer, data_iterator=None):
+  def restore_latest(self, trainer: Trainer, data_iterator=None) -> TrainState | None:
     """The newest readable checkpoint's TrainState, laid out on `trainer`'s mesh, or None.
 
     Restoring reshards: the arrays are read straight into `trainer.state_shardings`,
@@ -329,8 +348,8 @@ class Checkpointer:
 
 def _absolute(workdir: str | Path) -> epath.Path:
   """orbax wants an absolute directory; a bucket URL already is one."""
-  workdir = workdir_lib.path(workdir)
-  return workdir.resolve() if workdir_lib.is_local(workdir) else workdir
+  path = workdir_lib.path(workdir)
+  return path.resolve() if workdir_lib.is_local(path) else path
 
 
 def _read_only_manager(
@@ -439,7 +458,7 @@ def _upgrade_config(stored: dict) -> dict:
   return stored
 
 
-def load_params(workdir: str | Path, target=None, step: int | None = None):
+def load_params(workdir: str | Path, target=None, step: int | None = None) -> Any:
   """The parameters of a pretraining workdir's newest readable checkpoint (or of `step`).
 
   `target` is a tree of jax.ShapeDtypeStruct with shardings (e.g. from a

@@ -12,6 +12,7 @@ import functools
 import importlib.metadata
 import os
 import sys
+from collections.abc import Callable
 
 from gpt_jax import workdir as workdir_lib
 from gpt_jax.errors import UserError
@@ -291,7 +292,7 @@ def _sample(args, overrides) -> None:
     raise UserError('give at least one --prompt TEXT or a --prompts_file with one prompt a line')
   compile_cache.enable()
   weights = load_weights(args.workdir, tokenizer_required=args.tokenizer is None, flag='--workdir')
-  tokenizer = Tokenizer(args.tokenizer) if args.tokenizer else weights.tokenizer
+  tokenizer = Tokenizer(args.tokenizer) if args.tokenizer else weights.text_tokenizer()
   continuations = sample.generate_text(
     weights.params,
     weights.model_config,
@@ -571,8 +572,8 @@ def _add_sample_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--seed', type=int, default=0)
 
 
-# mode name -> (function, help, flag adders)
-MODES = {
+# mode name -> (function of (args, config overrides), help, flag adders)
+MODES: dict[str, tuple[Callable[..., None], str, list[Callable[..., None]]]] = {
   'tokenizer': (
     _tokenizer,
     'train the BPE tokenizer of a config on its corpus',

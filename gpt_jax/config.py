@@ -8,15 +8,24 @@ its path and may import the shipped ones the same way.
 """
 
 import ast
+import dataclasses
 import difflib
 import importlib
 import importlib.resources
 import importlib.util
 import pathlib
+import types
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import ml_collections
 
 from gpt_jax.errors import UserError
+
+if TYPE_CHECKING:
+  from _typeshed import DataclassInstance
+
+View = TypeVar('View', bound='DataclassInstance')  # a typed view of one config section
 
 _PACKAGE = 'gpt_jax.configs'
 
@@ -46,7 +55,7 @@ def _shipped_module(name_or_path: str) -> str | None:
   return f'{_PACKAGE}.{name.replace("/", ".")}' if name in shipped_configs() else None
 
 
-def _load_module(name_or_path: str):
+def _load_module(name_or_path: str) -> types.ModuleType:
   module_name = _shipped_module(name_or_path)
   if module_name is not None:
     return importlib.import_module(module_name)
@@ -58,12 +67,14 @@ def _load_module(name_or_path: str):
     )
   # A private module name: the user's file never shadows, or is shadowed by, another module.
   spec = importlib.util.spec_from_file_location(f'_gpt_jax_user_config_{path.stem}', path)
+  if spec is None or spec.loader is None:  # a suffix Python cannot import (not .py)
+    raise UserError(f'config file {name_or_path} is not a Python file: give a .py file')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
 
 
-def load_config(name_or_path: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
+def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """Runs the config's `get_config()` and applies `path=value` overrides in order."""
   module = _load_module(name_or_path)
   if not hasattr(module, 'get_config'):
@@ -72,6 +83,22 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> ml_collections.
   for override in overrides:
     apply_override(config, override)
   return config
+
+
+def section_view(view: type[View], section: Any, name: str) -> View:
+  """The fields of dataclass `view` read from config section `name` (a ConfigDict or mapping).
+
+  Functions take such a typed view of the sections they read instead of the whole config;
+  the section may hold more fields, for other readers.
+  """
+  fields = [field.name for field in dataclasses.fields(view)]
+  missing = [field for field in fields if field not in section]
+  if missing:
+    raise UserError(
+      f'the config has no {", ".join(f"{name}.{field}" for field in missing)}: start from a '
+      'shipped config (configs/) that defines every field'
+    )
+  return view(**{field: section[field] for field in fields})
 
 
 def apply_override(config: ml_collections.ConfigDict, override: str) -> None:

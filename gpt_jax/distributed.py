@@ -95,6 +95,7 @@ def initialize(
       f'a multi-process run needs --coordinator_address, --num_processes and '
       f'--process_id together; missing {", ".join(missing)}'
     )
+  assert coordinator_address is not None and num_processes is not None and process_id is not None
   if num_processes < 1 or not 0 <= process_id < num_processes:
     raise UserError(
       f'--process_id {process_id} must be in 0 .. --num_processes - 1 '

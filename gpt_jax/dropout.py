@@ -28,7 +28,7 @@ def _rotate_left(x, bits: int):
   return (x << np.uint32(bits)) | (x >> np.uint32(32 - bits))
 
 
-def threefry2x32(key0, key1, count0, count1):
+def threefry2x32(key0, key1, count0, count1) -> tuple[jax.Array, jax.Array]:
   """Threefry-2x32 with 20 rounds (Salmon et al. 2011), unrolled; uint32 in, two uint32 out."""
   keys = (key0, key1, key0 ^ key1 ^ _KEY_PARITY)
   x0, x1 = count0 + keys[0], count1 + keys[1]

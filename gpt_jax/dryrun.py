@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import topologies
 
-from gpt_jax import flops, sharding, train
+from gpt_jax import flops, optim, sharding, train
 from gpt_jax.errors import UserError
 from gpt_jax.model import REMAT_POLICIES, ModelConfig
 from gpt_jax.tasks.load import load_task_shape
@@ -131,7 +131,10 @@ class DryRunReport:
 
   @property
   def fits(self) -> bool:
-    return not self.out_of_memory and self.peak_bytes <= self.hbm_bytes
+    # peak_bytes is None only when the compiler ran out of memory.
+    return (
+      not self.out_of_memory and self.peak_bytes is not None and self.peak_bytes <= self.hbm_bytes
+    )
 
   def table(self) -> str:
     mesh = ' '.join(f'{axis}={size}' for axis, size in self.mesh_shape.items())
@@ -158,6 +161,7 @@ class DryRunReport:
       lines.append(f'  FLOPs per step per chip: {model}')
       lines.append(f'  DOES NOT FIT: {self.out_of_memory}')
     else:
+      assert self.peak_bytes is not None  # known whenever the step compiled
       once = ' with the scanned block counted once' if self.scan_layers else ''
       lines.append(f'  FLOPs per step per chip: {self.xla_flops:.3e} (XLA{once}), {model}')
       verdict = 'fits' if self.fits else 'DOES NOT FIT'
@@ -179,7 +183,11 @@ def dry_run(config, topology: str) -> DryRunReport:
   sharding.check_batch(batch_size, mesh)
   # The schedule's length changes no shape or cost of the compiled step.
   _, trainer = train.make_pretrainer(
-    model_config, config.optim, mesh, seq_len, max(int(config.train.num_steps), 1)
+    model_config,
+    optim.OptimConfig.from_config(config.optim),
+    mesh,
+    seq_len,
+    max(int(config.train.num_steps), 1),
   )
   batch = jax.ShapeDtypeStruct((batch_size, seq_len + 1), jnp.int32)
   return _compile_and_measure(
@@ -209,7 +217,16 @@ def finetune_dry_run(config, topology: str) -> DryRunReport:
   batch_size = config.train.batch_size
   sharding.check_batch(batch_size, mesh)
   task_shape = load_task_shape(config.task)
-  _, trainer = train.make_finetuner(model_config, task_shape, config, mesh, total_steps=1)
+  _, trainer = train.make_finetuner(
+    model_config,
+    task_shape,
+    optim.OptimConfig.from_config(config.optim),
+    mesh,
+    total_steps=1,
+    clf_pdrop=config.finetune.clf_pdrop,
+    lm_coef=config.finetune.lm_coef,
+    lm_chunk=config.finetune.lm_chunk,
+  )
   tokens = task_shape.input_shape(batch_size, max_len)
   label = jnp.float32 if task_shape.regression else jnp.int32
   batch = {
@@ -268,13 +285,17 @@ def _compile_and_measure(
       raise
     return report(compile_seconds=time.perf_counter() - start, out_of_memory=reason)
   compile_seconds = time.perf_counter() - start
-  memory = compiled.memory_analysis()
+  memory, costs = compiled.memory_analysis(), compiled.cost_analysis()
+  if memory is None or costs is None:
+    raise UserError(
+      f'the compiler for {topology} reports no memory or cost analysis to dry-run with'
+    )
   return report(
     compile_seconds=compile_seconds,
     temp_bytes=memory.temp_size_in_bytes,
     code_bytes=memory.generated_code_size_in_bytes,
     peak_bytes=memory.peak_memory_in_bytes,
-    xla_flops=compiled.cost_analysis()['flops'],
+    xla_flops=costs['flops'],
   )
 
 
@@ -307,6 +328,7 @@ def remat_table(config, topology: str, reports: dict[str, DryRunReport]) -> str:
     if report.out_of_memory:
       lines.append(f'| {policy} | does not fit | - | - | {report.compile_seconds:.0f} |')
       continue
+    assert report.peak_bytes is not None and report.temp_bytes is not None  # it compiled
     lines.append(
       f'| {policy} | {report.peak_bytes / GiB:.2f} | {report.temp_bytes / GiB:.2f} | '
       f'{report.xla_flops:.3e} | {report.compile_seconds:.0f} |'

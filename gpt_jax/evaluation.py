@@ -37,7 +37,8 @@ def strided_windows(
     raise UserError(f'--stride {stride} must be between 1 and --seq_len {seq_len}')
   if num_tokens < 2:
     raise UserError(f'the text holds {num_tokens} token(s); at least 2 are needed to score one')
-  windows, scored_until, start = [], 0, 0  # targets 1 .. scored_until are done
+  windows: list[tuple[int, int, int]] = []
+  scored_until, start = 0, 0  # targets 1 .. scored_until are done
   while scored_until < num_tokens - 1 and (max_windows <= 0 or len(windows) < max_windows):
     end = min(start + seq_len, num_tokens - 1)  # the last target of this window
     windows.append((start, scored_until - start, end - scored_until))

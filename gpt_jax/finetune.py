@@ -13,24 +13,47 @@ stops at a step boundary on SIGTERM, and skips non-finite updates.
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 
 import jax
+import ml_collections
+from etils import epath
 
 from gpt_jax import checkpoint, glue, layer_layout, loop, sharding
+from gpt_jax import config as config_lib
 from gpt_jax import workdir as workdir_lib
+from gpt_jax.data.tokenizer import TextTokenizer
 from gpt_jax.errors import UserError
 from gpt_jax.model import GPTForTask
+from gpt_jax.optim import OptimConfig
 from gpt_jax.predict import TaskPredictor, TruncationCount, split_metrics
 from gpt_jax.report import RunLog
 from gpt_jax.tasks import metrics as task_metrics
 from gpt_jax.tasks.batches import batches
 from gpt_jax.tasks.load import load_task
 from gpt_jax.tasks.task import Task
-from gpt_jax.train import Trainer, make_finetuner
+from gpt_jax.train import TrainConfig, Trainer, TrainState, make_finetuner
 from gpt_jax.weights import Weights, load_weights, with_token_ids
 
 
-def load_init(config) -> Weights:
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+  """The finetune section: the weights to start from and the paper's objective."""
+
+  init: str  # a pretraining workdir or a Hugging Face directory
+  random_init: bool  # init's shape and tokenizer, random weights (the paper's ablation)
+  keep_special_rows: bool  # keep the rows <s>, $ and <e> have instead of drawing new ones
+  lm_coef: float  # weight of the auxiliary language-model loss
+  lm_chunk: int  # LM logits are made this many positions per sequence at a time
+  clf_pdrop: float  # dropout before the classifier
+  eval_batch_size: int
+
+  @classmethod
+  def from_config(cls, section: ml_collections.ConfigDict) -> 'FinetuneConfig':
+    return config_lib.section_view(cls, section, 'finetune')
+
+
+def load_init(config: ml_collections.ConfigDict) -> Weights:
   """The weights finetune.init names, grown by the fine-tuning tokens and set to the config's numerics.
 
   With finetune.random_init the shape and tokenizer are kept and `params` is None
@@ -43,7 +66,7 @@ def load_init(config) -> Weights:
       'that model shape from random weights instead'
     )
   weights = load_weights(config.finetune.init, flag='finetune.init')
-  tokenizer = weights.tokenizer
+  tokenizer = weights.text_tokenizer()
   special = [tokenizer.start_id, tokenizer.delimiter_id, tokenizer.extract_id]
   # The paper gives <s>, $ and <e> new N(0, 0.02) rows; rows pretraining only ever pushed
   # around as softmax negatives are re-drawn to match (unless keep_special_rows).
@@ -80,7 +103,10 @@ def load_init(config) -> Weights:
 class _Run:
   task: Task
   weights: Weights
-  train_examples: list | object
+  tokenizer: TextTokenizer  # the weights' own
+  train_config: TrainConfig
+  finetune_config: FinetuneConfig
+  train_examples: Sequence[dict]
   max_len: int
   bucket: int  # batches are padded to a multiple of this (see tasks.batches); 0: to max_len
   steps_per_epoch: int
@@ -89,14 +115,16 @@ class _Run:
   trainer: Trainer
 
 
-def _train_examples(config, task: Task):
+def _train_examples(config: ml_collections.ConfigDict, task: Task) -> Sequence[dict]:
   cap = config.task.max_train_examples
   if cap > 0:
     return [task.train[i] for i in range(min(len(task.train), cap))]
   return task.train
 
 
-def _set_up(config) -> _Run:
+def _set_up(config: ml_collections.ConfigDict) -> _Run:
+  train_config = TrainConfig.from_config(config.train)
+  finetune_config = FinetuneConfig.from_config(config.finetune)
   task = load_task(config.task)
   weights = load_init(config)
   model_config = weights.model_config
@@ -104,24 +132,36 @@ def _set_up(config) -> _Run:
   if max_len > model_config.n_ctx:
     raise UserError(f'task.max_len={max_len} exceeds the model context n_ctx={model_config.n_ctx}')
   mesh = sharding.make_mesh(config.mesh)
-  sharding.check_batch(config.train.batch_size, mesh)
-  sharding.check_batch(config.finetune.eval_batch_size, mesh)
+  sharding.check_batch(train_config.batch_size, mesh)
+  sharding.check_batch(finetune_config.eval_batch_size, mesh)
   train_examples = _train_examples(config, task)
-  steps_per_epoch = len(train_examples) // config.train.batch_size
+  steps_per_epoch = len(train_examples) // train_config.batch_size
   if not steps_per_epoch:
     raise UserError(
       f'{len(train_examples)} training examples make no batch of '
-      f'train.batch_size={config.train.batch_size}'
+      f'train.batch_size={train_config.batch_size}'
     )
   total_steps = (
-    config.train.num_steps
-    if config.train.num_steps > 0
-    else math.ceil(config.train.num_epochs * steps_per_epoch)
+    train_config.num_steps
+    if train_config.num_steps > 0
+    else math.ceil(train_config.num_epochs * steps_per_epoch)
   )
-  model, trainer = make_finetuner(model_config, task.shape, config, mesh, total_steps)
+  model, trainer = make_finetuner(
+    model_config,
+    task.shape,
+    OptimConfig.from_config(config.optim),
+    mesh,
+    total_steps,
+    clf_pdrop=finetune_config.clf_pdrop,
+    lm_coef=finetune_config.lm_coef,
+    lm_chunk=finetune_config.lm_chunk,
+  )
   return _Run(
     task,
     weights,
+    weights.text_tokenizer(),
+    train_config,
+    finetune_config,
     train_examples,
     max_len,
     config.task.bucket,
@@ -132,14 +172,14 @@ def _set_up(config) -> _Run:
   )
 
 
-def _initial_state(run: _Run, config):
+def _initial_state(run: _Run) -> TrainState:
   """A fresh state: the loaded decoder (or random weights) and a new classifier."""
-  rng = jax.random.key(config.train.seed)
+  rng = jax.random.key(run.train_config.seed)
   state = run.trainer.init(rng)
   if run.weights.params is None:
     return state
   checkpoint.check_compatible(
-    run.weights.params, run.trainer.abstract_state.params['transformer'], config.finetune.init
+    run.weights.params, run.trainer.abstract_state.params['transformer'], run.finetune_config.init
   )
   return run.trainer.from_params(
     {'transformer': run.weights.params, 'classifier': state.params['classifier']}, rng
@@ -152,22 +192,22 @@ def _predictor(run: _Run) -> TaskPredictor:
     run.trainer.param_shardings,
     run.trainer.mesh,
     run.task,
-    run.weights.tokenizer,
+    run.tokenizer,
     run.max_len,
     run.bucket,
   )
 
 
-def _train_batches(run: _Run, config, start: int) -> TruncationCount:
+def _train_batches(run: _Run, start: int) -> TruncationCount:
   return TruncationCount(
     batches(
       run.train_examples,
       run.task.kind,
-      run.weights.tokenizer,
+      run.tokenizer,
       run.max_len,
-      config.train.batch_size // jax.process_count(),
+      run.train_config.batch_size // jax.process_count(),
       bucket=run.bucket,
-      shuffle_seed=config.train.seed,
+      shuffle_seed=run.train_config.seed,
       num_epochs=math.ceil(run.total_steps / run.steps_per_epoch),
       shard=(jax.process_index(), jax.process_count()),
       start=start,
@@ -175,38 +215,47 @@ def _train_batches(run: _Run, config, start: int) -> TruncationCount:
   )
 
 
-def _checkpoint_config(config, best_metric: str):
+def _checkpoint_config(
+  section: ml_collections.ConfigDict, best_metric: str
+) -> checkpoint.CheckpointConfig:
   """Fine-tuning keeps the newest checkpoint (to resume) and the best (to predict with)."""
-  checkpoint_config = config.checkpoint.copy_and_resolve_references()
-  checkpoint_config.update(keep=1, keep_best=1, best_metric=best_metric, best_mode='max')
-  return checkpoint_config
+  return dataclasses.replace(
+    checkpoint.CheckpointConfig.from_config(section),
+    keep=1,
+    keep_best=1,
+    best_metric=best_metric,
+    best_mode='max',
+  )
 
 
-def _train(run: _Run, config, workdir, log: RunLog, truncated: dict) -> tuple[loop.Outcome, tuple]:
-  """Runs (or resumes) the training loop; notes in `truncated` how many examples of
-  each split it cut.
+def _train(
+  run: _Run, config: ml_collections.ConfigDict, workdir: epath.Path, log: RunLog
+) -> tuple[loop.Outcome, tuple[int | None, dict], dict[str, int]]:
+  """Runs (or resumes) the training loop; `config` is saved with every checkpoint.
 
-  Returns its outcome and the best checkpoint's (step, validation metrics).
+  Returns its outcome, the best checkpoint's (step, validation metrics), and how many
+  examples of each split (validation and train) it cut.
   """
   trainer, task = run.trainer, run.task
   predictor = _predictor(run)
+  truncated: dict[str, int] = {}
 
   def evaluate(params, step):
     scores = {}
     for split, examples in task.validation.items():
       split_scores, _, truncated[split] = predictor.score(
-        params, examples, config.finetune.eval_batch_size
+        params, examples, run.finetune_config.eval_batch_size
       )
       scores.update({f'{split}_{name}': value for name, value in split_scores.items()})
     log.scalars(step, {'epoch': step / run.steps_per_epoch, **scores}, split='validation')
     return scores
 
   with checkpoint.Checkpointer(
-    workdir, _checkpoint_config(config, _best_metric(task))
+    workdir, _checkpoint_config(config.checkpoint, _best_metric(task))
   ) as checkpoints:
     state = checkpoints.restore_latest(trainer)
     if state is None:
-      state = _initial_state(run, config)
+      state = _initial_state(run)
     else:
       log.info(f'resumed from {checkpoints.directory / str(int(state.step))}')
     first_step = int(state.step)
@@ -221,15 +270,17 @@ def _train(run: _Run, config, workdir, log: RunLog, truncated: dict) -> tuple[lo
       log,
       run.weights.model_config,
       trainer.mesh,
-      every=config.train.log_every,
+      every=run.train_config.log_every,
       total_steps=run.total_steps,
       tokens_of=lambda batch: (
         batch['tokens'].size * jax.process_count(),
         batch['tokens'].shape[-1],
       ),
     )
-    guard = loop.NonFiniteGuard(config.train.max_nonfinite_in_a_row, log, checkpoints.latest_step)
-    train_batches = _train_batches(run, config, first_step)
+    guard = loop.NonFiniteGuard(
+      run.train_config.max_nonfinite_in_a_row, log, checkpoints.latest_step
+    )
+    train_batches = _train_batches(run, first_step)
     outcome = loop.run(
       trainer,
       state,
@@ -241,12 +292,12 @@ def _train(run: _Run, config, workdir, log: RunLog, truncated: dict) -> tuple[lo
       guard=guard,
       log=log,
       steps_per_call=loop.updates_per_call(
-        config.train.steps_per_call, trainer.mesh.devices.flat[0].platform
+        run.train_config.steps_per_call, trainer.mesh.devices.flat[0].platform
       ),
     )
     best = checkpoints.best()
   truncated['train'] = train_batches.total(len(run.train_examples))
-  return outcome, best
+  return outcome, best, truncated
 
 
 def _best_metric(task: Task) -> str:
@@ -254,11 +305,12 @@ def _best_metric(task: Task) -> str:
 
 
 def _predict_tests(
-  run: _Run, config, workdir, best_step: int, truncated: dict
-) -> tuple[list, dict]:
+  run: _Run, workdir: epath.Path, best_step: int
+) -> tuple[list[epath.Path], dict, dict[str, int]]:
   """Predicts every test split with the best checkpoint; writes one file per split.
 
-  Returns the files and the scores of the labelled splits ({'test_accuracy': ...}).
+  Returns the files, the scores of the labelled splits ({'test_accuracy': ...}) and how
+  many examples of each split it cut.
   """
   trainer, task = run.trainer, run.task
   best_params = checkpoint.load_params(
@@ -267,9 +319,10 @@ def _predict_tests(
     step=best_step,
   )
   predictor, written, scores = _predictor(run), [], {}
+  truncated: dict[str, int] = {}
   for split, examples in task.test.items():
     predictions, labels, truncated[split] = predictor.predict(
-      best_params, examples, config.finetune.eval_batch_size
+      best_params, examples, run.finetune_config.eval_batch_size
     )
     scores.update(
       {f'{split}_{name}': value for name, value in split_metrics(task, predictions, labels).items()}
@@ -278,7 +331,7 @@ def _predict_tests(
     if jax.process_index() == 0:
       glue.write_predictions(workdir / name, task, examples, predictions)
     written.append(workdir / name)
-  return written, scores
+  return written, scores, truncated
 
 
 def _majority_baselines(task: Task) -> dict:
@@ -291,17 +344,17 @@ def _majority_baselines(task: Task) -> dict:
   return {split: value for split, value in baselines.items() if value is not None}
 
 
-def run_finetuning(config, workdir, log: RunLog | None = None) -> dict:
+def run_finetuning(config: ml_collections.ConfigDict, workdir, log: RunLog | None = None) -> dict:
   """Fine-tunes on config.task; returns the best validation metrics and where things went."""
   workdir = workdir_lib.path(workdir)
   run = _set_up(config)
   task = run.task
   log = log or RunLog(workdir)
   if jax.process_index() == 0:
-    run.weights.tokenizer.copy_to(workdir)  # sampling and export from this workdir need it
+    run.tokenizer.copy_to(workdir)  # sampling and export from this workdir need it
   log.info(
     f'fine-tuning {task.name} ({task.kind}, {len(run.train_examples):,} training '
-    f'examples, {run.total_steps:,} steps of {config.train.batch_size}) from '
+    f'examples, {run.total_steps:,} steps of {run.train_config.batch_size}) from '
     f'{run.weights.source}'
   )
   baselines = _majority_baselines(task)
@@ -310,11 +363,12 @@ def run_finetuning(config, workdir, log: RunLog | None = None) -> dict:
       'majority-class baseline (accuracy): '
       + ', '.join(f'{split} {value:.4f}' for split, value in baselines.items())
     )
-  truncated = {}
-  outcome, (best_step, best) = _train(run, config, workdir, log, truncated)
+  outcome, (best_step, best), truncated = _train(run, config, workdir, log)
   if outcome.preempted:
     return {'preempted': True, 'state': outcome.state}
-  written, test_scores = _predict_tests(run, config, workdir, best_step, truncated)
+  assert best_step is not None  # the last step is evaluated and saved with its metrics
+  written, test_scores, test_truncated = _predict_tests(run, workdir, best_step)
+  truncated.update(test_truncated)
   if test_scores:
     log.scalars(best_step, test_scores, split='test')
   log.info(

@@ -15,6 +15,8 @@ and names what is missing.
 
 import zipfile
 
+from etils import epath
+
 from gpt_jax import workdir as workdir_lib
 from gpt_jax.errors import UserError, warn
 from gpt_jax.tasks.task import Task
@@ -67,7 +69,7 @@ def write_predictions(path, task: Task, examples, predictions) -> None:
 
 def _found_files(workdirs) -> dict:
   """{file name: path} of the GLUE files in `workdirs`; a file in two of them is an error."""
-  found = {}
+  found: dict[str, epath.Path] = {}
   for workdir in workdirs:
     directory = workdir_lib.path(workdir)
     if not directory.is_dir():

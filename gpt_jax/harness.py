@@ -49,7 +49,7 @@ class GptJaxLM(TemplateLM):
         f'model_args {sorted(unused)} are unknown to gpt_jax; it takes init, batch_size, max_length'
       )
     self.weights = load_weights(init, flag='init')
-    self._tokenizer = self.weights.tokenizer
+    self._tokenizer = self.weights.text_tokenizer()
     self.max_length = int(max_length) or self.weights.model_config.n_ctx
     batch = 8 if batch_size in (None, 'auto') else int(str(batch_size).split(':')[0])
     self.batch_size = batch

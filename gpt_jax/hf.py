@@ -173,7 +173,7 @@ def config_to_hf(model_config: ModelConfig) -> dict:
 # ---------------------------------------------------------------- import
 
 
-def params_from_hf(source, hf_config=None):
+def params_from_hf(source, hf_config=None) -> tuple[dict, ModelConfig]:
   """Converts Hugging Face openai-gpt weights into our parameter tree.
 
   Args:
@@ -207,7 +207,7 @@ def _params_from_state(state: dict[str, np.ndarray], model_config: ModelConfig) 
   original_names = {k.removeprefix(_HF_PREFIX): k for k in state}
   state = {k.removeprefix(_HF_PREFIX): v for k, v in state.items()}
   our_shapes = _our_shapes(model_config)
-  params = {}
+  params: dict = {}
   for hf_name, path, merged in _layout(model_config.n_layer):
     if hf_name not in state:
       raise UserError(
@@ -237,7 +237,7 @@ def _params_from_state(state: dict[str, np.ndarray], model_config: ModelConfig) 
   return params
 
 
-def load_hf_dir(path):
+def load_hf_dir(path) -> tuple[dict, ModelConfig]:
   """Reads a Hugging Face openai-gpt directory (local or in a bucket); returns
   (params, model_config).
 
@@ -393,7 +393,9 @@ def _load_npy(file: epath.Path) -> np.ndarray:
     return np.load(f, allow_pickle=False)
 
 
-def load_openai_release(path, *, n_ctx: int | None = None, n_head: int = 12):
+def load_openai_release(
+  path, *, n_ctx: int | None = None, n_head: int = 12
+) -> tuple[dict, ModelConfig]:
   """Reads OpenAI's original GPT-1 release (finetune-transformer-lm/model/).
 
   The ten `params_{i}.npy` files concatenate into one vector that

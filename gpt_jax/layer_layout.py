@@ -15,6 +15,7 @@ axis, as the 'layers' logical axis is).
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +47,7 @@ def is_scanned(tree) -> bool:
   return SCANNED in found[0]
 
 
-def like(tree, reference):
+def like(tree: Any, reference: Any) -> Any:
   """`tree` in the block layout of `reference`'s decoder; unchanged if either holds none."""
   found = _decoders(reference)
   return convert(tree, SCANNED in found[0]) if found and _decoders(tree) else tree
@@ -59,7 +60,7 @@ def num_layers(decoder_params) -> int:
   return sum(bool(_UNROLLED.fullmatch(str(key))) for key in decoder_params)
 
 
-def convert(tree, scanned: bool):
+def convert(tree: Any, scanned: bool) -> Any:
   """`tree` with every decoder's blocks in the scanned (True) or unrolled (False) layout."""
 
   def visit(node):

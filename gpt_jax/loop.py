@@ -9,6 +9,7 @@ checkpoint records, which they pass in.
 
 import dataclasses
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ from gpt_jax import checkpoint, flops, sharding
 from gpt_jax.errors import UserError
 from gpt_jax.model import ModelConfig
 from gpt_jax.report import RunLog, StepLogger, StepProfiler
+from gpt_jax.train import Trainer, TrainState
 
 
 def step_logger(
@@ -27,7 +29,7 @@ def step_logger(
   *,
   every: int,
   total_steps: int,
-  tokens_of: Callable[[object], tuple[int, int]],
+  tokens_of: Callable[[Any], tuple[int, int]],  # of a host batch: an array, or a dict of them
 ) -> StepLogger:
   """A StepLogger whose MFU counts the model's FLOPs against every device's peak.
 
@@ -53,7 +55,7 @@ class NonFiniteGuard:
 
   def __init__(self, limit: int, log: RunLog, last_good_checkpoint: Callable[[], int | None]):
     self._limit, self._log, self._last_good = limit, log, last_good_checkpoint
-    self._pending = None  # (step, device flag) not yet read
+    self._pending: tuple[int, jax.Array] | None = None  # (step, device flags) not yet read
     self.in_a_row = self.total = 0
 
   def after_steps(self, done: int, skipped: jax.Array) -> None:
@@ -96,17 +98,19 @@ class Schedule:
 
   is_eval_step: Callable[[int], bool]
   evaluate: Callable[[dict, int], dict]  # (params, step) -> metrics, logged by the callee
-  save: Callable[[int, object, dict | None], None]  # (step, state, eval metrics or None)
+  save: Callable[[int, TrainState, dict | None], None]  # (step, state, eval metrics or None)
   save_every: int = 0  # also save every this many steps (0: only after evaluations)
 
 
 @dataclasses.dataclass
 class Outcome:
-  state: object
-  last_train: dict
-  last_eval: dict
+  """Where a run stopped: at its last step, or at a step boundary after SIGTERM."""
+
+  state: TrainState
+  last_train: dict  # the last logged train metrics
+  last_eval: dict  # the last evaluation's metrics ({} when none ran)
   preempted: bool
-  skipped_steps: int
+  skipped_steps: int  # updates skipped for a non-finite loss or gradient
 
 
 CPU_STEPS_PER_CALL = 8
@@ -121,8 +125,8 @@ def updates_per_call(steps_per_call: int, platform: str) -> int:
 
 
 def run(
-  trainer,
-  state,
+  trainer: Trainer,
+  state: TrainState,
   batches: Iterator,
   *,
   first_step: int,
@@ -225,7 +229,7 @@ def _stackable_groups(host_batches: list) -> list[list]:
   return [[batch] for batch in host_batches]
 
 
-def _dispatch(trainer, state, group: list):
+def _dispatch(trainer: Trainer, state: TrainState, group: list) -> tuple[TrainState, dict]:
   """Dispatches the updates of `group` (host batches) in one call, unwaited."""
   if len(group) == 1:
     batch = jax.tree.map(lambda x: sharding.global_batch(x, trainer.mesh), group[0])

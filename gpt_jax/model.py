@@ -298,7 +298,7 @@ class GPT(nn.Module):
 
   config: ModelConfig
 
-  def setup(self):
+  def setup(self) -> None:
     cfg = self.config
     self.tokens_embed = nn.Embed(
       cfg.vocab_size,
@@ -324,7 +324,7 @@ class GPT(nn.Module):
       x = block(x, deterministic, cache_mask)
     return x
 
-  def hidden_states(self, tokens, deterministic: bool = True):
+  def hidden_states(self, tokens, deterministic: bool = True) -> jax.Array:
     """Final hidden states (batch, length, n_embd) of the last block."""
     length = tokens.shape[1]
     if length > self.config.n_ctx:
@@ -336,7 +336,7 @@ class GPT(nn.Module):
     x = self.drop(x, deterministic=deterministic)
     return self._run_blocks(x, deterministic)
 
-  def logits(self, hidden):
+  def logits(self, hidden) -> jax.Array:
     """Language-model logits through the transposed token embedding, in float32."""
     # Flattened to (tokens, n_embd) for the embedding's gradient, as in Linear.
     logits = self.tokens_embed.attend(hidden.reshape(-1, hidden.shape[-1]))
@@ -345,7 +345,7 @@ class GPT(nn.Module):
   def __call__(self, tokens, deterministic: bool = True):
     return self.logits(self.hidden_states(tokens, deterministic))
 
-  def decode(self, tokens, positions, cache_mask):
+  def decode(self, tokens, positions, cache_mask) -> jax.Array:
     """Logits (batch, vocab) after the last of `tokens`, attending through the key/value cache.
 
     Apply with mutable=['cache']: each call appends tokens (batch, n) at their
@@ -383,7 +383,7 @@ class GPTForTask(nn.Module):
   num_outputs: int = 1  # classes; 1 for regression and for choices
   clf_pdrop: float = 0.1  # dropout on the <e> state before the linear layer
 
-  def setup(self):
+  def setup(self) -> None:
     if self.layout not in HEAD_LAYOUTS:
       raise UserError(
         f'unknown head layout {self.layout!r}; expected one of: {", ".join(HEAD_LAYOUTS)}'
@@ -405,11 +405,13 @@ class GPTForTask(nn.Module):
     logits, hidden = self.task_logits_and_hidden(tokens, extract_index, deterministic)
     return logits, self.lm_logits(hidden) if with_lm_logits else None
 
-  def lm_logits(self, hidden):
+  def lm_logits(self, hidden) -> jax.Array:
     """Language-model logits (..., vocab) of final hidden states (..., n_embd)."""
     return self.transformer.logits(hidden)
 
-  def task_logits_and_hidden(self, tokens, extract_index, deterministic: bool = True):
+  def task_logits_and_hidden(
+    self, tokens, extract_index, deterministic: bool = True
+  ) -> tuple[jax.Array, jax.Array]:
     """The task head's logits, and the final hidden states (*tokens.shape, n_embd).
 
     For a loss that makes LM logits only a few positions at a time (see
@@ -444,7 +446,7 @@ class GPTForTask(nn.Module):
     return logits, hidden.reshape(*tokens.shape, hidden.shape[-1])
 
 
-def add_token_rows(params, n_new: int, rng: jax.Array, redraw=()):
+def add_token_rows(params, n_new: int, rng: jax.Array, redraw=()) -> dict:
   """GPT parameters with `n_new` N(0, 0.02) rows appended to the token embedding and the
   rows of the ids in `redraw` drawn afresh from the same distribution.
 

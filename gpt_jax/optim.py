@@ -1,11 +1,16 @@
 """Optax optimizers and learning-rate schedules for pretraining and fine-tuning."""
 
+import dataclasses
 import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
+from gpt_jax import config as config_lib
 from gpt_jax.errors import UserError
 
 # Leaves that GPT-1's "modified L2" decays: matrices (kernels and embeddings).
@@ -14,7 +19,27 @@ from gpt_jax.errors import UserError
 _DECAYED_LEAVES = ('kernel', 'embedding')
 
 
-def decay_mask(params):
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """The optim section: clipping, Adam with decoupled weight decay, its schedule, accumulation."""
+
+  learning_rate: float  # the schedule's peak
+  schedule: str  # 'cosine' (pretraining) or 'linear' (fine-tuning)
+  warmup_steps: int  # of the cosine schedule
+  warmup_fraction: float  # of the linear schedule, a fraction of the steps
+  b1: float
+  b2: float
+  eps: float
+  weight_decay: float
+  clip_norm: float
+  grad_accum_steps: int
+
+  @classmethod
+  def from_config(cls, section: ml_collections.ConfigDict) -> 'OptimConfig':
+    return config_lib.section_view(cls, section, 'optim')
+
+
+def decay_mask(params: Any) -> Any:
   """True for every weight matrix / embedding, False for biases and LayerNorm parameters."""
   return jax.tree_util.tree_map_with_path(
     lambda path, _: getattr(path[-1], 'key', None) in _DECAYED_LEAVES, params
@@ -46,7 +71,7 @@ def finetune_schedule(peak_lr: float, warmup_fraction: float, total_steps: int) 
   )
 
 
-def make_schedule(optim_config, total_steps: int) -> optax.Schedule:
+def make_schedule(optim_config: OptimConfig, total_steps: int) -> optax.Schedule:
   if optim_config.schedule == 'cosine':
     return pretrain_schedule(optim_config.learning_rate, optim_config.warmup_steps, total_steps)
   if optim_config.schedule == 'linear':
@@ -54,7 +79,9 @@ def make_schedule(optim_config, total_steps: int) -> optax.Schedule:
   raise UserError(f"optim.schedule={optim_config.schedule!r}: expected 'cosine' or 'linear'")
 
 
-def make_optimizer(optim_config, total_steps: int):
+def make_optimizer(
+  optim_config: OptimConfig, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Global-norm clipping, then Adam with decoupled weight decay. Returns (tx, schedule)."""
   schedule = make_schedule(optim_config, total_steps)
   tx = optax.chain(
@@ -71,7 +98,9 @@ def make_optimizer(optim_config, total_steps: int):
   return tx, schedule
 
 
-def accumulate_gradients(loss_and_grad, params, batch, num_microbatches: int, *args):
+def accumulate_gradients(
+  loss_and_grad: Callable, params: Any, batch: Any, num_microbatches: int, *args: Any
+) -> tuple[tuple[jax.Array, dict], Any]:
   """Mean loss, aux and gradients over `num_microbatches` equal slices of `batch`.
 
   `batch` is a pytree of arrays sharing their leading (row) dimension;

@@ -19,11 +19,12 @@ from gpt_jax import checkpoint, loop, sharding
 from gpt_jax import workdir as workdir_lib
 from gpt_jax.errors import UserError
 from gpt_jax.model import ModelConfig
+from gpt_jax.optim import OptimConfig
 from gpt_jax.report import RunLog, StepProfiler
-from gpt_jax.train import Trainer, make_pretrainer
+from gpt_jax.train import TrainConfig, Trainer, make_pretrainer
 
 
-def resolve_num_steps(train_config, train_tokens: int | None) -> int:
+def resolve_num_steps(train_config: TrainConfig, train_tokens: int | None) -> int:
   """train.num_steps, or train.num_epochs over a corpus of `train_tokens` when it is -1."""
   if train_config.num_steps > 0:
     return int(train_config.num_steps)
@@ -66,19 +67,20 @@ class _Run:
   tokens_per_step: int
 
 
-def _set_up(config, workdir, train_tokens: int | None) -> _Run:
+def _set_up(config, train_config: TrainConfig, workdir, train_tokens: int | None) -> _Run:
   """Checks the config and the workdir, and builds the trainer; nothing is written yet."""
   model_config = ModelConfig.from_config(config.model)
-  seq_len = config.train.seq_len
+  seq_len = train_config.seq_len
   if seq_len > model_config.n_ctx:
     raise UserError(f'train.seq_len={seq_len} exceeds model.n_ctx={model_config.n_ctx}')
-  total_steps = resolve_num_steps(config.train, train_tokens)
+  total_steps = resolve_num_steps(train_config, train_tokens)
   mesh = sharding.make_mesh(config.mesh)
-  sharding.check_batch(config.train.batch_size, mesh)
-  _, trainer = make_pretrainer(model_config, config.optim, mesh, seq_len, total_steps)
+  sharding.check_batch(train_config.batch_size, mesh)
+  optim_config = OptimConfig.from_config(config.optim)
+  _, trainer = make_pretrainer(model_config, optim_config, mesh, seq_len, total_steps)
   # Two checkpoints' worth: the one being written and the last complete one.
   workdir_lib.check_workdir(workdir, 2 * checkpoint.checkpoint_bytes(trainer.abstract_state))
-  return _Run(model_config, trainer, total_steps, config.train.batch_size * seq_len)
+  return _Run(model_config, trainer, total_steps, train_config.batch_size * seq_len)
 
 
 def run_pretraining(
@@ -97,13 +99,15 @@ def run_pretraining(
   fresh iterable of the same over the validation split. If `train_batches` has
   get_state()/set_state() (grain iterators do), its position is checkpointed too.
   """
-  run = _set_up(config, workdir, train_tokens)
+  train_config = TrainConfig.from_config(config.train)
+  checkpoint_config = checkpoint.CheckpointConfig.from_config(config.checkpoint)
+  run = _set_up(config, train_config, workdir, train_tokens)
   trainer = run.trainer
   log = log or RunLog(workdir)
   num_params = sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))
   log.info(
     f'model: {num_params:,} parameters | mesh {dict(trainer.mesh.shape)} | '
-    f'{run.total_steps:,} steps of {config.train.batch_size} x {config.train.seq_len} '
+    f'{run.total_steps:,} steps of {train_config.batch_size} x {train_config.seq_len} '
     'tokens'
   )
 
@@ -112,16 +116,16 @@ def run_pretraining(
     log.scalars(step, metrics, split='eval')
     return metrics
 
-  with checkpoint.Checkpointer(workdir, config.checkpoint) as checkpoints:
+  with checkpoint.Checkpointer(workdir, checkpoint_config) as checkpoints:
     state = checkpoints.restore_latest(trainer, train_batches)
     if state is None:
-      state = trainer.init(jax.random.key(config.train.seed))
+      state = trainer.init(jax.random.key(train_config.seed))
     else:
       log.info(f'resumed from {checkpoints.directory / str(int(state.step))}')
     first_step = int(state.step)
     log.drop_after(first_step)  # those steps are about to be rerun
     schedule = loop.Schedule(
-      is_eval_step=lambda done: done % config.train.eval_every == 0 or done == run.total_steps,
+      is_eval_step=lambda done: done % train_config.eval_every == 0 or done == run.total_steps,
       evaluate=evaluate_and_log,
       save=lambda done, state, evaluated: checkpoints.save(
         done,
@@ -132,18 +136,18 @@ def run_pretraining(
         if evaluated is None
         else {f'eval_{name}': value for name, value in evaluated.items()},
       ),
-      save_every=config.checkpoint.every_steps,
+      save_every=checkpoint_config.every_steps,
     )
     steps = loop.step_logger(
       log,
       run.model_config,
       trainer.mesh,
-      every=config.train.log_every,
+      every=train_config.log_every,
       total_steps=run.total_steps,
-      tokens_of=lambda _: (run.tokens_per_step, config.train.seq_len),
+      tokens_of=lambda _: (run.tokens_per_step, train_config.seq_len),
     )
     steps.restart_clock(first_step)
-    guard = loop.NonFiniteGuard(config.train.max_nonfinite_in_a_row, log, checkpoints.latest_step)
+    guard = loop.NonFiniteGuard(train_config.max_nonfinite_in_a_row, log, checkpoints.latest_step)
     profiler = StepProfiler(workdir, *profile_steps) if profile_steps else None
     outcome = loop.run(
       trainer,
@@ -157,7 +161,7 @@ def run_pretraining(
       log=log,
       profiler=profiler,
       steps_per_call=loop.updates_per_call(
-        config.train.steps_per_call, trainer.mesh.devices.flat[0].platform
+        train_config.steps_per_call, trainer.mesh.devices.flat[0].platform
       ),
     )
     if first_step == run.total_steps:

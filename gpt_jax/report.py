@@ -130,7 +130,7 @@ class RunLog:
     for tracker in self._trackers:
       tracker.log(step, split, values)
     if (
-      self._file
+      self._tensorboard is not None  # opened with self._file
       and self._local != self._workdir
       and time.monotonic() - self._uploaded_at >= self._upload_every_s
     ):
@@ -274,7 +274,8 @@ class StepProfiler:
     self._dir = workdir_lib.path(workdir) / workdir_lib.PROFILE_DIR
     self._start, self._stop = start, start + count
     self._active = False
-    self._local = None  # the profiler writes local files only: a bucket's trace is staged
+    # The profiler writes local files only: a bucket's trace is staged here.
+    self._local: epath.Path | None = None
 
   def is_boundary(self, step: int) -> bool:
     """Whether the trace starts or stops after `step` updates (a call must end there)."""
@@ -297,7 +298,7 @@ class StepProfiler:
     if self._active:
       jax.profiler.stop_trace()
       self._active = False
-      if self._local != self._dir:
+      if self._local is not None and self._local != self._dir:  # set when the trace started
         _upload(self._local, self._dir)
         self._local.rmtree()
       log.info(f'profiler trace of steps {self._start}-{self._stop - 1} written to {self._dir}')
@@ -323,8 +324,8 @@ class StepLogger:
   ):
     self._log, self._every, self._total = log, every, total_steps
     self._work, self._peak = work, peak_flops
-    self._pending = None
-    self._compiled = set()  # lengths of the calls run so far
+    self._pending: tuple[int, int, list[int], dict] | None = None
+    self._compiled: set[int] = set()  # lengths of the calls run so far
     self._dispatched: collections.deque = collections.deque()  # (step, tokens, FLOPs)
     self.last: dict = {}
     self.restart_clock(0)

@@ -47,7 +47,7 @@ def generate(
   seed: int = 0,
   mesh: jax.sharding.Mesh | None = None,
   return_logits: bool = False,
-):
+) -> list[list[int]] | tuple[list[list[int]], list[np.ndarray]]:
   """Continues each prompt by up to `max_new_tokens` tokens.
 
   Args:
@@ -124,7 +124,7 @@ def generate_text(
   ]
 
 
-def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
+def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
   """Sets the logits of tokens outside the top-k and the top-p nucleus to -inf.
 
   The nucleus is the smallest set of most likely tokens whose total probability

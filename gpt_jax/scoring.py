@@ -37,7 +37,8 @@ class Scorer:
     self.params = jax.device_put(nn.unbox(params), param_shardings)
 
     def score(params, rows):
-      logits = model.apply({'params': params}, rows[:, :-1]).astype(jnp.float32)
+      # asarray, not .astype: Flax types apply's result as logits or (logits, variables).
+      logits = jnp.asarray(model.apply({'params': params}, rows[:, :-1]), jnp.float32)
       log_probs = jax.nn.log_softmax(logits)
       targets = rows[:, 1:]
       picked = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
@@ -81,7 +82,15 @@ class Scorer:
     multi-process run only has to pick its share.
     """
     indices = sharding.batch_sharding(self.mesh).addressable_devices_indices_map(batch.shape)
-    rows = sorted({row for index in indices.values() for row in range(len(batch))[index[0]]})
+    # An index is None only for a device holding none of the array; a batch sharding has none.
+    rows = sorted(
+      {
+        row
+        for index in indices.values()
+        if index is not None
+        for row in range(len(batch))[index[0]]
+      }
+    )
     return sharding.global_batch(batch[rows], self.mesh)
 
 
@@ -103,7 +112,7 @@ def score_continuations(scorer: Scorer, requests) -> list[tuple[float, int, bool
         f'at most {limit - 1}'
       )
   order = sorted(range(len(requests)), key=lambda i: -sum(map(len, requests[i])))
-  results = [None] * len(requests)
+  results: dict[int, tuple[float, int, bool]] = {}  # by position in `requests`
   for begin in range(0, len(order), scorer.batch_size):
     chunk = order[begin : begin + scorer.batch_size]
     sequences = [(list(requests[i][0]) + list(requests[i][1]))[-limit:] for i in chunk]
@@ -115,4 +124,4 @@ def score_continuations(scorer: Scorer, requests) -> list[tuple[float, int, bool
       count, end = len(requests[i][1]), len(sequence) - 1  # targets end - count .. end - 1
       picked = log_probs[row, end - count : end].astype(np.float64)
       results[i] = (float(picked.sum()), count, bool(greedy[row, end - count : end].all()))
-  return results
+  return [results[i] for i in range(len(requests))]

@@ -8,7 +8,8 @@ names (see model.py), `LOGICAL_RULES` maps them to the mesh axes
 import contextlib
 import glob
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -80,12 +81,12 @@ def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[jax.Device] | No
   )
 
 
-def logical_to_mesh(specs, mesh: Mesh):
+def logical_to_mesh(specs: Any, mesh: Mesh) -> Any:
   """Maps a tree of logical PartitionSpecs to NamedShardings on `mesh`."""
   return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
 
 
-def param_shardings(abstract_boxed_params, mesh: Mesh):
+def param_shardings(abstract_boxed_params: Any, mesh: Mesh) -> Any:
   """The mesh shardings of a model's parameters, from their logical axis names (checked to divide)."""
   check_divisible(abstract_boxed_params, mesh)
   return logical_to_mesh(nn.get_partition_spec(abstract_boxed_params), mesh)
@@ -100,6 +101,7 @@ def check_divisible(abstract_boxed_params, mesh: Mesh) -> None:
     jax.tree.leaves(shapes),
   ):
     mesh_spec = nn.logical_to_mesh_axes(spec, LOGICAL_RULES)
+    assert mesh_spec is not None  # None only for a None spec, and every leaf here has one
     for dim, (logical, axes) in enumerate(zip(spec, mesh_spec)):
       if axes is None:
         continue
@@ -177,7 +179,7 @@ def check_replication(
   total_bytes = sum(sizes.values())
   if replicated_bytes <= max_fraction * total_bytes:
     return
-  biggest = sorted(replicated_names, key=sizes.get, reverse=True)[:5]
+  biggest = sorted(replicated_names, key=sizes.__getitem__, reverse=True)[:5]
   listing = ', '.join(f'{name} ({_readable_bytes(sizes[name])})' for name in biggest)
   raise ShardingError(
     f'{replicated_bytes / total_bytes:.0%} of the parameter bytes would be replicated on every '
@@ -199,7 +201,7 @@ def _readable_bytes(count: int) -> str:
 
 
 @contextlib.contextmanager
-def use_mesh(mesh: Mesh | None):
+def use_mesh(mesh: Mesh | None) -> Iterator[None]:
   """Context in which the model's logical activation constraints resolve on `mesh`.
 
   None leaves placement to JAX (one device, no constraints).
@@ -211,7 +213,7 @@ def use_mesh(mesh: Mesh | None):
     yield
 
 
-def abstract_with_shardings(abstract, shardings):
+def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
   """jax.ShapeDtypeStructs that carry their target shardings (to restore or compile into)."""
   return jax.tree.map(
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings

@@ -5,6 +5,8 @@ input/output shardings; the state argument is donated so parameters and
 optimizer moments are updated in place.
 """
 
+import contextlib
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -12,23 +14,48 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
+from gpt_jax import config as config_lib
 from gpt_jax import optim, sharding
 from gpt_jax.model import GPT, GPTForTask, ModelConfig
 from gpt_jax.tasks import transforms
 from gpt_jax.tasks.task import TaskShape
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """The train section: the batches, the length of the run, and its logging cadence."""
+
+  batch_size: int  # global batch, in rows
+  seq_len: int  # tokens per pretraining window (fine-tuning reads task.max_len)
+  num_epochs: float  # sets the number of updates when num_steps is -1
+  num_steps: int
+  seed: int
+  log_every: int
+  eval_every: int  # pretraining; fine-tuning evaluates once per epoch
+  eval_batches: int
+  max_nonfinite_in_a_row: int
+  steps_per_call: int
+
+  @classmethod
+  def from_config(cls, section: ml_collections.ConfigDict) -> 'TrainConfig':
+    return config_lib.section_view(cls, section, 'train')
+
+
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array  # train steps taken (batches consumed), including skipped non-finite ones
+  """The arrays of a run; the Trainer keeps the same tree of their shardings and of their
+  shapes (ShapeDtypeStructs), hence leaves typed Any."""
+
+  step: Any  # train steps taken (batches consumed), including skipped non-finite ones
   params: Any
   opt_state: Any
-  rng: jax.Array  # base key; step k uses fold_in(rng, k) so a resumed run repeats its dropout
+  rng: Any  # base key; step k uses fold_in(rng, k) so a resumed run repeats its dropout
 
 
-def cross_entropy(logits, targets, weights=None):
+def cross_entropy(logits, targets, weights=None) -> jax.Array:
   """Mean next-token cross-entropy in float32 over positions where `weights` is 1."""
   losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
   if weights is None:
@@ -63,7 +90,11 @@ def lm_loss_fn(model: GPT) -> Callable:
 
 
 def make_pretrainer(
-  model_config: ModelConfig, optim_config, mesh: jax.sharding.Mesh, seq_len: int, total_steps: int
+  model_config: ModelConfig,
+  optim_config: optim.OptimConfig,
+  mesh: jax.sharding.Mesh,
+  seq_len: int,
+  total_steps: int,
 ) -> tuple[GPT, 'Trainer']:
   """The GPT and its next-token Trainer for `total_steps` updates on `mesh`."""
   model = GPT(model_config)
@@ -82,30 +113,30 @@ def make_pretrainer(
 def make_finetuner(
   model_config: ModelConfig,
   task_shape: TaskShape,
-  config,
+  optim_config: optim.OptimConfig,
   mesh: jax.sharding.Mesh,
   total_steps: int,
+  *,
+  clf_pdrop: float,
+  lm_coef: float,
+  lm_chunk: int,
 ) -> tuple[GPTForTask, 'Trainer']:
   """The GPTForTask and its fine-tuning Trainer (the paper's L_task + lm_coef x L_LM).
 
-  `config` supplies the optim section and finetune.{clf_pdrop, lm_coef, lm_chunk}.
+  `clf_pdrop`, `lm_coef` and `lm_chunk` are the finetune section's fields of those names.
   """
-  model = GPTForTask(
-    model_config, task_shape.head_layout, task_shape.num_outputs, config.finetune.clf_pdrop
-  )
+  model = GPTForTask(model_config, task_shape.head_layout, task_shape.num_outputs, clf_pdrop)
   shape = task_shape.input_shape(1, model_config.n_ctx)  # any length: parameters don't depend on it
-  tx, schedule = optim.make_optimizer(config.optim, total_steps)
+  tx, schedule = optim.make_optimizer(optim_config, total_steps)
   trainer = Trainer(
     init_params=lambda rng: model.init(
       rng, jnp.zeros(shape, jnp.int32), jnp.zeros(shape[:-1], jnp.int32)
     )['params'],
-    loss_fn=transforms.finetune_loss_fn(
-      model, config.finetune.lm_coef, task_shape.regression, config.finetune.lm_chunk
-    ),
+    loss_fn=transforms.finetune_loss_fn(model, lm_coef, task_shape.regression, lm_chunk),
     tx=tx,
     schedule=schedule,
     mesh=mesh,
-    grad_accum_steps=config.optim.grad_accum_steps,
+    grad_accum_steps=optim_config.grad_accum_steps,
   )
   return model, trainer
 
@@ -179,7 +210,7 @@ class Trainer:
       self._eval_step, in_shardings=(self.param_shardings, batch), out_shardings=replicated
     )
 
-  def activation_sharding(self):
+  def activation_sharding(self) -> contextlib.AbstractContextManager[None]:
     """Context in which the model's logical activation constraints resolve on our mesh."""
     return sharding.use_mesh(self.mesh)
 
@@ -270,7 +301,8 @@ class Trainer:
       'update_skipped': ~finite,
       **aux,
     }
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    updated = dataclasses.replace(state, step=state.step + 1, params=params, opt_state=opt_state)
+    return updated, metrics
 
   def _train_steps(self, state: TrainState, batches):
     return jax.lax.scan(self._train_step, state, batches)

@@ -21,6 +21,7 @@ is recognised, and its model shape derived, in exactly one place.
 import dataclasses
 
 import jax
+from etils import epath
 
 from gpt_jax import hf, layer_layout
 from gpt_jax import workdir as workdir_lib
@@ -34,10 +35,16 @@ from gpt_jax.model import ModelConfig, add_token_rows
 class Weights:
   """A decoder's parameters (host arrays), its shape, and the tokenizer its ids belong to."""
 
-  params: dict
+  params: dict | None  # None: the shape and tokenizer only (finetune.random_init)
   model_config: ModelConfig
   tokenizer: TextTokenizer | None
   source: str  # what they were read from, for logs and summaries
+
+  def text_tokenizer(self) -> TextTokenizer:
+    """The tokenizer, for callers that read or write text."""
+    if self.tokenizer is None:  # load_weights(tokenizer_required=False) found none
+      raise UserError(f'{self.source} has no tokenizer, and reading text needs one')
+    return self.tokenizer
 
 
 def source_kind(directory) -> str:
@@ -94,7 +101,7 @@ def _read(directory, kind: str) -> tuple[dict, ModelConfig]:
 HUB_PREFIX = 'hf:'
 
 
-def hub_snapshot(repo_id: str):
+def hub_snapshot(repo_id: str) -> str:
   """The local directory of a hub model's newest cached snapshot (downloading it if allowed)."""
   import huggingface_hub
   from huggingface_hub.errors import LocalEntryNotFoundError
@@ -118,7 +125,7 @@ def hub_snapshot(repo_id: str):
     ) from None
 
 
-def resolve_source(source, flag: str = 'source'):
+def resolve_source(source, flag: str = 'source') -> epath.Path:
   """The directory `source` names: a path, a gs:// URL, or hf:ORG/NAME from the hub cache."""
   if str(source).startswith(HUB_PREFIX):
     return workdir_lib.path(hub_snapshot(str(source)[len(HUB_PREFIX) :]))

@@ -92,6 +92,14 @@ def test_user_errors_are_one_line_and_exit_nonzero(capsys, tmp_path, monkeypatch
   assert not (tmp_path / 'x').exists()  # a failed start leaves no workdir behind
 
 
+def test_a_config_file_python_cannot_import_is_a_one_line_error(capsys, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / 'notes.txt').write_text('def get_config():\n  return None\n')
+  code, _, err = _run(capsys, 'pretrain', '--config', 'notes.txt', '--workdir', 'x')
+  assert code == 1
+  assert err == 'gpt-jax: error: config file notes.txt is not a Python file: give a .py file\n'
+
+
 def test_version_and_mode_help_name_what_a_mode_reads(capsys):
   with pytest.raises(SystemExit) as exit_info:
     cli.main(['--version'])

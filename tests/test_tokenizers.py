@@ -66,6 +66,9 @@ def test_fine_tuning_tokens_follow_the_vocabulary_and_text_never_makes_them(gpt1
   for text in TRICKY:
     assert not special & set(ours.encode(text))
   assert ours.decode([ours.start_id, *ours.encode('hello world'), ours.extract_id]) == 'hello world'
+  assert ours.id_to_piece(ours.extract_id) == '<e>'
+  with pytest.raises(IndexError):  # as sentencepiece does, rather than a None piece
+    ours.id_to_piece(ours.vocab_size)
 
 
 def test_openai_release_file_names_read_the_same_tables(gpt1_files, tmp_path):

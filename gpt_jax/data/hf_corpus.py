@@ -23,7 +23,7 @@ csv, save_to_disk directories and hub ids are loaded by `datasets`.
 
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from gpt_jax import workdir as workdir_lib
 from gpt_jax.data import parquet_files
@@ -128,7 +128,7 @@ class HfCorpus(Corpus):
       )
     return dict(name=self.name, text_key=self.text_key, splits=splits)
 
-  def opener(self, reopen):
+  def opener(self, reopen: Callable[[], Corpus]) -> Callable[[], Corpus]:
     """This corpus as it is, its tables opened once prepared: a pod host's ~100 workers would
     otherwise each read every parquet footer again (c4/en: ~1,000 files) or load the dataset
     again."""

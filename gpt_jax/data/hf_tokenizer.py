@@ -63,9 +63,13 @@ class HFTokenizer(sentencepiece_lib.TextTokenizer):
     )
     self._tokenizer.encode_special_tokens = True  # "<s>" in text is three ordinary characters
     self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
-    self.start_id, self.delimiter_id, self.extract_id = map(
-      self._tokenizer.token_to_id, FINETUNE_TOKENS
-    )
+
+    def added_id(token: str) -> int:
+      token_id = self._tokenizer.token_to_id(token)
+      assert token_id is not None, token  # every fine-tuning token was added above
+      return token_id
+
+    self.start_id, self.delimiter_id, self.extract_id = map(added_id, FINETUNE_TOKENS)
     pad_id = self._tokenizer.token_to_id(sentencepiece_lib.PAD)
     self.pad_id = self.extract_id if pad_id is None else pad_id
     self.eod_id = next(
@@ -92,7 +96,10 @@ class HFTokenizer(sentencepiece_lib.TextTokenizer):
     return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
   def id_to_piece(self, token_id: int) -> str:
-    return self._tokenizer.id_to_token(int(token_id))
+    piece = self._tokenizer.id_to_token(int(token_id))
+    if piece is None:  # as sentencepiece does, rather than a None piece
+      raise IndexError(f'token id {token_id} is out of range (vocab_size {self.vocab_size})')
+    return piece
 
   def fingerprint(self) -> str:
     return hashlib.sha256(self._tokenizer.to_str().encode('utf-8')).hexdigest()
@@ -178,15 +185,15 @@ def from_sentencepiece(tokenizer: sentencepiece_lib.Tokenizer) -> tokenizers.Tok
   pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
   vocab = {piece: i for i, piece in enumerate(pieces)}
   special = [sentencepiece_lib.PAD, sentencepiece_lib.UNK, *sentencepiece_lib.CONTROL_PIECES]
-  merges = []
+  ranked: list[tuple[int, int, int, str, str]] = []  # (piece, left, right ids), left, right
   for piece in set(pieces) - set(special):
     splits = [
       (piece[:cut], piece[cut:])
       for cut in range(1, len(piece))
       if piece[:cut] in vocab and piece[cut:] in vocab
     ]
-    merges += [(vocab[piece], vocab[a], vocab[b], a, b) for a, b in splits]
-  merges = [(a, b) for *_, a, b in sorted(merges)]
+    ranked += [(vocab[piece], vocab[a], vocab[b], a, b) for a, b in splits]
+  merges = [(a, b) for *_, a, b in sorted(ranked)]
   hf = tokenizers.Tokenizer(
     BPE(
       vocab=vocab, merges=merges, unk_token=sentencepiece_lib.UNK, fuse_unk=True, byte_fallback=True
@@ -210,6 +217,7 @@ def as_hf(tokenizer: sentencepiece_lib.TextTokenizer) -> tokenizers.Tokenizer:
   """Any of our tokenizers as a Hugging Face one (for export)."""
   if isinstance(tokenizer, HFTokenizer):
     return tokenizer.hf_tokenizer
+  assert isinstance(tokenizer, sentencepiece_lib.Tokenizer), type(tokenizer)  # the only other kind
   return from_sentencepiece(tokenizer)
 
 

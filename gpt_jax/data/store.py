@@ -102,7 +102,7 @@ class TokenStore:
 
   def unigram_entropy(self, splits=SPLITS) -> float:
     """Unigram entropy (nats) of the given splits' tokens together."""
-    return unigram_entropy(sum(self.counts(split) for split in splits))
+    return unigram_entropy(np.sum([self.counts(split) for split in splits], axis=0))
 
 
 def is_complete(directory) -> bool:

@@ -252,7 +252,9 @@ def train_tokenizer(
   record = dict(
     vocab_size=tokenizer.vocab_size,
     **tokenizer.special_ids,
-    pieces={name: tokenizer.id_to_piece(i) for name, i in tokenizer.special_ids.items()},
+    pieces={
+      name: tokenizer.id_to_piece(i) for name, i in tokenizer.special_ids.items() if i is not None
+    },
     model_type='bpe',
     trained_on=description,
     trained_on_bytes=corpus_bytes,

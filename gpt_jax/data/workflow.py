@@ -96,6 +96,7 @@ def _train_or_reuse_tokenizer(
       documents, path, vocab_size, max_bytes=max_bytes, description=description, progress=progress
     )
   record = tokenizer_lib.read_record(path)
+  assert record is not None, path  # train_tokenizer writes it beside the model
   log(
     f'wrote {path} in {record["training_seconds"]}s: {tokenizer.vocab_size:,} pieces; ids '
     + ', '.join(f'{name} {value}' for name, value in tokenizer.special_ids.items())
@@ -129,7 +130,7 @@ def prepare(config, log: Callable[[str], None] = print) -> store_lib.TokenStore:
   tokenizer = _load_tokenizer(config, corpus)
   directory = store_path(config, corpus, tokenizer)
   workdir_lib.check_writable(directory, 'token store')  # every process: none waits for a failed one
-  workers = config.data.prepare_workers or os.cpu_count()
+  workers = config.data.prepare_workers or os.cpu_count() or 1  # cpu_count: None when unknown
   start = time.perf_counter()
   store, reused = store_lib.build_store(
     directory,

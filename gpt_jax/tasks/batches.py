@@ -89,9 +89,9 @@ def batches(
     for row in range(first, first + global_batch):
       position = order[row % len(order)]
       example = encode_example(kind, examples[position], tokenizer, max_len, length=0)
-      example['position'] = np.int32(position)
+      example['position'] = np.asarray(position, np.int32)
       if row >= len(order):  # padding of the last batch
-        example.update(valid=np.int32(0), truncated=np.int32(0))
+        example.update(valid=np.asarray(0, np.int32), truncated=np.asarray(0, np.int32))
       encoded.append(example)
     length = bucket_length(max(e['tokens'].shape[-1] for e in encoded), bucket, max_len)
     mine = [pad_to_length(e, length, tokenizer.pad_id) for e in encoded[index::count]]

@@ -209,7 +209,7 @@ def load_local_task(
   rows = {split: _read_rows(path) for split, path in files.items() if path}  # each file once
   if classes and labels is None:
     labels = tuple(sorted({str(row['label']) for _, row in rows['train'] if _has_label(row)}))
-  labels = tuple(str(label) for label in labels) if classes else None
+  labels = tuple(str(label) for label in labels or ()) if classes else None
   examples, first_choices = {}, None
   for split, split_rows in rows.items():
     examples[split], first_choices = _examples(

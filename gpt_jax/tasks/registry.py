@@ -237,7 +237,8 @@ class TfdsExamples(Sequence):
 
   def __init__(self, records, spec: TfdsTask, where: str):
     self._records, self._spec = records, spec
-    self._index = None  # (record, example) per example, when not one to one
+    # (record, example) per example, when not one to one
+    self._index: list[tuple[int, int]] | None = None
     if spec.convert is not None:
       self._index = []
       for start in range(0, len(records), 10_000):  # batched reads are several times faster
@@ -253,7 +254,8 @@ class TfdsExamples(Sequence):
   def __len__(self) -> int:
     return len(self._records) if self._index is None else len(self._index)
 
-  def __getitem__(self, i: int) -> dict:
+  # Examples are read one at a time: no slices, unlike a full Sequence.
+  def __getitem__(self, i: int) -> dict:  # type: ignore[override]
     if not 0 <= i < len(self):
       raise IndexError(i)
     position, k = (i, 0) if self._index is None else self._index[i]
@@ -318,7 +320,7 @@ def load_tfds_task(name: str, data_dir: str | None = None) -> Task:
 
   diagnostic = _diagnostic(spec, data_dir)
   submission_files = dict(spec.submission_files)
-  if diagnostic:
+  if diagnostic and spec.diagnostic is not None:
     submission_files[spec.diagnostic[1]] = spec.diagnostic[2]
   return Task(
     name=name,

@@ -173,7 +173,7 @@ def _cut(runs: Docstring, seen: set[str]) -> Docstring:
   """The runs without the sentences in `seen`; a removed sentence ends its run."""
   cut = []
   for run in runs:
-    part = []
+    part: list[str] = []
     for sentence in (*run, None):
       if sentence is None or sentence in seen:
         if part:
@@ -186,7 +186,8 @@ def _cut(runs: Docstring, seen: set[str]) -> Docstring:
 
 def _split_prose(modules, split_of: dict[str, str]) -> dict[str, dict[str, tuple[Docstring, ...]]]:
   """{split: {module: prose}}, each later split without the sentences of the earlier ones."""
-  seen, by_split = set(), {}
+  seen: set[str] = set()
+  by_split: dict[str, dict[str, tuple[Docstring, ...]]] = {}
   for split in SPLITS:
     by_split[split] = {}
     for key in sorted(key for key, where in split_of.items() if where == split):
@@ -301,7 +302,8 @@ def _next_sentence_examples(prose, rng: random.Random) -> list[dict]:
   rng.shuffle(pairs)
   examples = []
   for i, (key, context, following) in enumerate(pairs):
-    choices, sources = [], []
+    choices: list[str] = []
+    sources = []
     while len(choices) < NUM_CHOICES - 1:
       source, _, wrong = _draw_other(pairs, key, {following, *choices}, rng)
       choices.append(wrong)

@@ -145,8 +145,8 @@ def encode_example(
     'extract_index': extract_index,
     'lm_mask': lm_mask,
     'label': label,
-    'valid': np.int32(1),
-    'truncated': np.int32(truncated),
+    'valid': np.asarray(1, np.int32),
+    'truncated': np.asarray(truncated, np.int32),
   }
 
 
@@ -161,7 +161,7 @@ def encode_examples(
   return batch, int(batch['truncated'].sum())
 
 
-def task_loss(task_logits, labels, weights, regression: bool):
+def task_loss(task_logits, labels, weights, regression: bool) -> jax.Array:
   """Mean cross-entropy over the outputs (or squared error of output 0, for regression)."""
   if regression:
     losses = jnp.square(task_logits[..., 0].astype(jnp.float32) - labels)
@@ -172,7 +172,7 @@ def task_loss(task_logits, labels, weights, regression: bool):
   return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
 
 
-def lm_loss(logits_fn: Callable, hidden, tokens, lm_mask, weights, chunk: int = 128):
+def lm_loss(logits_fn: Callable, hidden, tokens, lm_mask, weights, chunk: int = 128) -> jax.Array:
   """Next-token loss on each sequence's `lm_mask` tokens: a mean per sequence, then over sequences.
 
   `hidden` holds the final hidden states (*tokens.shape, n_embd) and
