@@ -30,12 +30,11 @@ pip_install() {
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-if ! "$PY" -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' 2>/dev/null; then
-  pip_install -e '.[gpu]'
-fi
-# PyPI's Linux torch wheels are CUDA builds; a CPU-only torch already there is replaced.
-if ! "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
-  pip_install --upgrade torch
+# One pip call for both, so its resolver picks CUDA libraries (nvidia-*) that jax[cuda12] and
+# torch both accept. PyPI's Linux torch wheels are CUDA builds; a CPU-only torch is replaced.
+if ! "$PY" -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' 2>/dev/null ||
+  ! "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+  pip_install --upgrade -e '.[gpu]' torch
 fi
 "$PY" -c 'import jax; print("jax", jax.__version__, jax.devices())'
 "$PY" -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'
