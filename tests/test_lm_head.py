@@ -87,7 +87,7 @@ def tiny_model():
     {**tiny_config(vocab_size=61, n_layer=1, embd_pdrop=0.0, resid_pdrop=0.0).model}
   )
   windows = np.random.default_rng(1).integers(0, 61, (4, 17)).astype(np.int32)
-  params = GPT(config).init(jax.random.key(0), windows[:, :-1])['params']
+  params = jax.jit(GPT(config).init)(jax.random.key(0), windows[:, :-1])['params']
   return (
     config,
     jax.tree.map(
@@ -106,10 +106,10 @@ def test_pretraining_loss_and_gradients_equal_the_plain_logits_path(tiny_model):
     logits = GPT(config).apply({'params': params}, windows[:, :-1])
     return optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:]).mean()
 
-  want_loss, want_grads = jax.value_and_grad(plain)(params)
+  want_loss, want_grads = jax.jit(jax.value_and_grad(plain))(params)
   padded_chunked = dataclasses.replace(config, pad_vocab_to=128, lm_chunk=5)
   loss_fn = train.lm_loss_fn(GPT(padded_chunked))
-  loss, grads = jax.value_and_grad(lambda p: loss_fn(p, windows, None, True)[0])(params)
+  loss, grads = jax.jit(jax.value_and_grad(lambda p: loss_fn(p, windows, None, True)[0]))(params)
   np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
   for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)

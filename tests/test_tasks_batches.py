@@ -209,7 +209,7 @@ def test_no_buffer_of_every_position_times_the_vocabulary():
     )
     return jax.jit(grad).lower(params).compile().memory_analysis().temp_size_in_bytes
 
-  # All positions at once, left to autodiff, hold the logits and their gradient: two buffers.
-  assert temp_bytes(0) > 2 * full_logits_bytes
+  # All positions at once, left to autodiff, hold at least one whole logits buffer.
+  assert temp_bytes(0) > full_logits_bytes
   # Chunks of 32 positions: everything together is smaller than one such buffer.
   assert temp_bytes(32) < full_logits_bytes
