@@ -34,6 +34,13 @@ def get_config() -> ml_collections.ConfigDict:
       # 'xla' (the reference), 'dot_product_attention' (cuDNN flash attention on NVIDIA
       # GPUs) or 'splash' (Pallas, TPU); the last two need attn_pdrop=0 to train
       attention='xla',
+      # The training loss pads the vocabulary to a multiple of this inside the compiled step
+      # (zero rows, -inf logits; parameters and checkpoints keep vocab_size rows). 1: none;
+      # 128 on TPU / GPU, whose matmul tiles it fits. See docs/gpu.md.
+      pad_vocab_to=1,
+      # Positions per sequence whose LM logits the pretraining loss makes at a time, their
+      # gradients in the same pass (memory); 0: all at once, as a plain autodiff step.
+      lm_chunk=0,
     )
   )
 

@@ -18,5 +18,8 @@ from gpt_jax.configs import gpt1
 def get_config():
   config = gpt1.get_config()
   config.model.dtype = 'bfloat16'
+  # The LM head without waste (gpt_jax.lm_head): the vocabulary padded to the MXU's 128
+  # inside the step, the loss's float32 logits made 128 positions per sequence at a time.
+  config.model.update(pad_vocab_to=128, lm_chunk=128)
   config.mesh.update(data=-1, fsdp=1, tensor=1)
   return config

@@ -688,9 +688,10 @@ def main(argv: list[str] | None = None) -> int:
   try:
     rest, overrides = _split_overrides(argv)
     args = build_parser().parse_args(rest)
-    from gpt_jax import distributed
+    from gpt_jax import distributed, gpu_flags
 
     distributed.skip_absent_tpu()  # before any mode starts JAX
+    gpu_flags.set_gpu_flags()
     args.run(args, overrides)
   except (UserError, FileNotFoundError) as error:
     if show_traceback:

@@ -92,6 +92,7 @@ def load_init(config: ml_collections.ConfigDict) -> Weights:
     attn_pdrop=config.model.attn_pdrop,
     resid_pdrop=config.model.resid_pdrop,
     attention=config.model.attention,
+    pad_vocab_to=config.model.pad_vocab_to,
   )
   params = weights.params
   if params is not None:  # the weights' block layout may differ from the config's

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from gpt_jax import attention
+from gpt_jax import attention, lm_head
 from gpt_jax.dropout import Dropout
 from gpt_jax.errors import UserError
 
@@ -57,6 +57,12 @@ class ModelConfig:
   # 'layers' axis under `h` (see gpt_jax.layer_layout) instead of `h_0` ... `h_{n-1}`.
   scan_layers: bool = False
   attention: str = 'xla'  # the attention kernel: one of gpt_jax.attention.IMPLEMENTATIONS
+  # The training loss pads the vocabulary to a multiple of this inside the computation (see
+  # gpt_jax.lm_head); the parameters keep vocab_size rows. 1: no padding.
+  pad_vocab_to: int = 1
+  # Positions per sequence whose LM logits the pretraining loss makes at a time, with their
+  # gradients in the same pass (see gpt_jax.lm_head); 0: all at once, left to autodiff.
+  lm_chunk: int = 0
 
   def __post_init__(self):
     if isinstance(self.remat, bool):
@@ -65,6 +71,10 @@ class ModelConfig:
       raise UserError(
         f'model.remat={self.remat!r} is not a remat policy; use one of: {", ".join(REMAT_POLICIES)}'
       )
+    if self.pad_vocab_to < 1:
+      raise UserError(f'model.pad_vocab_to={self.pad_vocab_to} must be >= 1 (1: no padding)')
+    if self.lm_chunk < 0:
+      raise UserError(f'model.lm_chunk={self.lm_chunk} must be >= 0 (0: all positions at once)')
 
   @property
   def head_dim(self) -> int:
@@ -345,6 +355,14 @@ class GPT(nn.Module):
   def __call__(self, tokens, deterministic: bool = True):
     return self.logits(self.hidden_states(tokens, deterministic))
 
+  def next_token_loss(self, hidden, targets, weights, chunk: int) -> jax.Array:
+    """sum(weights * cross-entropy of `targets`) over the LM logits of hidden states
+    (sequences, length, n_embd), `chunk` positions at a time; see gpt_jax.lm_head."""
+    cfg = self.config
+    return lm_head.next_token_loss(
+      hidden, self.tokens_embed.embedding, targets, weights, cfg.pad_vocab_to, chunk, cfg.dtype
+    )
+
   def decode(self, tokens, positions, cache_mask) -> jax.Array:
     """Logits (batch, vocab) after the last of `tokens`, attending through the key/value cache.
 
@@ -408,6 +426,10 @@ class GPTForTask(nn.Module):
   def lm_logits(self, hidden) -> jax.Array:
     """Language-model logits (..., vocab) of final hidden states (..., n_embd)."""
     return self.transformer.logits(hidden)
+
+  def next_token_loss(self, hidden, targets, weights, chunk: int) -> jax.Array:
+    """The decoder's GPT.next_token_loss."""
+    return self.transformer.next_token_loss(hidden, targets, weights, chunk)
 
   def task_logits_and_hidden(
     self, tokens, extract_index, deterministic: bool = True

@@ -55,15 +55,6 @@ class TrainState:
   rng: Any  # base key; step k uses fold_in(rng, k) so a resumed run repeats its dropout
 
 
-def cross_entropy(logits, targets, weights=None) -> jax.Array:
-  """Mean next-token cross-entropy in float32 over positions where `weights` is 1."""
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-  if weights is None:
-    return losses.mean()
-  weights = weights.astype(jnp.float32)
-  return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
-
-
 def _applied_updates(opt_state, default):
   """The optimizer's count of applied updates (what its schedule reads), or `default` for an
   optimizer that keeps none."""
@@ -75,16 +66,27 @@ def _applied_updates(opt_state, default):
 
 
 def lm_loss_fn(model: GPT) -> Callable:
-  """Pretraining objective on windows of seq_len + 1 tokens: predict token t+1 from 0..t."""
+  """Pretraining objective on windows of seq_len + 1 tokens: predict token t+1 from 0..t.
+
+  The mean cross-entropy over every position, through the model's padded-vocabulary,
+  chunked LM head (model.pad_vocab_to, model.lm_chunk; see gpt_jax.lm_head).
+  """
 
   def loss_fn(params, windows, rng, deterministic):
-    logits = model.apply(
-      {'params': params},
+    variables = {'params': params}
+    hidden = model.apply(
+      variables,
       windows[:, :-1],
       deterministic=deterministic,
       rngs=None if deterministic else {'dropout': rng},
+      method='hidden_states',
     )
-    return cross_entropy(logits, windows[:, 1:]), {}
+    targets = windows[:, 1:]
+    weights = jnp.full(targets.shape, 1.0 / targets.size, jnp.float32)
+    loss = model.apply(
+      variables, hidden, targets, weights, model.config.lm_chunk, method='next_token_loss'
+    )
+    return loss, {}
 
   return loss_fn
 

@@ -172,15 +172,14 @@ def task_loss(task_logits, labels, weights, regression: bool) -> jax.Array:
   return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
 
 
-def lm_loss(logits_fn: Callable, hidden, tokens, lm_mask, weights, chunk: int = 128) -> jax.Array:
+def lm_loss(next_token_loss: Callable, hidden, tokens, lm_mask, weights) -> jax.Array:
   """Next-token loss on each sequence's `lm_mask` tokens: a mean per sequence, then over sequences.
 
-  `hidden` holds the final hidden states (*tokens.shape, n_embd) and
-  `logits_fn` turns hidden states into LM logits. They are computed `chunk`
-  positions of every sequence at a time, and recomputed in the backward pass,
-  so no (sequences x length x vocab) buffer ever exists: at the paper's RACE
-  recipe (32 x 4 x 512 x 40,478) it would be 10.6 GB of float32 before the
-  gradients. Padding positions are masked out of the loss.
+  `hidden` holds the final hidden states (*tokens.shape, n_embd);
+  `next_token_loss(hidden, targets, token_weights)` sums the weighted cross-entropy of their
+  LM logits (`model.GPT.next_token_loss`, which makes them a chunk of positions at a time:
+  at the paper's RACE recipe, 32 x 4 x 512 x 40,478, all of them at once would be 10.6 GB of
+  float32 before the gradients). Padding positions are masked out of the loss.
 
   Per-sequence means weigh a short example like a long one, as the original
   release's fine-tuning code does. `weights` holds one weight per example.
@@ -190,35 +189,17 @@ def lm_loss(logits_fn: Callable, hidden, tokens, lm_mask, weights, chunk: int = 
   # Position t predicts token t + 1; the last position predicts nothing.
   targets = jnp.pad(tokens.reshape(-1, length)[:, 1:], ((0, 0), (0, 1)))
   mask = jnp.pad(lm_mask.reshape(-1, length)[:, 1:], ((0, 0), (0, 1))).astype(jnp.float32)
-  chunk = min(chunk, length)
-  num_chunks = -(-length // chunk)
-  extra = num_chunks * chunk - length
-
-  def by_chunk(x):  # (sequences, length, ...) -> (chunks, sequences, chunk, ...)
-    x = jnp.pad(x, ((0, 0), (0, extra)) + ((0, 0),) * (x.ndim - 2))
-    return jnp.moveaxis(x.reshape(x.shape[0], num_chunks, chunk, *x.shape[2:]), 1, 0)
-
-  @jax.checkpoint  # keep only the chunk's inputs for the backward pass, not its logits
-  def chunk_losses(hidden_chunk, target_chunk, mask_chunk):
-    losses = optax.softmax_cross_entropy_with_integer_labels(
-      logits_fn(hidden_chunk).astype(jnp.float32), target_chunk
-    )
-    return (losses * mask_chunk).sum(-1)
-
-  def add_chunk(total, chunk_inputs):
-    return total + chunk_losses(*chunk_inputs), None
-
-  sums, _ = jax.lax.scan(
-    add_chunk,
-    jnp.zeros(hidden.shape[0], jnp.float32),
-    (by_chunk(hidden), by_chunk(targets), by_chunk(mask)),
-  )
-  per_sequence = sums / jnp.maximum(mask.sum(-1), 1.0)
   # Every sequence of an example (2 orders, n choices) carries the example's weight.
   sequence_weights = jnp.broadcast_to(
     weights.reshape(weights.shape + (1,) * (tokens.ndim - 2)), tokens.shape[:-1]
-  ).reshape(-1)
-  return (per_sequence * sequence_weights).sum() / jnp.maximum(sequence_weights.sum(), 1.0)
+  ).reshape(-1, 1)
+  token_weights = (
+    mask
+    / jnp.maximum(mask.sum(-1, keepdims=True), 1.0)
+    * sequence_weights
+    / jnp.maximum(sequence_weights.sum(), 1.0)
+  )
+  return next_token_loss(hidden, targets, token_weights)
 
 
 def finetune_loss_fn(
@@ -229,7 +210,7 @@ def finetune_loss_fn(
   `model` is a `model.GPTForTask`; batches are dicts from `encode_example`.
   Rows whose `valid` is 0 (padding of a last eval batch) count for nothing.
   lm_coef=0 skips the language-model logits altogether; `lm_chunk` positions
-  per sequence get their logits at a time (see `lm_loss`).
+  per sequence get their logits at a time (0: all at once; see gpt_jax.lm_head).
   Returns loss_fn(params, batch, rng, deterministic) -> (loss, {'task_loss', 'lm_loss'}).
   """
 
@@ -247,12 +228,13 @@ def finetune_loss_fn(
     aux = {'task_loss': loss}
     if lm_coef > 0:
       aux['lm_loss'] = lm_loss(
-        lambda h: model.apply({'params': params}, h, method='lm_logits'),
+        lambda *inputs: model.apply(
+          {'params': params}, *inputs, lm_chunk, method='next_token_loss'
+        ),
         hidden,
         batch['tokens'],
         batch['lm_mask'],
         weights,
-        lm_chunk,
       )
       loss = loss + lm_coef * aux['lm_loss']
     return loss, aux
