@@ -8,6 +8,7 @@ non-zero exit code.
 """
 
 import argparse
+import contextlib
 import functools
 import importlib.metadata
 import os
@@ -148,8 +149,13 @@ def _pretrain(args, overrides) -> None:
       log,
       _profile_window(args.profile),
     )
-  finally:
-    log.close()  # flushes TensorBoard and draws curves.png, also after an error
+  except BaseException:
+    # Flushes TensorBoard and draws curves.png after an error too; on a full disk that may
+    # fail as well, and the run's own error is the one to report.
+    with contextlib.suppress(OSError):
+      log.close()
+    raise
+  log.close()
   if result['preempted']:
     return
   log.info(

@@ -76,8 +76,11 @@ def _set_up(config, workdir, train_tokens: int | None) -> _Run:
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(config.train.batch_size, mesh)
   _, trainer = make_pretrainer(model_config, config.optim, mesh, seq_len, total_steps)
-  # Two checkpoints' worth: the one being written and the last complete one.
-  workdir_lib.check_workdir(workdir, 2 * checkpoint.checkpoint_bytes(trainer.abstract_state))
+  log_records = total_steps // config.train.log_every + total_steps // config.train.eval_every + 1
+  workdir_lib.check_workdir(
+    workdir,
+    checkpoint.space_needed(trainer.abstract_state, config.checkpoint, workdir, log_records),
+  )
   return _Run(model_config, trainer, total_steps, config.train.batch_size * seq_len)
 
 
