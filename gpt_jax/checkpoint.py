@@ -218,8 +218,9 @@ class Checkpointer:
   waits for the saves still being written.
   """
 
-  def __init__(self, workdir: str | Path, checkpoint_config):
+  def __init__(self, workdir: str | Path, checkpoint_config, digest_arrays: bool = True):
     self.workdir = _absolute(workdir)
+    self._digest_arrays = digest_arrays  # off only to measure what digests cost
     self.directory = self.workdir / workdir_lib.CHECKPOINTS_DIR
     self._best_metric, self._keep_best = checkpoint_config.best_metric, checkpoint_config.keep_best
     self._best_mode = checkpoint_config.best_mode
@@ -298,8 +299,9 @@ class Checkpointer:
     items = {
       STATE: ocp.args.StandardSave(state),
       CONFIG: ocp.args.JsonSave(config.to_dict()),
-      DIGESTS: ocp.args.JsonSave(array_digest.digests(state)),
     }
+    if self._digest_arrays:
+      items[DIGESTS] = ocp.args.JsonSave(array_digest.digests(state))
     data_state = _iterator_state(data_iterator)
     if data_state is not None:
       items[DATA] = DataStateSave(data_state)

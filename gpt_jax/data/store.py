@@ -91,9 +91,10 @@ class TokenStore:
   def num_tokens(self, split: str) -> int:
     return self.meta['splits'][split]['tokens']
 
-  def tokens(self, split: str, filesystem=None):
+  def tokens(self, split: str, filesystem=None, verify: bool = True):
     """A reader of the split's windows: memory maps when local, range requests in a bucket
-    (`filesystem` replaces the fsspec filesystem)."""
+    (`filesystem` replaces the fsspec filesystem); `verify=False` (to measure what
+    verifying costs) skips the block checksums."""
     shards = self.meta['splits'][split]['shards']
     return tokens_lib.open_tokens(
       [self.directory / shard['file'] for shard in shards],
@@ -101,7 +102,7 @@ class TokenStore:
       self.dtype,
       filesystem,
       checksums=[checksums_lib.decode(shard['crc32c']) for shard in shards]
-      if self.has_checksums
+      if self.has_checksums and verify
       else None,
       vocab_size=self.meta['vocab_size'],
       block_bytes=self.meta.get('checksum_block_bytes', checksums_lib.BLOCK_BYTES),
