@@ -188,7 +188,7 @@ def test_full_workdir_fails_before_training(tmp_path, monkeypatch):
   )
   with pytest.raises(
     UserError,
-    match=r'has 0\.0 MiB free but this run needs 3\.5 MiB \(checkpoint\.keep \+ keep_best \+ '
+    match=r'has 0\.0 MiB free but this run needs 4\.7 MiB \(checkpoint\.keep \+ keep_best \+ '
     r'one being written, and its logs\); free some space',
   ):
     _pretrain_five_steps(tmp_path)
