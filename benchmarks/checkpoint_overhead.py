@@ -7,6 +7,8 @@ three modes so all see the same machine load:
   async  a checkpoint every --save_every steps, written in the background
          (gpt_jax's default, checkpoint.async_save=True)
   sync   the same checkpoints, each written before training goes on
+  async_no_digests  async without the arrays' digests (gpt_jax.array_digest), to show
+         what computing them on the devices costs
 
 Each block ends by waiting for its saves to be on disk, so a background write
 still running at the end is charged to its block.
@@ -38,7 +40,7 @@ from gpt_jax import checkpoint, sharding, train  # noqa: E402
 from gpt_jax.config import load_config  # noqa: E402
 from gpt_jax.model import ModelConfig  # noqa: E402
 
-MODES = ('none', 'async', 'sync')
+MODES = ('none', 'async', 'sync', 'async_no_digests')
 
 
 def main() -> None:
@@ -74,8 +76,10 @@ def main() -> None:
   savers = {}
   for mode in MODES[1:]:
     mode_config = config.checkpoint.copy_and_resolve_references()
-    mode_config.async_save = mode == 'async'
-    savers[mode] = checkpoint.Checkpointer(workdir / mode, mode_config)
+    mode_config.async_save = mode != 'sync'
+    savers[mode] = checkpoint.Checkpointer(
+      workdir / mode, mode_config, digest_arrays=mode != 'async_no_digests'
+    )
   block_steps = args.save_every * args.saves_per_block
   step_times = {mode: [] for mode in MODES}
   save_call_times = {mode: [] for mode in MODES[1:]}
@@ -110,13 +114,21 @@ def main() -> None:
   for mode in MODES:
     median = statistics.median(step_times[mode])
     line = (
-      f'  {mode:5s}  step {median * 1e3:8.1f} ms (blocks: '
+      f'  {mode:16s}  step {median * 1e3:8.1f} ms (blocks: '
       f'{", ".join(f"{t * 1e3:.0f}" for t in step_times[mode])})  '
       f'overhead {100 * (median / baseline - 1):+5.1f}%'
     )
     if mode != 'none':
       line += f'  save() blocks the loop {statistics.median(save_call_times[mode]) * 1e3:.0f} ms'
     print(line)
+  with_digests, without = (
+    statistics.median(save_call_times[mode]) for mode in ('async', 'async_no_digests')
+  )
+  print(
+    f'digests: save() {with_digests / without:.3f}x without them; step with saves '
+    f'{statistics.median(step_times["async"]) / statistics.median(step_times["async_no_digests"]):.3f}x'
+    ' (target <= 1.03x)'
+  )
   if not args.workdir:
     shutil.rmtree(workdir)
 

@@ -1,16 +1,19 @@
 """Checkpoints on orbax's CheckpointManager: save, resume, reshard, and survive damage.
 
-A run's workdir holds `checkpoints/<step>/`, each with three items:
-  state   the TrainState (parameters, optimizer moments, step, dropout key)
-  data    every process's data-iterator state, so a resumed run reads the next batch
-  config  the run's config as JSON, so `--workdir` alone is enough to resume
+A run's workdir holds `checkpoints/<step>/`, each with four items:
+  state    the TrainState (parameters, optimizer moments, step, dropout key)
+  data     every process's data-iterator state, so a resumed run reads the next batch
+  config   the run's config as JSON, so `--workdir` alone is enough to resume
+  digests  a 32-bit digest of every array of the state (gpt_jax.array_digest), computed
+           on the devices as it is saved and checked when it is restored
 The tokenizer model is copied into the workdir beside them when the run starts.
 
 Saves are asynchronous: `save` returns once the arrays are copied off the
 device and the files are written while training goes on. Orbax writes each step
 into a temporary directory and renames it when complete, so a run killed
-mid-save leaves no half checkpoint behind; a checkpoint damaged afterwards is
-set aside with a warning and the previous one is used.
+mid-save leaves no half checkpoint behind; a checkpoint damaged afterwards (a file
+missing or cut short, or an array whose digest differs) is set aside with a warning
+and the previous one is used. Checkpoints saved without digests restore unchecked.
 """
 
 import base64
@@ -31,13 +34,27 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
+from gpt_jax import array_digest, layer_layout, sharding
 from gpt_jax import config as config_lib
-from gpt_jax import layer_layout, sharding
 from gpt_jax import workdir as workdir_lib
 from gpt_jax.errors import UserError, warn
 from gpt_jax.train import Trainer, TrainState
 
-STATE, DATA, CONFIG = 'state', 'data', 'config'
+STATE, DATA, CONFIG, DIGESTS = 'state', 'data', 'config', 'digests'
+
+
+class DigestMismatch(Exception):
+  """Arrays read from a checkpoint are not the ones saved (bits changed on disk)."""
+
+  def __init__(self, names: list[str]):
+    more = f' and {len(names) - 1} more' if len(names) > 1 else ''
+    super().__init__(f'{names[0]}{more} differ from the digests saved with them')
+
+
+def _check_digests(tree, stored: dict | None) -> None:
+  """Raises DigestMismatch unless `tree`'s arrays have the `stored` digests (None: none saved)."""
+  if stored is not None and (wrong := array_digest.mismatches(tree, stored)):
+    raise DigestMismatch(wrong)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +81,23 @@ class _NoMissingMetricsNotice(logging.Filter):
     return 'did not provide metrics' not in record.getMessage()
 
 
+class _NoBackgroundWriteErrors(logging.Filter):
+  """Drops orbax's ERROR records of a background save that failed to write: the Checkpointer
+  raises that error itself (a full disk as one line) at the next save or wait."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (
+      record.levelno >= logging.ERROR
+      and 'orbax' in record.pathname
+      and (
+        'background save thread' in message or workdir_lib.write_error_reason(Exception(message))
+      )
+    )
+
+
 logging.getLogger('absl').addFilter(_NoMissingMetricsNotice())
+logging.getLogger('absl').addFilter(_NoBackgroundWriteErrors())
 
 
 # The data item. Orbax's JSON item is written by the primary process only, but each
@@ -126,6 +159,7 @@ def _item_handlers() -> dict:
     STATE: ocp.StandardCheckpointHandler(),
     DATA: _DataStateHandler(),
     CONFIG: ocp.JsonCheckpointHandler(),
+    DIGESTS: ocp.JsonCheckpointHandler(),
   }
 
 
@@ -135,6 +169,24 @@ def _item_handlers() -> dict:
 def checkpoint_bytes(abstract_state) -> int:
   """Bytes of one checkpoint: parameters and optimizer state (the rest is tiny)."""
   return sharding.tree_bytes((abstract_state.params, abstract_state.opt_state))
+
+
+def space_needed(
+  abstract_state, checkpoint_config: CheckpointConfig, workdir, log_records: int
+) -> int:
+  """Bytes a run will add to `workdir` at most: the checkpoints it keeps (checkpoint.keep
+  newest, keep_best best, one being written) less those already there, and its logs
+  (`log_records` metrics records, TensorBoard events, curves, tokenizer)."""
+  held = checkpoint_config.keep + checkpoint_config.keep_best + 1
+  directory = workdir_lib.path(workdir) / workdir_lib.CHECKPOINTS_DIR
+  existing = (
+    sum(f.stat().st_size for f in Path(directory).rglob('*') if f.is_file())
+    if workdir_lib.is_local(directory) and directory.is_dir()
+    else 0
+  )
+  logs = 2**20 + 2048 * log_records
+  one = checkpoint_bytes(abstract_state) * 1.05 + 2**19  # and the files' own overhead
+  return max(0, int(held * one) - existing) + logs
 
 
 def check_compatible(stored_params, expected_params, where: str) -> None:
@@ -187,11 +239,18 @@ class Checkpointer:
   waits for the saves still being written.
   """
 
-  def __init__(self, workdir: str | Path, checkpoint_config: CheckpointConfig):
+  def __init__(
+    self, workdir: str | Path, checkpoint_config: CheckpointConfig, digest_arrays: bool = True
+  ):
     self.workdir = _absolute(workdir)
+    self._digest_arrays = digest_arrays  # off only to measure what digests cost
     self.directory = self.workdir / workdir_lib.CHECKPOINTS_DIR
     self._best_metric, self._keep_best = checkpoint_config.best_metric, checkpoint_config.keep_best
     self._best_mode = checkpoint_config.best_mode
+    self._in_flight: int | None = None  # the step whose save may still be being written
+    # A background save that fails leaves tensorstore writes completing on a closed loop.
+    self._quiet = _quiet_leftovers_of_a_failed_read()
+    self._quiet.__enter__()
     policies = [checkpoint_managers.LatestN(n=checkpoint_config.keep)]
     best_fn = None
     if checkpoint_config.keep_best:
@@ -260,11 +319,36 @@ class Checkpointer:
         f'checkpoint.best_metric={self._best_metric!r} is not among the metrics '
         f'this run evaluates ({", ".join(metrics)})'
       )
-    items = {STATE: ocp.args.StandardSave(state), CONFIG: ocp.args.JsonSave(config.to_dict())}
+    items = {
+      STATE: ocp.args.StandardSave(state),
+      CONFIG: ocp.args.JsonSave(config.to_dict()),
+    }
+    if self._digest_arrays:
+      items[DIGESTS] = ocp.args.JsonSave(array_digest.digests(state))
     data_state = _iterator_state(data_iterator)
     if data_state is not None:
       items[DATA] = DataStateSave(data_state)
-    self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    with self._failing_write_is_one_line():  # the previous save is waited for first
+      self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    self._in_flight = step
+
+  @contextlib.contextmanager
+  def _failing_write_is_one_line(self):
+    """Turns a save that failed for want of space (or a failing disk) into one UserError,
+    without the errors of its leftover writes."""
+    try:
+      yield
+    except Exception as error:
+      reason = workdir_lib.write_error_reason(error)
+      if reason is None:
+        raise
+      partial = self.directory / f'{self._in_flight}.orbax-checkpoint-tmp'
+      if jax.process_index() == 0 and partial.exists():
+        partial.rmtree()  # gives its space back to the logs still to be flushed
+      raise UserError(
+        f'could not write checkpoint {self._in_flight} in {self.directory} ({reason}); '
+        'the checkpoints before it are intact: free some space and rerun the same command to resume'
+      ) from None
 
   def restore_latest(self, trainer: Trainer, data_iterator=None) -> TrainState | None:
     """The newest readable checkpoint's TrainState, laid out on `trainer`'s mesh, or None.
@@ -287,11 +371,12 @@ class Checkpointer:
       stored_target = layer_layout.like(target, stored['params'])
       check_compatible(stored['params'], stored_target.params, str(step_dir))
       has_data = (step_dir / DATA).is_dir()
-      items = {STATE: ocp.args.StandardRestore(stored_target)}
+      items = {STATE: ocp.args.StandardRestore(stored_target), **_digests_item(step_dir)}
       if has_data:
         items[DATA] = DataStateRestore()
       try:
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        _check_digests(restored[STATE], restored.get(DIGESTS))
       except Exception as error:  # noqa: BLE001 -- a truncated or missing file is damage
         self._set_aside(step, error)
         continue
@@ -335,11 +420,19 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until every started save is on disk."""
-    self._manager.wait_until_finished()
+    with self._failing_write_is_one_line():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    with self._failing_write_is_one_line():
+      self._manager.wait_until_finished()
     self._manager.close()
+    self._quiet.__exit__(None, None, None)
+
+
+def _digests_item(step_dir: epath.Path) -> dict:
+  """The restore argument of a step's digests, if it was saved with them."""
+  return {DIGESTS: ocp.args.JsonRestore()} if (step_dir / DIGESTS).is_dir() else {}
 
 
 # Reading a workdir without training: the config to resume with, parameters to fine-tune
@@ -388,13 +481,16 @@ def _quiet_leftovers_of_a_failed_read():
 
   def hook(unraisable):
     error = unraisable.exc_value
-    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+    closed_loop = isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
+    code = getattr(unraisable.object, 'cr_code', None)  # an orbax write abandoned at exit
+    if not (closed_loop or (code is not None and '/orbax/' in code.co_filename)):
       previous(unraisable)
 
   def keep_record(record: logging.LogRecord) -> bool:
     error = record.exc_info[1] if record.exc_info else None
     return not (
-      'exception was never retrieved' in record.getMessage() and 'tensorstore_spec' in str(error)
+      'exception was never retrieved' in record.getMessage()
+      and ('tensorstore_spec' in str(error) or workdir_lib.write_error_reason(error))
     )
 
   asyncio_logger = logging.getLogger('asyncio')
@@ -486,9 +582,11 @@ def load_params(workdir: str | Path, target=None, step: int | None = None) -> An
           STATE: ocp.args.PyTreeRestore(
             item={'params': item}, restore_args={'params': restore_args}, partial_restore=True
           )
-        }
+        },
+        **_digests_item(directory / str(candidate)),
       ),
     )
+    _check_digests(restored[STATE], restored.get(DIGESTS))
     params = restored[STATE]['params']
     return params if target is None else _into_layout_of(params, target)
 

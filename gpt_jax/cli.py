@@ -8,6 +8,7 @@ non-zero exit code.
 """
 
 import argparse
+import contextlib
 import functools
 import importlib.metadata
 import os
@@ -149,8 +150,13 @@ def _pretrain(args, overrides) -> None:
       log,
       _profile_window(args.profile),
     )
-  finally:
-    log.close()  # flushes TensorBoard and draws curves.png, also after an error
+  except BaseException:
+    # Flushes TensorBoard and draws curves.png after an error too; on a full disk that may
+    # fail as well, and the run's own error is the one to report.
+    with contextlib.suppress(OSError):
+      log.close()
+    raise
+  log.close()
   if result['preempted']:
     return
   log.info(
@@ -228,14 +234,23 @@ def _tokenizer(args, overrides) -> None:
 
 
 def _prepare(args, overrides) -> None:
-  """Tokenises the config's corpus once into a token store that pretraining reads."""
+  """Tokenises the config's corpus once into a token store that pretraining reads; run again,
+  it verifies the store and rebuilds only damaged shards (--verify: only check)."""
   config = _resolved_config(args, overrides)
   if config is not None:
     from gpt_jax import distributed
     from gpt_jax.data import workflow
 
     distributed.initialize_from_args(args)  # several processes: each writes its share of shards
-    workflow.prepare(config)
+    (workflow.verify if args.verify else workflow.prepare)(config)
+
+
+def _add_verify_flag(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument(
+    '--verify',
+    action='store_true',
+    help='check the prepared store (sizes, block checksums, token ids) and change nothing',
+  )
 
 
 def _finetune(args, overrides) -> None:
@@ -582,7 +597,7 @@ MODES: dict[str, tuple[Callable[..., None], str, list[Callable[..., None]]]] = {
   'prepare': (
     _prepare,
     'tokenise the corpus of a config into its token store',
-    [_add_config_flags, _add_distributed_flags],
+    [_add_config_flags, _add_verify_flag, _add_distributed_flags],
   ),
   'pretrain': (
     _pretrain,

@@ -78,8 +78,12 @@ def _set_up(config, train_config: TrainConfig, workdir, train_tokens: int | None
   sharding.check_batch(train_config.batch_size, mesh)
   optim_config = OptimConfig.from_config(config.optim)
   _, trainer = make_pretrainer(model_config, optim_config, mesh, seq_len, total_steps)
-  # Two checkpoints' worth: the one being written and the last complete one.
-  workdir_lib.check_workdir(workdir, 2 * checkpoint.checkpoint_bytes(trainer.abstract_state))
+  log_records = total_steps // train_config.log_every + total_steps // train_config.eval_every + 1
+  checkpoint_config = checkpoint.CheckpointConfig.from_config(config.checkpoint)
+  workdir_lib.check_workdir(
+    workdir,
+    checkpoint.space_needed(trainer.abstract_state, checkpoint_config, workdir, log_records),
+  )
   return _Run(model_config, trainer, total_steps, train_config.batch_size * seq_len)
 
 

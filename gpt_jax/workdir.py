@@ -19,6 +19,7 @@ over both; `gs://` goes through `gcsfs`. Local strings stay plain local paths
 path `gs:/b/x`.
 """
 
+import errno
 import os
 import shutil
 
@@ -92,7 +93,24 @@ def check_workdir(workdir, bytes_needed: int = 0) -> None:
   free = shutil.disk_usage(workdir).free
   if free < bytes_needed:
     raise UserError(
-      f'workdir {workdir} has {free / 2**20:,.1f} MiB free but checkpoints of this '
-      f'model need {bytes_needed / 2**20:,.1f} MiB; free some space or pass '
-      'another --workdir'
+      f'workdir {workdir} has {free / 2**20:,.1f} MiB free but this run needs '
+      f'{bytes_needed / 2**20:,.1f} MiB (checkpoint.keep + keep_best + one being written, '
+      'and its logs); free some space, lower checkpoint.keep, or pass another --workdir'
     )
+
+
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+_WRITE_ERROR_TEXTS = ('No space left on device', 'Disk quota exceeded', 'Read-only file system')
+
+
+def write_error_reason(error: BaseException | None) -> str | None:
+  """'No space left on device' (or the like) if `error`, or what it was raised from, is a
+  failed write of a full, read-only or failing disk; else None."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:
+      return os.strerror(error.errno)
+    for text in _WRITE_ERROR_TEXTS:
+      if text in str(error):  # tensorstore reports the OS error inside its own message
+        return text
+    error = error.__cause__ or error.__context__
+  return None

@@ -188,8 +188,8 @@ def test_full_workdir_fails_before_training(tmp_path, monkeypatch):
   )
   with pytest.raises(
     UserError,
-    match=r'has 0\.0 MiB free but checkpoints of this model need '
-    r'0\.5 MiB; free some space',
+    match=r'has 0\.0 MiB free but this run needs 4\.7 MiB \(checkpoint\.keep \+ keep_best \+ '
+    r'one being written, and its logs\); free some space',
   ):
     _pretrain_five_steps(tmp_path)
   assert list(tmp_path.iterdir()) == []  # nothing trained, logged or saved

@@ -7,17 +7,21 @@ A store is a directory, local or in a bucket (`gs://...`):
                               little-endian uint16 (uint32 for vocabularies over
                               65,536). A split is its shards concatenated.
   train-00000.json, ...       written after its shard: document range, sizes,
-                              unigram counts and the store's fingerprint, so an
-                              interrupted prepare redoes only missing shards.
+                              unigram counts, the crc32c of every MiB block of the
+                              shard (gpt_jax.data.checksums) and the store's
+                              fingerprint, so an interrupted prepare redoes only
+                              missing shards.
   counts.npy                  per-split token counts (unigram statistics).
-  index.json                  the shards, sizes and the fingerprint of the corpus and
-                              tokenizer. Written last: it commits the store, and a
-                              directory without it is never read.
+  index.json                  the shards, sizes, block checksums and the fingerprint of
+                              the corpus and tokenizer. Written last: it commits the
+                              store, and a directory without it is never read.
 
 Shard boundaries depend on the corpus only (about `shard_mb` MiB of text each),
 never on who wrote them: 1 process, N processes (each writes every N-th shard) or
 W local worker processes all produce the same files, byte for byte.
-`build_store` reuses a complete store whose fingerprint matches.
+`build_store` reuses a complete store whose fingerprint matches once every shard
+passed its size and checksum check, and rebuilds only the shards that failed.
+Stores written before checksums (format 2) are still read, unverified, with a warning.
 """
 
 import concurrent.futures
@@ -32,12 +36,13 @@ import numpy as np
 import tqdm
 
 from gpt_jax import workdir as workdir_lib
+from gpt_jax.data import checksums as checksums_lib
 from gpt_jax.data import tokens as tokens_lib
 from gpt_jax.data.corpus import Corpus
 from gpt_jax.data.tokenizer import Tokenizer
 from gpt_jax.errors import UserError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: block checksums
 SPLITS = ('train', 'validation')
 INDEX = 'index.json'
 
@@ -81,20 +86,47 @@ class TokenStore:
       )
     self.meta = json.loads(index.read_text())
     self.dtype = np.dtype(self.meta['dtype'])
+    self.has_checksums = 'checksum_block_bytes' in self.meta  # stores before format 3: none
 
   def num_tokens(self, split: str) -> int:
     return self.meta['splits'][split]['tokens']
 
-  def tokens(self, split: str, filesystem=None):
+  def tokens(self, split: str, filesystem=None, verify: bool = True):
     """A reader of the split's windows: memory maps when local, range requests in a bucket
-    (`filesystem` replaces the fsspec filesystem)."""
+    (`filesystem` replaces the fsspec filesystem); `verify=False` (to measure what
+    verifying costs) skips the block checksums."""
     shards = self.meta['splits'][split]['shards']
     return tokens_lib.open_tokens(
       [self.directory / shard['file'] for shard in shards],
       [shard['tokens'] for shard in shards],
       self.dtype,
       filesystem,
+      checksums=[checksums_lib.decode(shard['crc32c']) for shard in shards]
+      if self.has_checksums and verify
+      else None,
+      vocab_size=self.meta['vocab_size'],
+      block_bytes=self.meta.get('checksum_block_bytes', checksums_lib.BLOCK_BYTES),
     )
+
+  def damage(self, records: list[dict]) -> list[checksums_lib.DamagedShard]:
+    """What is wrong with each of the shards `records` (index entries): sizes and checksums,
+    every byte read once."""
+    problems = [
+      checksums_lib.check_file(
+        self.directory / record['file'],
+        record['tokens'] * self.dtype.itemsize,
+        record['crc32c'],
+        self.dtype,
+        self.meta['vocab_size'],
+        self.meta['checksum_block_bytes'],
+      )
+      for record in records
+    ]
+    return [problem for problem in problems if problem is not None]
+
+  def shard_records(self) -> list[dict]:
+    """Every shard's index entry, splits in order."""
+    return [record for split in SPLITS for record in self.meta['splits'][split]['shards']]
 
   def counts(self, split: str) -> np.ndarray:
     with (self.directory / 'counts.npy').open('rb') as file:
@@ -157,9 +189,11 @@ def build_store(
   process_count: int = 1,
   barrier: Callable[[str], None] = lambda name: None,
   show_progress: bool = True,
+  log: Callable[[str], None] = print,
 ) -> tuple[TokenStore, bool]:
   """Tokenises the (prepared) corpus into `directory`; returns the store and whether it was
-  reused.
+  reused. A complete store for the same corpus and tokenizer is verified first (each
+  process its share of the shards) and only its damaged shards are rebuilt (`log` says which).
 
   Process `process_index` of `process_count` writes every `process_count`-th shard,
   spread over `workers` local processes (which reopen the corpus with `open_corpus`,
@@ -168,16 +202,20 @@ def build_store(
   """
   directory = workdir_lib.path(directory)
   expected = fingerprint(corpus.identity(), tokenizer)
+  shards = plan_shards(corpus, shard_mb)
   if is_complete(directory):
     store = TokenStore(directory)
     if store.meta.get('fingerprint') == expected:
-      return store, True
+      _drop_damaged_shards(store, store.shard_records()[process_index::process_count], log)
+      barrier('gpt_jax_store_verified')  # the records every process reads next are final
+      records = [directory / r['file'] for r in store.shard_records()]
+      if all(path.with_suffix('.json').is_file() for path in records):  # none was damaged
+        return store, True
   barrier('gpt_jax_store_checked')  # nobody reads the old index after this
   if process_index == 0:
     (directory / INDEX).unlink(missing_ok=True)
     directory.mkdir(parents=True, exist_ok=True)
   barrier('gpt_jax_store_open')
-  shards = plan_shards(corpus, shard_mb)
   spec = BuildSpec(
     open_corpus,
     str(tokenizer.model_path),
@@ -234,19 +272,34 @@ def _tokenize_shard_in_worker(spec: BuildSpec, shard: Shard) -> Shard:
   return shard
 
 
+def _drop_damaged_shards(store: TokenStore, records: list[dict], log: Callable[[str], None]):
+  """Deletes the files and records of the damaged shards among `records`, so they are rebuilt."""
+  for problem in store.damage(records):
+    log(f'token store {store.directory}: rebuilding shard {problem.name} ({problem.what})')
+    (store.directory / problem.name).unlink(missing_ok=True)
+    (store.directory / problem.name).with_suffix('.json').unlink(missing_ok=True)
+
+
+def _record_is_current(directory, shard: Shard, expected: str) -> bool:
+  """Whether `shard`'s record describes the shard this store's corpus and tokenizer make."""
+  record_path = directory / f'{shard.name}.json'
+  if not record_path.is_file():
+    return False
+  record = json.loads(record_path.read_text())
+  wanted = dict(fingerprint=expected, start=shard.start, stop=shard.stop)
+  return {key: record.get(key) for key in wanted} == wanted
+
+
 def _tokenize_shard(spec: BuildSpec, shard: Shard, corpus: Corpus, tokenizer: Tokenizer) -> None:
   """Writes `{shard}.bin`, then its record; skips a shard already written for this store."""
   directory = workdir_lib.path(spec.directory)
-  record_path = directory / f'{shard.name}.json'
-  wanted = dict(fingerprint=spec.fingerprint, start=shard.start, stop=shard.stop)
-  if record_path.is_file():
-    record = json.loads(record_path.read_text())
-    if {key: record.get(key) for key in wanted} == wanted:
-      return
+  if _record_is_current(directory, shard, spec.fingerprint):
+    return
   dtype = token_dtype(tokenizer.vocab_size)
   counts = np.zeros(tokenizer.vocab_size, np.int64)
   documents = tokens = text_bytes = 0
   eod = np.array([tokenizer.eod_id], dtype)
+  hasher = checksums_lib.BlockHasher()
   with (directory / f'{shard.name}.bin').open('wb') as file:
     for batch_texts in corpus.documents(shard.split, shard.start, shard.stop):
       texts = [text for text in batch_texts if text.strip()]
@@ -254,18 +307,22 @@ def _tokenize_shard(spec: BuildSpec, shard: Shard, corpus: Corpus, tokenizer: To
         continue
       ids = tokenizer.encode_batch(texts, spec.num_threads)
       batch = np.concatenate([piece for row in ids for piece in (np.asarray(row, dtype), eod)])
-      file.write(batch.tobytes())
+      file.write(data := batch.tobytes())
+      hasher.update(data)
       counts += np.bincount(batch, minlength=tokenizer.vocab_size)
       documents, tokens = documents + len(texts), tokens + batch.size
       text_bytes += sum(len(text.encode('utf-8')) for text in texts)
-  record_path.write_text(
+  (directory / f'{shard.name}.json').write_text(
     json.dumps(
       dict(
-        wanted,
+        fingerprint=spec.fingerprint,
+        start=shard.start,
+        stop=shard.stop,
         file=f'{shard.name}.bin',
         documents=documents,
         tokens=tokens,
         text_bytes=text_bytes,
+        crc32c=hasher.hexdigest(),
         counts=counts.tolist(),
       )
     )
@@ -294,7 +351,7 @@ def _write_index(
       text_bytes=text_bytes,
       bytes_per_token=round(text_bytes / max(tokens - documents, 1), 3),
       unigram_entropy_nats=round(unigram_entropy(split_counts), 6),
-      shards=[dict(file=r['file'], documents=r['documents'], tokens=r['tokens']) for r in mine],
+      shards=[{key: r[key] for key in ('file', 'documents', 'tokens', 'crc32c')} for r in mine],
     )
     counts.append(split_counts)
   with (directory / 'counts.npy').open('wb') as file:
@@ -308,6 +365,7 @@ def _write_index(
     vocab_size=tokenizer.vocab_size,
     eod_id=tokenizer.eod_id,
     dtype=token_dtype(tokenizer.vocab_size).str,
+    checksum_block_bytes=checksums_lib.BLOCK_BYTES,
     splits=splits,
   )
   (directory / INDEX).write_text(json.dumps(meta, indent=2) + '\n')

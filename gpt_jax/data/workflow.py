@@ -2,6 +2,7 @@
 
     gpt-jax tokenizer --config configs/tiny.py   ->  train_tokenizer(config)
     gpt-jax prepare   --config configs/tiny.py   ->  prepare(config)
+    gpt-jax prepare   --config ... --verify      ->  verify(config)
     gpt-jax pretrain  --config configs/tiny.py   ->  pretrain_data(config)
 
 Unless data.tokenizer / data.store name them, the tokenizer lives in
@@ -30,11 +31,11 @@ from etils import epath
 
 from gpt_jax import distributed
 from gpt_jax import workdir as workdir_lib
-from gpt_jax.data import corpora, pipeline
+from gpt_jax.data import checksums, corpora, pipeline
 from gpt_jax.data import store as store_lib
 from gpt_jax.data import tokenizer as tokenizer_lib
 from gpt_jax.data.corpus import Corpus
-from gpt_jax.errors import UserError
+from gpt_jax.errors import UserError, warn
 
 
 def tokenizer_path(config, corpus: Corpus) -> epath.Path:
@@ -143,6 +144,7 @@ def prepare(config, log: Callable[[str], None] = print) -> store_lib.TokenStore:
     process_count=jax.process_count(),
     barrier=distributed.barrier,
     show_progress=jax.process_index() == 0,
+    log=log,
   )
   if jax.process_index() == 0:
     seconds = time.perf_counter() - start
@@ -159,6 +161,33 @@ def prepare(config, log: Callable[[str], None] = print) -> store_lib.TokenStore:
       + store_lib.describe(store)
     )
   return store
+
+
+def verify(config, log: Callable[[str], None] = print) -> store_lib.TokenStore:
+  """Checks the config's prepared store (sizes, block checksums, token ids), changing nothing;
+  each JAX process reads its share of the shards. Damage is one line naming the shards."""
+  corpus = corpora.open_corpus(config.data)
+  directory = store_path(config, corpus, _load_tokenizer(config, corpus))
+  store = store_lib.TokenStore(directory)
+  if not store.has_checksums:
+    raise UserError(f'token store {directory} {_WITHOUT_CHECKSUMS}: run `gpt-jax prepare` again')
+  records = store.shard_records()[jax.process_index() :: jax.process_count()]
+  problems = store.damage(records)
+  if problems:
+    raise UserError(
+      f'token store {directory}: {len(problems)} of {len(records)} shards damaged ('
+      + '; '.join(f'{problem.name} {problem.what}' for problem in problems)
+      + f'); {checksums.REPAIR}'
+    )
+  size = sum(record['tokens'] for record in records) * store.dtype.itemsize
+  log(
+    f'token store {directory}: {len(records)} shards ({size / 2**20:,.1f} MiB) intact '
+    '(sizes, crc32c block checksums and token ids checked)'
+  )
+  return store
+
+
+_WITHOUT_CHECKSUMS = 'was written before token stores had block checksums'
 
 
 def reader_threads(config, batch_size: int, local: bool) -> int:
@@ -193,6 +222,11 @@ def pretrain_data(config) -> PretrainData:
     raise UserError(
       f'token store {directory} was built with another tokenizer '
       f'({store.meta["tokenizer"]}); run `gpt-jax prepare` again'
+    )
+  if not store.has_checksums:
+    warn(
+      f'token store {directory} {_WITHOUT_CHECKSUMS}, so its reads are not verified; '
+      '`gpt-jax prepare` rebuilds it with them'
     )
   process_count, batch_size = jax.process_count(), config.train.batch_size
   if batch_size % process_count:
