@@ -121,7 +121,7 @@ def test_a_failed_reads_leftover_errors_are_dropped_and_nothing_else(caplog):
     log_never_retrieved('Requested byte range [0, 21421) is not valid [tensorstore_spec={}]')
     log_never_retrieved('some other failure')
     for error in (RuntimeError('Event loop is closed'), RuntimeError('other')):
-      sys.unraisablehook(types.SimpleNamespace(exc_value=error))
+      sys.unraisablehook(types.SimpleNamespace(exc_value=error, object=None))
   finally:
     sys.unraisablehook = saved_hook
     logging.getLogger('asyncio').filters[:] = saved_filters
