@@ -15,6 +15,7 @@ import json
 import math
 
 import jax
+import numpy as np
 
 from gpt_jax import checkpoint, glue, layer_layout, loop, sharding
 from gpt_jax import workdir as workdir_lib
@@ -27,14 +28,21 @@ from gpt_jax.tasks.batches import batches
 from gpt_jax.tasks.load import load_task
 from gpt_jax.tasks.task import Task
 from gpt_jax.train import Trainer, make_finetuner
-from gpt_jax.weights import Weights, load_weights, with_token_ids
+from gpt_jax.weights import (
+  ALL_LAYERS,
+  Weights,
+  load_weights,
+  transfer_count,
+  transferred,
+  with_token_ids,
+)
 
 
 def load_init(config) -> Weights:
   """The weights finetune.init names, grown by the fine-tuning tokens and set to the config's numerics.
 
-  With finetune.random_init the shape and tokenizer are kept and `params` is None
-  (the paper's no-pretraining ablation).
+  With finetune.random_init (or n_transfer=-1) the shape and tokenizer are kept and
+  `params` is None (the paper's no-pretraining ablation).
   """
   if not config.finetune.init:
     raise UserError(
@@ -53,11 +61,17 @@ def load_init(config) -> Weights:
     config.train.seed,
     redraw=() if config.finetune.keep_special_rows else special,
   )
-  if config.finetune.random_init:
+  count = _transfer_count(config, weights.model_config)
+  if count == -1:
     weights = dataclasses.replace(
       weights,
       params=None,
       source=(f'random initialisation (model shape and tokenizer of {config.finetune.init})'),
+    )
+  elif count < weights.model_config.n_layer:
+    weights = dataclasses.replace(
+      weights,
+      source=f'{weights.source}: the embeddings and the first {count} blocks (n_transfer)',
     )
   # Fine-tuning keeps the pretrained shape; numerics and dropout come from the config.
   model_config = dataclasses.replace(
@@ -74,6 +88,12 @@ def load_init(config) -> Weights:
   if params is not None:  # the weights' block layout may differ from the config's
     params = layer_layout.convert(params, model_config.scan_layers)
   return dataclasses.replace(weights, params=params, model_config=model_config)
+
+
+def _transfer_count(config, model_config) -> int:
+  return transfer_count(
+    config.finetune.get('n_transfer', ALL_LAYERS), config.finetune.random_init, model_config.n_layer
+  )
 
 
 @dataclasses.dataclass
@@ -133,7 +153,11 @@ def _set_up(config) -> _Run:
 
 
 def _initial_state(run: _Run, config):
-  """A fresh state: the loaded decoder (or random weights) and a new classifier."""
+  """A fresh state: the loaded decoder (or random weights) and a new classifier.
+
+  Blocks finetune.n_transfer leaves out keep the fresh state's draws, so they equal a
+  random_init run's.
+  """
   rng = jax.random.key(config.train.seed)
   state = run.trainer.init(rng)
   if run.weights.params is None:
@@ -141,8 +165,13 @@ def _initial_state(run: _Run, config):
   checkpoint.check_compatible(
     run.weights.params, run.trainer.abstract_state.params['transformer'], config.finetune.init
   )
+  decoder = transferred(
+    run.weights.params,
+    state.params['transformer'],
+    _transfer_count(config, run.weights.model_config),
+  )
   return run.trainer.from_params(
-    {'transformer': run.weights.params, 'classifier': state.params['classifier']}, rng
+    {'transformer': decoder, 'classifier': state.params['classifier']}, rng
   )
 
 
@@ -191,12 +220,14 @@ def _train(run: _Run, config, workdir, log: RunLog, truncated: dict) -> tuple[lo
   trainer, task = run.trainer, run.task
   predictor = _predictor(run)
 
+  scored = {**task.validation, **_train_eval_split(run, config)}
+
   def evaluate(params, step):
     scores = {}
-    for split, examples in task.validation.items():
-      split_scores, _, truncated[split] = predictor.score(
-        params, examples, config.finetune.eval_batch_size
-      )
+    for split, examples in scored.items():
+      split_scores, _, count = predictor.score(params, examples, config.finetune.eval_batch_size)
+      if split != 'train':  # the training split's truncations are counted as it is trained on
+        truncated[split] = count
       scores.update({f'{split}_{name}': value for name, value in split_scores.items()})
     log.scalars(step, {'epoch': step / run.steps_per_epoch, **scores}, split='validation')
     return scores
@@ -245,6 +276,17 @@ def _train(run: _Run, config, workdir, log: RunLog, truncated: dict) -> tuple[lo
     best = checkpoints.best()
   truncated['train'] = train_batches.total(len(run.train_examples))
   return outcome, best
+
+
+def _train_eval_split(run: _Run, config) -> dict:
+  """{'train': the fixed training examples scored each epoch} (task.train_eval_examples of
+  them, drawn once by train.seed; none by default)."""
+  count = config.task.get('train_eval_examples', 0)
+  if count <= 0:
+    return {}
+  total = len(run.train_examples)
+  chosen = np.random.default_rng(config.train.seed).permutation(total)[: min(count, total)]
+  return {'train': [run.train_examples[int(i)] for i in sorted(chosen)]}
 
 
 def _best_metric(task: Task) -> str:

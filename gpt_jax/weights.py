@@ -21,6 +21,7 @@ is recognised, and its model shape derived, in exactly one place.
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 
 from gpt_jax import hf, layer_layout
 from gpt_jax import workdir as workdir_lib
@@ -187,3 +188,62 @@ def with_token_ids(weights: Weights, token_ids, seed: int, *, redraw=()) -> Weig
     params=params,
     model_config=dataclasses.replace(weights.model_config, vocab_size=needed),
   )
+
+
+ALL_LAYERS = 'all'  # finetune.n_transfer's default: the embeddings and every block
+
+
+def transfer_count(n_transfer, random_init: bool, n_layer: int) -> int:
+  """finetune.n_transfer as a number of blocks, OpenAI's meaning: -1 nothing, 0 the embeddings
+  only, K the embeddings and the first K blocks ('all': n_layer).
+
+  finetune.random_init=True is n_transfer=-1; with any other n_transfer it is a contradiction.
+  """
+  text = str(n_transfer).strip()
+  if text == ALL_LAYERS:
+    count = -1 if random_init else n_layer
+  else:
+    try:
+      count = int(text)
+    except ValueError:
+      count = None
+    if count is None or not -1 <= count <= n_layer:
+      raise UserError(
+        f'finetune.n_transfer={n_transfer!r}: use -1 (nothing), 0 (the embeddings), 1 to '
+        f"{n_layer} (the embeddings and that many first blocks) or '{ALL_LAYERS}'"
+      )
+    if random_init and count != -1:
+      raise UserError(
+        f'finetune.random_init=True transfers nothing, but finetune.n_transfer={count}; '
+        'drop one of the two (random_init is n_transfer=-1)'
+      )
+  return count
+
+
+def transferred(pretrained: dict, fresh: dict, count: int) -> dict:
+  """Decoder parameters: `pretrained`'s embeddings and first `count` blocks, `fresh`'s rest.
+
+  Both trees are one decoder's, in the same block layout (stacked blocks are split on their
+  leading 'layers' axis). `count` is a transfer_count; with n_layer it is `pretrained`.
+  """
+  has_blocks = layer_layout.SCANNED in fresh or 'h_0' in fresh
+  n_layer = layer_layout.num_layers(fresh) if has_blocks else None
+  if n_layer is None or count == n_layer:
+    if count not in (-1, n_layer):
+      raise UserError(
+        f'finetune.n_transfer={count} counts Transformer blocks; this model has none '
+        "(use -1 or 'all')"
+      )
+    return fresh if count == -1 else pretrained
+  if count == -1:
+    return fresh
+  merged = dict(pretrained)  # the embeddings
+  if layer_layout.is_scanned(fresh):
+    merged[layer_layout.SCANNED] = jax.tree.map(
+      lambda old, new: jnp.concatenate([jnp.asarray(old[:count], new.dtype), new[count:]]),
+      pretrained[layer_layout.SCANNED],
+      fresh[layer_layout.SCANNED],
+    )
+  else:
+    merged.update({f'h_{i}': fresh[f'h_{i}'] for i in range(count, n_layer)})
+  return merged

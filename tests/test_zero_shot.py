@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import numpy_log_probs, random_lm_dir
+from helpers import numpy_log_probs
 
 from gpt_jax import cli
 from gpt_jax.weights import load_weights
@@ -30,8 +30,8 @@ ENDINGS = [
 
 
 @pytest.fixture(scope='module')
-def model(tmp_path_factory):
-  return random_lm_dir(tmp_path_factory.mktemp('zero_shot') / 'model')
+def model(random_lm):
+  return random_lm
 
 
 def _write(path, rows):
