@@ -174,6 +174,9 @@ class Checkpointer:
     self._best_metric, self._keep_best = checkpoint_config.best_metric, checkpoint_config.keep_best
     self._best_mode = checkpoint_config.best_mode
     policies = [checkpoint_managers.LatestN(n=checkpoint_config.keep)]
+    if checkpoint_config.get('keep_log_spaced', False):  # 1, 2, 5, 10, 20, 50, ...
+      steps = [m * 10**e for e in range(13) for m in (1, 2, 5)]
+      policies.append(checkpoint_managers.CustomSteps(steps=steps))
     best_fn = None
     if checkpoint_config.keep_best:
       if checkpoint_config.best_mode not in ('min', 'max'):

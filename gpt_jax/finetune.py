@@ -369,6 +369,9 @@ def run_finetuning(config, workdir, log: RunLog | None = None) -> dict:
   summary = {
     'task': task.name,
     'init': run.weights.source,
+    'n_transfer': _transfer_count(config, run.weights.model_config),  # blocks transferred
+    'model_arch': config.model.get('arch', 'transformer'),
+    'lm_coef': config.finetune.lm_coef,
     'best_step': best_step,
     'best': best,
     'test': test_scores,

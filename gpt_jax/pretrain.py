@@ -89,6 +89,7 @@ def run_pretraining(
   train_tokens: int | None = None,
   log: RunLog | None = None,
   profile_steps: tuple[int, int] | None = None,
+  probes: Callable | None = None,
 ) -> dict:
   """Pretrains GPT on next-token prediction; returns the final train and eval metrics.
 
@@ -96,6 +97,7 @@ def run_pretraining(
   shape (batch_size // process_count, seq_len + 1); `eval_batches()` returns a
   fresh iterable of the same over the validation split. If `train_batches` has
   get_state()/set_state() (grain iterators do), its position is checkpointed too.
+  `probes` (a probes.PretrainingProbes) also evaluates, and saves, at its steps.
   """
   run = _set_up(config, workdir, train_tokens)
   trainer = run.trainer
@@ -107,9 +109,13 @@ def run_pretraining(
     'tokens'
   )
 
+  probe_steps = probes.steps if probes is not None else set()
+
   def evaluate_and_log(params, step):
     metrics = evaluate(trainer, params, eval_batches())
     log.scalars(step, metrics, split='eval')
+    if step in probe_steps:
+      log.scalars(step, probes(params, step), split='zero_shot')
     return metrics
 
   with checkpoint.Checkpointer(workdir, config.checkpoint) as checkpoints:
@@ -121,7 +127,9 @@ def run_pretraining(
     first_step = int(state.step)
     log.drop_after(first_step)  # those steps are about to be rerun
     schedule = loop.Schedule(
-      is_eval_step=lambda done: done % config.train.eval_every == 0 or done == run.total_steps,
+      is_eval_step=lambda done: (
+        done % config.train.eval_every == 0 or done == run.total_steps or done in probe_steps
+      ),
       evaluate=evaluate_and_log,
       save=lambda done, state, evaluated: checkpoints.save(
         done,

@@ -80,14 +80,14 @@ def config_from_params(params) -> ModelConfig:
   )
 
 
-def _read(directory, kind: str) -> tuple[dict, ModelConfig]:
+def _read(directory, kind: str, step: int | None = None) -> tuple[dict, ModelConfig]:
   if kind == 'hf':
     return hf.load_hf_dir(directory)
   if kind == 'openai':
     return hf.load_openai_release(directory)
   from gpt_jax import checkpoint  # orbax: only needed for workdirs
 
-  params = checkpoint.load_params(directory)
+  params = checkpoint.load_params(directory, step=step)
   params = params.get('transformer', params)  # fine-tuning: {'transformer', 'classifier'}
   return params, config_from_params(params)
 
@@ -142,10 +142,13 @@ def check_vocabulary(tokenizer: TextTokenizer, model_config: ModelConfig, where)
     )
 
 
-def load_weights(source, *, tokenizer_required: bool = True, flag: str = 'source') -> Weights:
+def load_weights(
+  source, *, tokenizer_required: bool = True, flag: str = 'source', step: int | None = None
+) -> Weights:
   """The decoder weights, shape and tokenizer held by `source` (see the module docstring).
 
-  `flag` names where the user gave `source` (e.g. 'finetune.init'), for errors.
+  `flag` names where the user gave `source` (e.g. 'finetune.init'), for errors; `step`
+  picks a workdir's checkpoint (default: its newest readable one).
   """
   directory = resolve_source(source, flag)
   kind = source_kind(directory)
@@ -156,7 +159,11 @@ def load_weights(source, *, tokenizer_required: bool = True, flag: str = 'source
       f'needed to read text ({workdir_lib.TOKENIZER_FILE}, tokenizer.json, or '
       'vocab.json + merges.txt; gpt-jax writes it into every workdir and export)'
     )
-  params, model_config = _read(directory, kind)
+  if step is not None and kind != 'workdir':
+    raise UserError(
+      f'--step {step} picks a checkpoint of a gpt_jax workdir; {directory} is not one'
+    )
+  params, model_config = _read(directory, kind, step)
   if tokenizer is not None:
     check_vocabulary(tokenizer, model_config, directory)
   described = {

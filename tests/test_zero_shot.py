@@ -205,3 +205,73 @@ def test_probe_mistakes_are_one_line_errors(model, tmp_path, capsys, flags, mess
   )
   error = capsys.readouterr().err
   assert error.startswith('gpt-jax: error: ') and message in error, error
+
+
+def _sum_log_prob(weights, context_ids, scored_ids) -> float:
+  """The scored tokens' total log-probability after the context: numpy float64."""
+  tokens = np.asarray(context_ids + scored_ids)
+  log_probs = numpy_log_probs(weights.params, weights.model_config, tokens[:-1])
+  targets = np.arange(len(context_ids) - 1, len(tokens) - 1)
+  return float(log_probs[targets, tokens[targets + 1]].sum())
+
+
+PRONOUNS = [
+  # (sentence, pronoun as text or [start, end], candidates, what stands before / after it)
+  ('the parser called the module because it was ready', 'it', ['the parser', 'the module']),
+  ('when the server failed the client saw it', [38, 40], ['the server', 'the client']),
+  ('it returns a list of names', 'it', ['the function', 'the method']),
+]
+
+
+def test_substitution_scores_are_sums_of_the_rest_of_the_sentence(model, tmp_path):
+  from gpt_jax import sharding, zero_shot
+  from gpt_jax.scoring import Scorer
+  from gpt_jax.tasks.task import pronoun_example
+
+  weights = load_weights(model)
+  tokenizer = weights.tokenizer
+  expected = []
+  for sentence, pronoun, candidates in PRONOUNS:
+    start = sentence.index('it') if isinstance(pronoun, str) else pronoun[0]
+    before, rest = sentence[:start], sentence[start + 2 :]
+    row = []
+    for candidate in candidates:
+      if rest:
+        context = tokenizer.encode(before + candidate)
+        scored = tokenizer.encode(before + candidate + rest)[len(context) :]
+      else:  # the pronoun ends the sentence: the candidate is scored after what precedes it
+        context = tokenizer.encode(before.rstrip())
+        scored = tokenizer.encode(before + candidate)[len(context) :]
+      row.append(_sum_log_prob(weights, context, scored))
+    expected.append(row)
+  examples = [pronoun_example(s, p, c, 'test') for s, p, c in PRONOUNS]
+  assert examples[1]['pronoun'] == 'it' and examples[1]['pronoun_start'] == 38
+  mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+  scorer = Scorer(weights.params, weights.model_config, mesh, 8, 64)
+  ours = zero_shot.substitution_scores(scorer, tokenizer, examples)
+  np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_substitution_finds_the_models_own_continuation(model, tmp_path):
+  """The right candidate is the model's greedy next word and the rest its greedy text after it:
+  the probe must pick it every time, whichever position it has."""
+  from gpt_jax import sample
+
+  weights = load_weights(model)
+  greedy = sample.generate_text(
+    weights.params, weights.model_config, weights.tokenizer, STORIES, 8, temperature=0.0
+  )
+  rows = []
+  firsts = [text.split()[0] for text in greedy if len(text.split()) > 1]
+  for i, (story, text) in enumerate((s, t) for s, t in zip(STORIES, greedy) if len(t.split()) > 1):
+    right, *rest = text.split()
+    wrong = next(word for word in [*firsts, 'module'] if word != right)
+    sentence = f'{story} {right} {" ".join(rest)}'
+    span = [len(story) + 1, len(story) + 1 + len(right)]
+    candidates = [right, wrong] if i % 2 == 0 else [wrong, right]
+    rows.append({'sentence': sentence, 'pronoun': span, 'candidates': candidates, 'label': i % 2})
+  dev = _write(tmp_path / 'dev.jsonl', rows)
+  result = _eval(model, tmp_path, '--config.task.kind=pronoun', f'--config.task.validation={dev}')
+  assert result['zero_shot'] == 'substitution'
+  validation = result['splits']['validation']
+  assert validation['accuracy'] == 1.0 and validation['chance'] == 0.5
