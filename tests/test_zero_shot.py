@@ -250,28 +250,3 @@ def test_substitution_scores_are_sums_of_the_rest_of_the_sentence(model, tmp_pat
   scorer = Scorer(weights.params, weights.model_config, mesh, 8, 64)
   ours = zero_shot.substitution_scores(scorer, tokenizer, examples)
   np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
-
-
-def test_substitution_finds_the_models_own_continuation(model, tmp_path):
-  """The right candidate is the model's greedy next word and the rest its greedy text after it:
-  the probe must pick it every time, whichever position it has."""
-  from gpt_jax import sample
-
-  weights = load_weights(model)
-  greedy = sample.generate_text(
-    weights.params, weights.model_config, weights.tokenizer, STORIES, 8, temperature=0.0
-  )
-  rows = []
-  firsts = [text.split()[0] for text in greedy if len(text.split()) > 1]
-  for i, (story, text) in enumerate((s, t) for s, t in zip(STORIES, greedy) if len(t.split()) > 1):
-    right, *rest = text.split()
-    wrong = next(word for word in [*firsts, 'module'] if word != right)
-    sentence = f'{story} {right} {" ".join(rest)}'
-    span = [len(story) + 1, len(story) + 1 + len(right)]
-    candidates = [right, wrong] if i % 2 == 0 else [wrong, right]
-    rows.append({'sentence': sentence, 'pronoun': span, 'candidates': candidates, 'label': i % 2})
-  dev = _write(tmp_path / 'dev.jsonl', rows)
-  result = _eval(model, tmp_path, '--config.task.kind=pronoun', f'--config.task.validation={dev}')
-  assert result['zero_shot'] == 'substitution'
-  validation = result['splits']['validation']
-  assert validation['accuracy'] == 1.0 and validation['chance'] == 0.5
