@@ -76,6 +76,11 @@ def get_config() -> ml_collections.ConfigDict:
       # 1 on TPU / GPU, where it would only save dispatches. Calls end at evaluations and
       # saves, so use a divisor of eval_every and every_steps.
       steps_per_call=0,
+      # Zero-shot probes during pretraining (the paper's figure 2, right; gpt_jax/probes.py):
+      # task configs with a probe, comma-separated ('': none), e.g. finetune/sst2,finetune/cola
+      zero_shot='',
+      zero_shot_every='log',  # 'log' (1, 2, 5, 10, 20, 50, ... and the last) or steps: 100,1000
+      zero_shot_batch_size=8,  # rows per scoring batch
     )
   )
 
@@ -89,6 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
       best_metric='eval_loss',
       best_mode='min',
       async_save=True,  # write files in the background while training goes on
+      keep_log_spaced=False,  # also keep steps 1, 2, 5, 10, 20, 50, ... (zero-shot curves)
     )
   )
 

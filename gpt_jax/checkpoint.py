@@ -67,6 +67,7 @@ class CheckpointConfig:
   best_metric: str
   best_mode: str  # 'min' or 'max'
   async_save: bool
+  keep_log_spaced: bool  # also keep steps 1, 2, 5, 10, 20, 50, ... (zero-shot curves)
 
   @classmethod
   def from_config(cls, section: ml_collections.ConfigDict) -> 'CheckpointConfig':
@@ -252,6 +253,9 @@ class Checkpointer:
     self._quiet = _quiet_leftovers_of_a_failed_read()
     self._quiet.__enter__()
     policies = [checkpoint_managers.LatestN(n=checkpoint_config.keep)]
+    if checkpoint_config.keep_log_spaced:  # 1, 2, 5, 10, 20, 50, ...
+      steps = [m * 10**e for e in range(13) for m in (1, 2, 5)]
+      policies.append(checkpoint_managers.CustomSteps(steps=steps))
     best_fn = None
     if checkpoint_config.keep_best:
       if checkpoint_config.best_mode not in ('min', 'max'):

@@ -149,6 +149,7 @@ def _pretrain(args, overrides) -> None:
       data.train_tokens,
       log,
       _profile_window(args.profile),
+      _pretraining_probes(config, data),
     )
   except BaseException:
     # Flushes TensorBoard and draws curves.png after an error too; on a full disk that may
@@ -163,6 +164,24 @@ def _pretrain(args, overrides) -> None:
     f'done: eval loss {result["eval"]["loss"]:.4f} | '
     f'perplexity {result["eval"]["perplexity"]:.2f} | unigram entropy of the corpus '
     f'{data.store.unigram_entropy():.4f} nats | curves in {workdir / "curves.png"}'
+  )
+
+
+def _pretraining_probes(config, data):
+  """train.zero_shot's probes (gpt_jax.probes), or None when it names none."""
+  if not config.train.get('zero_shot', ''):
+    return None
+  from gpt_jax import pretrain, probes, sharding
+  from gpt_jax.model import ModelConfig
+
+  model_config = ModelConfig.from_config(config.model)
+  return probes.PretrainingProbes(
+    config.train,
+    model_config,
+    data.tokenizer,
+    sharding.make_mesh(config.mesh),
+    model_config.n_ctx,  # as `eval --zero_shot` scores: the same numbers
+    pretrain.resolve_num_steps(config.train, data.train_tokens),
   )
 
 
@@ -425,7 +444,9 @@ def _eval_zero_shot(args, overrides) -> dict:
       'with --config.task.validation=FILE --config.task.verbalizer=...)'
     )
   config = config_lib.load_config(args.config, overrides)
-  weights = load_weights(args.workdir or args.init, flag='--workdir' if args.workdir else '--init')
+  weights = load_weights(
+    args.workdir or args.init, flag='--workdir' if args.workdir else '--init', step=args.step
+  )
   result = evaluation.zero_shot_task(
     weights,
     config,
@@ -435,7 +456,7 @@ def _eval_zero_shot(args, overrides) -> dict:
     split=args.split,
     task_file=args.task_file,
   )
-  return {**result, 'source': weights.source}
+  return {**result, 'source': weights.source, 'step': args.step}
 
 
 def _eval_finetuned(args, overrides, config) -> dict:
@@ -487,6 +508,9 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
     help="score the --config task with the language model alone (the paper's zero-shot probes)",
   )
   parser.add_argument('--config', help='the task of --zero_shot (finetune/sst2, finetune/local)')
+  parser.add_argument(
+    '--step', type=int, help='--zero_shot: the --workdir checkpoint to probe (default: newest)'
+  )
   parser.add_argument(
     '--task_file',
     help='a task file (.jsonl/.csv/.tsv) to score instead of '
@@ -587,6 +611,20 @@ def _add_sample_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--seed', type=int, default=0)
 
 
+def _analysis(args, overrides) -> None:
+  """The paper's section 5: layers transferred and zero-shot probes (figure 2), ablations
+  (table 5), drawn as PNG and written as JSON / Markdown from runs (or, for layers, a sweep)."""
+  from gpt_jax.analysis import commands
+
+  commands.COMMANDS[args.analysis](args, overrides)
+
+
+def _add_analysis_flags(parser: argparse.ArgumentParser) -> None:
+  from gpt_jax.analysis import commands
+
+  commands.add_flags(parser)
+
+
 # mode name -> (function of (args, config overrides), help, flag adders)
 MODES: dict[str, tuple[Callable[..., None], str, list[Callable[..., None]]]] = {
   'tokenizer': (
@@ -636,6 +674,11 @@ MODES: dict[str, tuple[Callable[..., None], str, list[Callable[..., None]]]] = {
     _export,
     'write a workdir as a Hugging Face openai-gpt directory (safetensors)',
     [_add_export_flags],
+  ),
+  'analysis': (
+    _analysis,
+    "the paper's section 5: layers transferred, zero-shot curves, the ablation table",
+    [_add_analysis_flags],
   ),
   'glue-submission': (
     _glue_submission,

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import jax
 import ml_collections
+import numpy as np
 from etils import epath
 
 from gpt_jax import checkpoint, glue, layer_layout, loop, sharding
@@ -33,7 +34,13 @@ from gpt_jax.tasks.batches import batches
 from gpt_jax.tasks.load import load_task
 from gpt_jax.tasks.task import Task
 from gpt_jax.train import TrainConfig, Trainer, TrainState, make_finetuner
-from gpt_jax.weights import Weights, load_weights, with_token_ids
+from gpt_jax.weights import (
+  Weights,
+  load_weights,
+  transfer_count,
+  transferred,
+  with_token_ids,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +49,7 @@ class FinetuneConfig:
 
   init: str  # a pretraining workdir or a Hugging Face directory
   random_init: bool  # init's shape and tokenizer, random weights (the paper's ablation)
+  n_transfer: str  # 'all', or -1 / 0 / K: the pretrained blocks kept (OpenAI's --n_transfer)
   keep_special_rows: bool  # keep the rows <s>, $ and <e> have instead of drawing new ones
   lm_coef: float  # weight of the auxiliary language-model loss
   lm_chunk: int  # LM logits are made this many positions per sequence at a time
@@ -56,8 +64,8 @@ class FinetuneConfig:
 def load_init(config: ml_collections.ConfigDict) -> Weights:
   """The weights finetune.init names, grown by the fine-tuning tokens and set to the config's numerics.
 
-  With finetune.random_init the shape and tokenizer are kept and `params` is None
-  (the paper's no-pretraining ablation).
+  With finetune.random_init (or n_transfer=-1) the shape and tokenizer are kept and
+  `params` is None (the paper's no-pretraining ablation).
   """
   if not config.finetune.init:
     raise UserError(
@@ -76,11 +84,17 @@ def load_init(config: ml_collections.ConfigDict) -> Weights:
     config.train.seed,
     redraw=() if config.finetune.keep_special_rows else special,
   )
-  if config.finetune.random_init:
+  count = _transfer_count(config, weights.model_config)
+  if count == -1:
     weights = dataclasses.replace(
       weights,
       params=None,
       source=(f'random initialisation (model shape and tokenizer of {config.finetune.init})'),
+    )
+  elif count < weights.model_config.n_layer:
+    weights = dataclasses.replace(
+      weights,
+      source=f'{weights.source}: the embeddings and the first {count} blocks (n_transfer)',
     )
   # Fine-tuning keeps the pretrained shape; numerics and dropout come from the config.
   model_config = dataclasses.replace(
@@ -98,6 +112,12 @@ def load_init(config: ml_collections.ConfigDict) -> Weights:
   if params is not None:  # the weights' block layout may differ from the config's
     params = layer_layout.convert(params, model_config.scan_layers)
   return dataclasses.replace(weights, params=params, model_config=model_config)
+
+
+def _transfer_count(finetune_config: 'FinetuneConfig', model_config) -> int:
+  return transfer_count(
+    finetune_config.n_transfer, finetune_config.random_init, model_config.n_layer
+  )
 
 
 @dataclasses.dataclass
@@ -174,7 +194,11 @@ def _set_up(config: ml_collections.ConfigDict) -> _Run:
 
 
 def _initial_state(run: _Run) -> TrainState:
-  """A fresh state: the loaded decoder (or random weights) and a new classifier."""
+  """A fresh state: the loaded decoder (or random weights) and a new classifier.
+
+  Blocks finetune.n_transfer leaves out keep the fresh state's draws, so they equal a
+  random_init run's.
+  """
   rng = jax.random.key(run.train_config.seed)
   state = run.trainer.init(rng)
   if run.weights.params is None:
@@ -182,8 +206,13 @@ def _initial_state(run: _Run) -> TrainState:
   checkpoint.check_compatible(
     run.weights.params, run.trainer.abstract_state.params['transformer'], run.finetune_config.init
   )
+  decoder = transferred(
+    run.weights.params,
+    state.params['transformer'],
+    _transfer_count(run.finetune_config, run.weights.model_config),
+  )
   return run.trainer.from_params(
-    {'transformer': run.weights.params, 'classifier': state.params['classifier']}, rng
+    {'transformer': decoder, 'classifier': state.params['classifier']}, rng
   )
 
 
@@ -241,12 +270,16 @@ def _train(
   predictor = _predictor(run)
   truncated: dict[str, int] = {}
 
+  scored = {**task.validation, **_train_eval_split(run, config)}
+
   def evaluate(params, step):
     scores = {}
-    for split, examples in task.validation.items():
-      split_scores, _, truncated[split] = predictor.score(
+    for split, examples in scored.items():
+      split_scores, _, count = predictor.score(
         params, examples, run.finetune_config.eval_batch_size
       )
+      if split != 'train':  # the training split's truncations are counted as it is trained on
+        truncated[split] = count
       scores.update({f'{split}_{name}': value for name, value in split_scores.items()})
     log.scalars(step, {'epoch': step / run.steps_per_epoch, **scores}, split='validation')
     return scores
@@ -299,6 +332,17 @@ def _train(
     best = checkpoints.best()
   truncated['train'] = train_batches.total(len(run.train_examples))
   return outcome, best, truncated
+
+
+def _train_eval_split(run: _Run, config) -> dict:
+  """{'train': the fixed training examples scored each epoch} (task.train_eval_examples of
+  them, drawn once by train.seed; none by default)."""
+  count = config.task.get('train_eval_examples', 0)
+  if count <= 0:
+    return {}
+  total = len(run.train_examples)
+  chosen = np.random.default_rng(config.train.seed).permutation(total)[: min(count, total)]
+  return {'train': [run.train_examples[int(i)] for i in sorted(chosen)]}
 
 
 def _best_metric(task: Task) -> str:
@@ -384,6 +428,9 @@ def run_finetuning(config: ml_collections.ConfigDict, workdir, log: RunLog | Non
   summary = {
     'task': task.name,
     'init': run.weights.source,
+    'n_transfer': _transfer_count(config, run.weights.model_config),  # blocks transferred
+    'model_arch': config.model.get('arch', 'transformer'),
+    'lm_coef': config.finetune.lm_coef,
     'best_step': best_step,
     'best': best,
     'test': test_scores,

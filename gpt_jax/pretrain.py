@@ -10,6 +10,7 @@ after which it returns with `preempted` True.
 import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,9 @@ from gpt_jax.model import ModelConfig
 from gpt_jax.optim import OptimConfig
 from gpt_jax.report import RunLog, StepProfiler
 from gpt_jax.train import TrainConfig, Trainer, make_pretrainer
+
+if TYPE_CHECKING:
+  from gpt_jax.probes import PretrainingProbes
 
 
 def resolve_num_steps(train_config: TrainConfig, train_tokens: int | None) -> int:
@@ -95,6 +99,7 @@ def run_pretraining(
   train_tokens: int | None = None,
   log: RunLog | None = None,
   profile_steps: tuple[int, int] | None = None,
+  probes: 'PretrainingProbes | None' = None,
 ) -> dict:
   """Pretrains GPT on next-token prediction; returns the final train and eval metrics.
 
@@ -102,6 +107,7 @@ def run_pretraining(
   shape (batch_size // process_count, seq_len + 1); `eval_batches()` returns a
   fresh iterable of the same over the validation split. If `train_batches` has
   get_state()/set_state() (grain iterators do), its position is checkpointed too.
+  `probes` (a probes.PretrainingProbes) also evaluates, and saves, at its steps.
   """
   train_config = TrainConfig.from_config(config.train)
   checkpoint_config = checkpoint.CheckpointConfig.from_config(config.checkpoint)
@@ -115,9 +121,13 @@ def run_pretraining(
     'tokens'
   )
 
+  probe_steps = probes.steps if probes is not None else set()
+
   def evaluate_and_log(params, step):
     metrics = evaluate(trainer, params, eval_batches())
     log.scalars(step, metrics, split='eval')
+    if probes is not None and step in probe_steps:
+      log.scalars(step, probes(params, step), split='zero_shot')
     return metrics
 
   with checkpoint.Checkpointer(workdir, checkpoint_config) as checkpoints:
@@ -129,7 +139,9 @@ def run_pretraining(
     first_step = int(state.step)
     log.drop_after(first_step)  # those steps are about to be rerun
     schedule = loop.Schedule(
-      is_eval_step=lambda done: done % train_config.eval_every == 0 or done == run.total_steps,
+      is_eval_step=lambda done: (
+        done % train_config.eval_every == 0 or done == run.total_steps or done in probe_steps
+      ),
       evaluate=evaluate_and_log,
       save=lambda done, state, evaluated: checkpoints.save(
         done,

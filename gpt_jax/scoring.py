@@ -34,7 +34,10 @@ class Scorer:
       lambda: model.init(jax.random.key(0), jnp.zeros((1, length), jnp.int32))['params']
     )
     param_shardings = sharding.param_shardings(abstract, mesh)
-    self.params = jax.device_put(nn.unbox(params), param_shardings)
+    self._param_shardings = param_shardings
+    self.params = None
+    if params is not None:
+      self.set_params(params)
 
     def score(params, rows):
       # asarray, not .astype: Flax types apply's result as logits or (logits, variables).
@@ -50,6 +53,10 @@ class Scorer:
       in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
       out_shardings=(replicated, replicated),
     )
+
+  def set_params(self, params) -> None:
+    """Scores with `params` from now on (same shapes; no recompilation)."""
+    self.params = jax.device_put(nn.unbox(params), self._param_shardings)
 
   def score(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(log-probabilities, greedy flags), both (n, width - 1), for int rows (n, width).

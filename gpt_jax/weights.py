@@ -21,6 +21,7 @@ is recognised, and its model shape derived, in exactly one place.
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 from etils import epath
 
 from gpt_jax import hf, layer_layout
@@ -86,14 +87,14 @@ def config_from_params(params) -> ModelConfig:
   )
 
 
-def _read(directory, kind: str) -> tuple[dict, ModelConfig]:
+def _read(directory, kind: str, step: int | None = None) -> tuple[dict, ModelConfig]:
   if kind == 'hf':
     return hf.load_hf_dir(directory)
   if kind == 'openai':
     return hf.load_openai_release(directory)
   from gpt_jax import checkpoint  # orbax: only needed for workdirs
 
-  params = checkpoint.load_params(directory)
+  params = checkpoint.load_params(directory, step=step)
   params = params.get('transformer', params)  # fine-tuning: {'transformer', 'classifier'}
   return params, config_from_params(params)
 
@@ -148,10 +149,13 @@ def check_vocabulary(tokenizer: TextTokenizer, model_config: ModelConfig, where)
     )
 
 
-def load_weights(source, *, tokenizer_required: bool = True, flag: str = 'source') -> Weights:
+def load_weights(
+  source, *, tokenizer_required: bool = True, flag: str = 'source', step: int | None = None
+) -> Weights:
   """The decoder weights, shape and tokenizer held by `source` (see the module docstring).
 
-  `flag` names where the user gave `source` (e.g. 'finetune.init'), for errors.
+  `flag` names where the user gave `source` (e.g. 'finetune.init'), for errors; `step`
+  picks a workdir's checkpoint (default: its newest readable one).
   """
   directory = resolve_source(source, flag)
   kind = source_kind(directory)
@@ -162,7 +166,11 @@ def load_weights(source, *, tokenizer_required: bool = True, flag: str = 'source
       f'needed to read text ({workdir_lib.TOKENIZER_FILE}, tokenizer.json, or '
       'vocab.json + merges.txt; gpt-jax writes it into every workdir and export)'
     )
-  params, model_config = _read(directory, kind)
+  if step is not None and kind != 'workdir':
+    raise UserError(
+      f'--step {step} picks a checkpoint of a gpt_jax workdir; {directory} is not one'
+    )
+  params, model_config = _read(directory, kind, step)
   if tokenizer is not None:
     check_vocabulary(tokenizer, model_config, directory)
   described = {
@@ -194,3 +202,59 @@ def with_token_ids(weights: Weights, token_ids, seed: int, *, redraw=()) -> Weig
     params=params,
     model_config=dataclasses.replace(weights.model_config, vocab_size=needed),
   )
+
+
+ALL_LAYERS = 'all'  # finetune.n_transfer's default: the embeddings and every block
+
+
+def transfer_count(n_transfer, random_init: bool, n_layer: int) -> int:
+  """finetune.n_transfer as a number of blocks, OpenAI's meaning: -1 nothing, 0 the embeddings
+  only, K the embeddings and the first K blocks ('all': n_layer).
+
+  finetune.random_init=True is n_transfer=-1; with any other n_transfer it is a contradiction.
+  """
+  text = str(n_transfer).strip()
+  if text == ALL_LAYERS:
+    count = -1 if random_init else n_layer
+  else:
+    count = int(text) if text.lstrip('-').isdigit() else n_layer + 1  # n_layer + 1: invalid
+    if not -1 <= count <= n_layer:
+      raise UserError(
+        f'finetune.n_transfer={n_transfer!r}: use -1 (nothing), 0 (the embeddings), 1 to '
+        f"{n_layer} (the embeddings and that many first blocks) or '{ALL_LAYERS}'"
+      )
+    if random_init and count != -1:
+      raise UserError(
+        f'finetune.random_init=True transfers nothing, but finetune.n_transfer={count}; '
+        'drop one of the two (random_init is n_transfer=-1)'
+      )
+  return count
+
+
+def transferred(pretrained: dict, fresh: dict, count: int) -> dict:
+  """Decoder parameters: `pretrained`'s embeddings and first `count` blocks, `fresh`'s rest.
+
+  Both trees are one decoder's, in the same block layout (stacked blocks are split on their
+  leading 'layers' axis). `count` is a transfer_count; with n_layer it is `pretrained`.
+  """
+  has_blocks = layer_layout.SCANNED in fresh or 'h_0' in fresh
+  n_layer = layer_layout.num_layers(fresh) if has_blocks else None
+  if n_layer is None or count == n_layer:
+    if count not in (-1, n_layer):
+      raise UserError(
+        f'finetune.n_transfer={count} counts Transformer blocks; this model has none '
+        "(use -1 or 'all')"
+      )
+    return fresh if count == -1 else pretrained
+  if count == -1:
+    return fresh
+  merged = dict(pretrained)  # the embeddings
+  if layer_layout.is_scanned(fresh):
+    merged[layer_layout.SCANNED] = jax.tree.map(
+      lambda old, new: jnp.concatenate([jnp.asarray(old[:count], new.dtype), new[count:]]),
+      pretrained[layer_layout.SCANNED],
+      fresh[layer_layout.SCANNED],
+    )
+  else:
+    merged.update({f'h_{i}': fresh[f'h_{i}'] for i in range(count, n_layer)})
+  return merged

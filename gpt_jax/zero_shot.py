@@ -12,7 +12,16 @@ A task is scored by the language model alone, without a head or fine-tuning:
   acceptability  CoLA: the mean token log-probability of the text itself,
                  thresholded at task.acceptability_threshold, or, when that is
                  NaN, where the split's share of positive predictions equals the
-                 share of positive labels in the training split.
+                 share of positive labels in the training split;
+  substitution   pronoun tasks (DPRD, Winograd schemas): each candidate is put in
+                 the pronoun's place and the rest of the sentence after it is
+                 scored by its total log-probability (Trinh & Le's partial
+                 scoring, the paper's rule); the likeliest rest wins. A pronoun
+                 that ends the sentence scores the candidate itself.
+
+Every split's result holds `chance`: the task's first metric for a uniform random
+guess among the probe's answers (1 / answers for accuracy, 0 for MCC and
+correlations), the 0 of the paper's relative-performance plot.
 
 task.prompt formats what the model reads from an example's fields
 ('{text} very'); answers follow it after one space. A context and answer are
@@ -30,7 +39,7 @@ from gpt_jax.scoring import Scorer, score_continuations
 from gpt_jax.tasks import metrics as task_metrics
 from gpt_jax.tasks.task import FIELDS, Task
 
-METHODS = ('choices', 'verbalizer', 'acceptability')
+METHODS = ('choices', 'verbalizer', 'acceptability', 'substitution')
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -80,6 +89,8 @@ def probe_for(task: Task, task_config) -> Probe:
   if score not in ('mean', 'sum'):
     raise UserError(f"task.zero_shot_score={score!r}: use 'mean' or 'sum'")
   prompt = task_config.get('prompt', '')
+  if task.kind == 'pronoun':
+    return Probe('substitution', prompt, score='sum')
   if task_config.get('acceptability', False):
     if task.labels is None or len(task.labels) != 2:
       raise UserError(
@@ -122,9 +133,30 @@ def answer_scores(scorer: Scorer, tokenizer, contexts, answers, score: str) -> n
   return np.asarray(values, np.float64).reshape(len(contexts), -1)
 
 
+def substitution_requests(tokenizer, example: dict) -> list[tuple[list[int], list[int]]]:
+  """(context ids, scored ids) per candidate: the sentence up to the pronoun with the
+  candidate in its place, then the rest of the sentence."""
+  sentence, start = example['sentence'], example['pronoun_start']
+  before, rest = sentence[:start], sentence[start + len(example['pronoun']) :]
+  if not rest.strip():
+    return [encode_pair(tokenizer, before, candidate) for candidate in example['candidates']]
+  return [encode_pair(tokenizer, before + candidate, rest) for candidate in example['candidates']]
+
+
+def substitution_scores(scorer: Scorer, tokenizer, examples) -> np.ndarray:
+  """(examples, candidates): each substitution's summed log-probability of the rest."""
+  requests = [
+    request for example in examples for request in substitution_requests(tokenizer, example)
+  ]
+  totals = [total for total, _, _ in score_continuations(scorer, requests)]
+  return np.asarray(totals, np.float64).reshape(len(examples), -1)
+
+
 def predict(scorer: Scorer, tokenizer, task: Task, probe: Probe, examples) -> np.ndarray:
   """The probe's prediction (class or choice index) for every example."""
   examples = [examples[i] for i in range(len(examples))]
+  if probe.method == 'substitution':
+    return substitution_scores(scorer, tokenizer, examples).argmax(-1)
   contexts = [probe.context(task.kind, example) for example in examples]
   if probe.method == 'acceptability':
     requests = [(([prefix_id(tokenizer)]), tokenizer.encode(context)) for context in contexts]
@@ -167,6 +199,28 @@ def evaluate(scorer: Scorer, tokenizer, task: Task, probe: Probe, splits: dict) 
     results[split] = {
       **task_metrics.task_metrics(names, predictions, labels),
       'majority_baseline': float(counts.max() / len(labels)),
+      'metric': task.metrics[0],
+      'chance': chance_level(task.metrics[0], _answers(task, probe, examples), labels),
       'examples': len(labels),
     }
   return results
+
+
+def _answers(task: Task, probe: Probe, examples) -> int:
+  """How many answers the probe chooses among."""
+  if probe.method == 'choices':
+    return len(examples[0]['choices'])
+  if probe.method == 'substitution':
+    return len(examples[0]['candidates'])
+  return len(probe.words) or len(task.labels or ())
+
+
+def chance_level(metric: str, answers: int, labels: np.ndarray) -> float:
+  """`metric` of a guess drawn uniformly among `answers`, in expectation: 1 / answers for
+  accuracy, 0 for MCC and correlations, F1 = 2p / (2p + 1) for a positive share p."""
+  if metric == 'accuracy':
+    return 1.0 / answers
+  if metric == 'f1':
+    positive = float(np.mean(labels == 1))
+    return 2 * positive / (2 * positive + 1)
+  return 0.0

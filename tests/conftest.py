@@ -44,3 +44,11 @@ def gcs():
     else:
       os.environ[name] = value
   server.stop()
+
+
+@pytest.fixture(scope='session')
+def random_lm(tmp_path_factory):
+  """helpers.random_lm_dir, made once for the session (Hugging Face format, GPT-1 BPE)."""
+  from helpers import random_lm_dir
+
+  return random_lm_dir(tmp_path_factory.mktemp('random_lm') / 'model')

@@ -11,7 +11,7 @@ import lm_eval  # the `eval` extra; the `test` extra installs it too
 import numpy as np
 import pytest
 import tomllib
-from helpers import numpy_log_probs, random_lm_dir
+from helpers import numpy_log_probs
 from lm_eval.api.instance import Instance
 from lm_eval.tasks import TaskManager
 from test_zero_shot import ENDINGS, LOCAL, STORIES
@@ -48,8 +48,8 @@ metric_list:
 
 
 @pytest.fixture(scope='module')
-def model(tmp_path_factory):
-  return random_lm_dir(tmp_path_factory.mktemp('harness') / 'model')
+def model(random_lm):
+  return random_lm
 
 
 @pytest.fixture(scope='module')

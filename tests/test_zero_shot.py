@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import numpy_log_probs, random_lm_dir
+from helpers import numpy_log_probs
 
 from gpt_jax import cli
 from gpt_jax.weights import load_weights
@@ -30,8 +30,8 @@ ENDINGS = [
 
 
 @pytest.fixture(scope='module')
-def model(tmp_path_factory):
-  return random_lm_dir(tmp_path_factory.mktemp('zero_shot') / 'model')
+def model(random_lm):
+  return random_lm
 
 
 def _write(path, rows):
@@ -205,3 +205,48 @@ def test_probe_mistakes_are_one_line_errors(model, tmp_path, capsys, flags, mess
   )
   error = capsys.readouterr().err
   assert error.startswith('gpt-jax: error: ') and message in error, error
+
+
+def _sum_log_prob(weights, context_ids, scored_ids) -> float:
+  """The scored tokens' total log-probability after the context: numpy float64."""
+  tokens = np.asarray(context_ids + scored_ids)
+  log_probs = numpy_log_probs(weights.params, weights.model_config, tokens[:-1])
+  targets = np.arange(len(context_ids) - 1, len(tokens) - 1)
+  return float(log_probs[targets, tokens[targets + 1]].sum())
+
+
+PRONOUNS = [
+  # (sentence, pronoun as text or [start, end], candidates, what stands before / after it)
+  ('the parser called the module because it was ready', 'it', ['the parser', 'the module']),
+  ('when the server failed the client saw it', [38, 40], ['the server', 'the client']),
+  ('it returns a list of names', 'it', ['the function', 'the method']),
+]
+
+
+def test_substitution_scores_are_sums_of_the_rest_of_the_sentence(model, tmp_path):
+  from gpt_jax import sharding, zero_shot
+  from gpt_jax.scoring import Scorer
+  from gpt_jax.tasks.task import pronoun_example
+
+  weights = load_weights(model)
+  tokenizer = weights.tokenizer
+  expected = []
+  for sentence, pronoun, candidates in PRONOUNS:
+    start = sentence.index('it') if isinstance(pronoun, str) else pronoun[0]
+    before, rest = sentence[:start], sentence[start + 2 :]
+    row = []
+    for candidate in candidates:
+      if rest:
+        context = tokenizer.encode(before + candidate)
+        scored = tokenizer.encode(before + candidate + rest)[len(context) :]
+      else:  # the pronoun ends the sentence: the candidate is scored after what precedes it
+        context = tokenizer.encode(before.rstrip())
+        scored = tokenizer.encode(before + candidate)[len(context) :]
+      row.append(_sum_log_prob(weights, context, scored))
+    expected.append(row)
+  examples = [pronoun_example(s, p, c, 'test') for s, p, c in PRONOUNS]
+  assert examples[1]['pronoun'] == 'it' and examples[1]['pronoun_start'] == 38
+  mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+  scorer = Scorer(weights.params, weights.model_config, mesh, 8, 64)
+  ours = zero_shot.substitution_scores(scorer, tokenizer, examples)
+  np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)

@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
       # max_len / bucket step shapes compile); 0: every batch padded to max_len.
       bucket=64,
       max_train_examples=-1,  # -1: every training example; N: the first N (a smoke run)
+      # Training examples scored like validation every epoch (train_accuracy ...): a fixed
+      # subset drawn once by train.seed, for train-vs-dev curves; 0: none.
+      train_eval_examples=0,
       # Offline default tasks only:
       seed=0,  # which examples, wrong texts and answer positions; not the split
       max_eval_examples=-1,  # -1: all; N: the first N of validation and of test
@@ -55,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
     dict(
       init='',  # a pretraining workdir or a Hugging Face directory (--init)
       random_init=False,  # True: init's shape and tokenizer, random weights (the paper's ablation)
+      # Pretrained layers kept (OpenAI's --n_transfer): -1 none (= random_init), 0 the
+      # embeddings, K the embeddings and the first K blocks; the rest start as a fresh model's.
+      n_transfer='all',
       # False: <s>, $ and <e> start from fresh N(0, 0.02) rows, as in the paper, also when
       # init's vocabulary already holds them (our tokenizer reserves them; pretraining never
       # feeds them). True keeps init's rows (e.g. to continue from a fine-tuned model).

@@ -9,11 +9,15 @@ separated). The fields of each kind:
                    (with regression=True the label is a number, e.g. 3.8)
   multiple_choice  {"context": "...", "choices": ["...", "...", "..."], "label": 2}
                    in CSV, columns choice_0, choice_1, ... instead of choices
+  pronoun          {"sentence": "...", "pronoun": "it", "candidates": ["...", "..."],
+                   "label": 0} (zero-shot only: the substitution probe); "pronoun" is
+                   its text (the first whole-word occurrence is resolved) or its
+                   [start, end] character offsets; CSV: candidate_0, candidate_1, ...
 
 Class labels are compared as text (1 and "1" are the same label). The label list
 is `labels` when given, else the sorted distinct labels of the train file; it is
 then fixed, and a validation or test label outside it is an error. A
-multiple-choice label is the 0-based index of the right choice, and every
+multiple-choice (or pronoun) label is the 0-based index of the right choice, and every
 example has the same number of choices. A test file may leave `label` out
 (predictions only); train and validation files may not.
 """
@@ -27,9 +31,7 @@ from gpt_jax import workdir as workdir_lib
 from gpt_jax.data.builders.local_text import decode
 from gpt_jax.errors import UserError, warn
 from gpt_jax.tasks.metrics import TASK_METRICS
-from gpt_jax.tasks.task import FIELDS, Task, check_kind
-
-_CHOICE_COLUMN = re.compile(r'choice_(\d+)')
+from gpt_jax.tasks.task import FIELDS, Task, check_kind, pronoun_example
 
 
 def _decoded(path) -> str:
@@ -86,18 +88,37 @@ def _text(row, field, where, kind):
   return value
 
 
-def _choices(row, where):
-  if 'choices' in row:
-    choices = row['choices']
+def _choices(row, where, field: str = 'choices'):
+  """A list field (choices, candidates); in CSV, columns choice_0, choice_1, ... (candidate_0 ...)."""
+  if field in row:
+    choices = row[field]
     if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
-      raise UserError(f'{where}: field "choices" must be a non-empty list of strings')
+      raise UserError(f'{where}: field "{field}" must be a non-empty list of strings')
     return choices
+  prefix = field[:-1]  # choices: choice_0 ..., candidates: candidate_0 ...
+  column = re.compile(rf'{prefix}_(\d+)')
   columns = sorted(
-    (int(match.group(1)), key) for key in row if key and (match := _CHOICE_COLUMN.fullmatch(key))
+    (int(match.group(1)), key) for key in row if key and (match := column.fullmatch(key))
   )
   if not columns:
-    raise UserError(f'{where}: field "choices" (CSV: columns choice_0, choice_1, ...) is missing')
+    raise UserError(
+      f'{where}: field "{field}" (CSV: columns {prefix}_0, {prefix}_1, ...) is missing'
+    )
   return [_text(row, key, where, 'multiple_choice') for _, key in columns]
+
+
+def _example_fields(row, where, kind) -> dict:
+  """The text fields of one example of `kind` (a pronoun's also its offset)."""
+  if kind == 'pronoun':
+    pronoun = row.get('pronoun')
+    if not isinstance(pronoun, (str, list)):
+      raise UserError(f'{where}: field "pronoun" (its text, or [start, end] offsets) is missing')
+    sentence = _text(row, 'sentence', where, kind)
+    return pronoun_example(sentence, pronoun, _choices(row, where, 'candidates'), where)
+  return {
+    field: _choices(row, where) if field == 'choices' else _text(row, field, where, kind)
+    for field in FIELDS[kind]
+  }
 
 
 def _label(raw, where, kind, labels, regression, n_choices):
@@ -107,7 +128,7 @@ def _label(raw, where, kind, labels, regression, n_choices):
       return float(raw)
     except (TypeError, ValueError):
       raise UserError(f'{where}: label {raw!r} is not a number (regression task)') from None
-  if kind == 'multiple_choice':
+  if kind in ('multiple_choice', 'pronoun'):
     try:
       index = int(raw)
     except (TypeError, ValueError):
@@ -150,10 +171,7 @@ def _examples(rows, kind, labels, regression, split, first_choices):
   """read_examples on rows already read."""
   examples = []
   for index, (where, row) in enumerate(rows):
-    example = {
-      field: _choices(row, where) if field == 'choices' else _text(row, field, where, kind)
-      for field in FIELDS[kind]
-    }
+    example = _example_fields(row, where, kind)
     if kind == 'multiple_choice':
       first_choices = first_choices or (where, len(example['choices']))
       if len(example['choices']) != first_choices[1]:
@@ -162,9 +180,8 @@ def _examples(rows, kind, labels, regression, split, first_choices):
           f'has {first_choices[1]}; every example needs the same number'
         )
     if _has_label(row):
-      example['label'] = _label(
-        row['label'], where, kind, labels, regression, len(example.get('choices', ()))
-      )
+      answers = example.get('choices', example.get('candidates', ()))
+      example['label'] = _label(row['label'], where, kind, labels, regression, len(answers))
     elif split == 'test':
       example['label'] = -1.0 if regression else -1
     else:
@@ -190,10 +207,10 @@ def load_local_task(
   Without a train file (zero-shot probes score no training data) class tasks
   need `labels`.
   """
-  check_kind(kind)
-  classes = not regression and kind != 'multiple_choice'
-  if regression and kind == 'multiple_choice':
-    raise UserError('a multiple-choice task cannot be a regression')
+  check_kind(kind, zero_shot=True)
+  classes = not regression and kind not in ('multiple_choice', 'pronoun')
+  if regression and not classes:
+    raise UserError(f'a {kind} task cannot be a regression')
   if labels is not None and not classes:
     raise UserError(
       'labels only apply to class labels; regression and multiple-choice tasks take numbers'

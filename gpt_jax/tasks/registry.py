@@ -31,7 +31,7 @@ import tensorflow_datasets as tfds
 import tensorflow_datasets.text  # noqa: F401  registers the legacy builders, among them 'glue'
 
 from gpt_jax.errors import UserError, warn
-from gpt_jax.tasks.task import Task, TaskShape
+from gpt_jax.tasks.task import Task, TaskShape, pronoun_example
 
 # ---------------------------------------------------------------------------
 # The registry: each entry maps a TFDS dataset's features (as its builder in
@@ -109,6 +109,15 @@ def _story_cloze_examples(record) -> list[dict]:
       'label': label - 1 if label > 0 else -1,
     }
   ]
+
+
+def _dprd_examples(record) -> list[dict]:
+  """DPRD (Rahman & Ng 2012): a sentence, its pronoun, two candidate antecedents, the right one."""
+  sentence = _text(record['sentence'])
+  candidates = [_text(c) for c in record['candidates']]
+  where = f'definite_pronoun_resolution sentence {sentence!r}'
+  example = pronoun_example(sentence, _text(record['pronoun']), candidates, where)
+  return [{**example, 'label': int(record['label'])}]
 
 
 _GLUE_PAIR = {'text_a': 'sentence1', 'text_b': 'sentence2'}
@@ -227,6 +236,18 @@ TFDS_TASKS = {
     train='validation[:90%]',
     validation=('validation[90%:]',),
     convert=_story_cloze_examples,
+    choices=2,
+  ),
+  # Zero-shot only (the substitution probe); no validation split: its test split is scored.
+  'dprd': TfdsTask(
+    'definite_pronoun_resolution',
+    'pronoun',
+    {},
+    None,
+    ('accuracy',),
+    validation=('test',),
+    test=(),
+    convert=_dprd_examples,
     choices=2,
   ),
 }

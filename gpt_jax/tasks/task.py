@@ -3,15 +3,19 @@
 Examples are plain dicts holding the text fields `FIELDS[kind]`, `label` (a
 class index, a float score for regression, or the index of the right choice;
 -1 where a split has no labels) and `index` (the example's id in its split, as a
-GLUE submission numbers it).
+GLUE submission numbers it). A pronoun example (DPRD, Winograd schemas; scored
+zero-shot only) also holds `pronoun_start`, the pronoun's character offset in
+its sentence.
 """
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 
 from gpt_jax.errors import UserError
 
 KINDS = ('classification', 'entailment', 'similarity', 'multiple_choice')
+ZERO_SHOT_KINDS = ('pronoun',)  # kinds only the zero-shot probes score (no input transformation)
 
 # The text fields of an example of each kind, in layout order.
 FIELDS = {
@@ -19,6 +23,7 @@ FIELDS = {
   'entailment': ('premise', 'hypothesis'),
   'similarity': ('text_a', 'text_b'),
   'multiple_choice': ('context', 'choices'),  # choices: a list of strings
+  'pronoun': ('sentence', 'pronoun', 'candidates'),  # candidates: the pronoun's antecedents
 }
 
 # How the model's task head reads each kind's sequences (see model.GPTForTask).
@@ -30,10 +35,40 @@ HEAD_LAYOUTS = {
 }
 
 
-def check_kind(kind: str) -> str:
-  if kind not in KINDS:
+def check_kind(kind: str, zero_shot: bool = False) -> str:
+  """`kind`, if fine-tuning (or, with `zero_shot`, a zero-shot probe) can read it."""
+  if kind in ZERO_SHOT_KINDS and not zero_shot:
+    raise UserError(
+      f'a {kind} task is scored zero-shot only (gpt-jax eval --zero_shot); it has no '
+      f'input transformation to fine-tune with; fine-tuning kinds: {", ".join(KINDS)}'
+    )
+  if kind not in KINDS + ZERO_SHOT_KINDS:
     raise UserError(f'unknown task kind {kind!r}; expected one of: {", ".join(KINDS)}')
   return kind
+
+
+def pronoun_example(sentence: str, pronoun, candidates: list, where: str) -> dict:
+  """A pronoun example's fields; `pronoun` is [start, end] character offsets or text, of
+  which the first whole-word occurrence is the one to resolve (DPRD's rule)."""
+  start, end = _pronoun_span(sentence, pronoun, where)
+  return {
+    'sentence': sentence,
+    'pronoun': sentence[start:end],
+    'candidates': list(candidates),
+    'pronoun_start': start,
+  }
+
+
+def _pronoun_span(sentence: str, pronoun, where: str) -> tuple[int, int]:
+  if isinstance(pronoun, (list, tuple)):
+    start, end = (int(x) for x in pronoun)
+    if not 0 <= start < end <= len(sentence):
+      raise UserError(f'{where}: pronoun span {list(pronoun)} lies outside the sentence')
+    return start, end
+  match = re.search(rf'(?<!\w){re.escape(pronoun)}(?!\w)', sentence)
+  if not pronoun or match is None:
+    raise UserError(f'{where}: the pronoun {pronoun!r} is not a word of the sentence')
+  return match.start(), match.end()
 
 
 @dataclasses.dataclass(frozen=True)
