@@ -25,7 +25,7 @@ from gpt_jax import config as config_lib
 from gpt_jax import workdir as workdir_lib
 from gpt_jax.data.tokenizer import TextTokenizer
 from gpt_jax.errors import UserError
-from gpt_jax.model import GPTForTask
+from gpt_jax.model import GPTForTask, ModelConfig
 from gpt_jax.optim import OptimConfig
 from gpt_jax.predict import TaskPredictor, TruncationCount, split_metrics
 from gpt_jax.report import RunLog
@@ -84,7 +84,7 @@ def load_init(config: ml_collections.ConfigDict) -> Weights:
     config.train.seed,
     redraw=() if config.finetune.keep_special_rows else special,
   )
-  count = _transfer_count(config, weights.model_config)
+  count = _transfer_count(FinetuneConfig.from_config(config.finetune), weights.model_config)
   if count == -1:
     weights = dataclasses.replace(
       weights,
@@ -114,7 +114,7 @@ def load_init(config: ml_collections.ConfigDict) -> Weights:
   return dataclasses.replace(weights, params=params, model_config=model_config)
 
 
-def _transfer_count(finetune_config: 'FinetuneConfig', model_config) -> int:
+def _transfer_count(finetune_config: 'FinetuneConfig', model_config: ModelConfig) -> int:
   return transfer_count(
     finetune_config.n_transfer, finetune_config.random_init, model_config.n_layer
   )

@@ -1,5 +1,6 @@
 """finetune.n_transfer: which pretrained layers a fine-tuning run starts from (OpenAI's meaning)."""
 
+import dataclasses
 import json
 
 import jax
@@ -39,20 +40,26 @@ def _unrolled(state) -> dict:
   return jax.device_get(layer_layout.convert(state.params['transformer'], False))
 
 
+def _initial_state(run, config):
+  """Fine-tuning's fresh state for `run` with the finetune section of `config`."""
+  view = finetune.FinetuneConfig.from_config(config.finetune)
+  return finetune._initial_state(dataclasses.replace(run, finetune_config=view))
+
+
 def test_blocks_not_transferred_are_a_fresh_models_draws(setup):
   """Through fine-tuning's own set-up with stacked blocks; the unrolled layout through the
   same merge, checked against it."""
   _, overrides = setup
   overrides = [*overrides, 'model.scan_layers=True']
   run = finetune._set_up(_config(overrides))
-  fresh_state = finetune._initial_state(run, _config(overrides, 'finetune.random_init=True'))
+  fresh_state = _initial_state(run, _config(overrides, 'finetune.random_init=True'))
   fresh = _unrolled(fresh_state)
   pretrained = jax.device_get(layer_layout.convert(run.weights.params, False))
   kernel = ('attn', 'c_attn', 'kernel')
   assert not np.array_equal(_at(fresh['h_1'], kernel), _at(pretrained['h_1'], kernel))
   for count in (-1, 0, 1, 2):
     config = _config(overrides, f'finetune.n_transfer={count}')
-    state = _unrolled(finetune._initial_state(run, config))
+    state = _unrolled(_initial_state(run, config))
     for name in state:
       block = int(name[2:]) if name.startswith('h_') else -1  # embeddings: before block 0
       expected = pretrained if block < count else fresh
