@@ -129,8 +129,8 @@ def test_kernels_without_dropout_refuse_to_train_with_attention_dropout(implemen
 
 
 def test_unknown_attention_is_a_user_error():
-  with pytest.raises(UserError, match="model.attention='flash'"):
-    ModelConfig.from_config({'attention': 'flash'})
+  with pytest.raises(UserError, match="model.attention='flashy'"):
+    ModelConfig.from_config({'attention': 'flashy'})
 
 
 def test_splash_on_cpu_is_a_user_error():
