@@ -31,9 +31,11 @@ def get_config() -> ml_collections.ConfigDict:
       # save_qkv_mlp. See the remat table in the README.
       remat='none',
       scan_layers=False,  # one compiled block under nn.scan, parameters stacked on 'layers'
-      # 'xla' (the reference), 'dot_product_attention' (cuDNN flash attention on NVIDIA
-      # GPUs) or 'splash' (Pallas, TPU); the last two need attn_pdrop=0 to train
-      attention='xla',
+      # 'auto' (flash on a TPU or GPU, xla on a CPU), 'xla' (the reference), 'flash' (our
+      # Pallas kernel with the attention dropout inside, TPU and GPU; interpreted on a CPU),
+      # 'dot_product_attention' (cuDNN on NVIDIA GPUs) or 'splash' (Pallas, TPU); the last
+      # two need attn_pdrop=0 to train. See docs/attention.md.
+      attention='auto',
       # The training loss pads the vocabulary to a multiple of this inside the compiled step
       # (zero rows, -inf logits; parameters and checkpoints keep vocab_size rows). 1: none;
       # 128 on TPU / GPU, whose matmul tiles it fits. See docs/gpu.md.

@@ -13,12 +13,18 @@ scaling by 1/sqrt(head_dim):
   and for XLA's attention elsewhere.
 - 'splash': the Pallas splash-attention kernel for TPUs (causal mask, blocks
   of 128), never materialising the (length, length) scores.
+- 'flash': our own Pallas flash-attention kernel (gpt_jax/flash_attention.py)
+  for TPUs and NVIDIA GPUs, interpreted on a CPU, with the attention-probability
+  dropout inside it: the masks the 'xla' path draws.
+- 'auto': 'flash' when compiling for a TPU or GPU and the kernel serves the
+  shape, else 'xla'.
 
-The fused kernels have no attention-probability dropout: training them with
-model.attn_pdrop > 0 is refused. Decoding through the key/value cache passes
-an explicit mask; there the fused kernels give way to XLA (splash's blocks
-do not fit one query against a cache, and cuDNN's fully masked padding rows
-are not defined), which reads the cache once per token either way.
+'dot_product_attention' and 'splash' have no attention-probability dropout:
+training them with model.attn_pdrop > 0 is refused. Decoding through the
+key/value cache passes an explicit mask; there the fused kernels give way to
+XLA (their blocks do not fit one query against a cache, and cuDNN's fully
+masked padding rows are not defined), which reads the cache once per token
+either way.
 """
 
 import functools
@@ -29,9 +35,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gpt_jax import flash_attention as flash
+from gpt_jax.dropout import PieceDropout
 from gpt_jax.errors import UserError
 
-IMPLEMENTATIONS = ('xla', 'dot_product_attention', 'splash')
+IMPLEMENTATIONS = ('auto', 'xla', 'dot_product_attention', 'splash', 'flash')
 SPLASH_BLOCK = 128  # splash tiles the sequence in blocks of this many tokens
 CAUSAL_BLOCK = 128  # queries per block of the 'xla' causal attention
 
@@ -43,8 +51,15 @@ def check_implementation(name: str) -> None:
     )
 
 
+def check_shape(implementation: str, length: int, head_dim: int, heads: int) -> None:
+  """Refuses, before any work, a shape the chosen kernel cannot serve ('auto' always can)."""
+  problem = flash.unsupported(length, head_dim, heads) if implementation == 'flash' else None
+  if problem:
+    raise UserError(problem)
+
+
 def attend(
-  implementation: str, query, key, value, mask=None, dropout: Callable | None = None
+  implementation: str, query, key, value, mask=None, dropout: PieceDropout | None = None
 ) -> jax.Array:
   """Attention output (batch, q_len, heads, head_dim).
 
@@ -54,8 +69,12 @@ def attend(
   probabilities, or None when it would do nothing (evaluation, rate 0).
   """
   check_implementation(implementation)
-  if implementation == 'xla':
+  if implementation == 'auto':
+    implementation = _automatic(query, mask, dropout)
+  if implementation == 'xla' or (implementation == 'flash' and mask is not None):
     return xla_attention(query, key, value, mask, dropout)
+  if implementation == 'flash':
+    return flash_attention(query, key, value, dropout)
   if dropout is not None:
     raise UserError(
       f'model.attention={implementation!r} has no attention-probability dropout; '
@@ -116,6 +135,16 @@ def _attend_block(query, key, value, mask, dropout, first_query: int):
   return jnp.einsum('bhqk,bkhd->bqhd', probs, value)
 
 
+def _automatic(query, mask, dropout: PieceDropout | None) -> str:
+  """'flash' where it runs compiled and serves the shape, else 'xla'."""
+  if mask is not None or _target_platform() not in ('tpu', 'gpu', 'cuda', 'rocm'):
+    return 'xla'
+  _, length, heads, head_dim = query.shape
+  if flash.unsupported(length, head_dim, heads) or _unsupported_dropout(query, dropout):
+    return 'xla'
+  return 'flash'
+
+
 def _target_platform() -> str:
   """The platform being compiled for: the mesh's devices' (a TPU slice in a dry run from a CPU
   host) when a mesh is set, else JAX's default backend."""
@@ -123,7 +152,7 @@ def _target_platform() -> str:
   return jax.default_backend() if mesh.empty else mesh.abstract_device.platform
 
 
-def _splash_per_shard(query, key, value):
+def _splash_per_shard(query, key, value, interpret: bool = False):
   """Splash attention on one device's (batch, heads, length, head_dim) shard."""
   # Imported here: the Pallas TPU modules are only needed (and only work) for TPUs.
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel
@@ -144,18 +173,21 @@ def _splash_per_shard(query, key, value):
     block_q_dq=block,
     block_kv_dq=block,
   )
-  splash = kernel.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1)
+  splash = kernel.make_splash_mha(
+    mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+  )
   # The kernel does not scale the scores; scaling the queries is the same product.
   return jax.vmap(splash)(query / math.sqrt(query.shape[-1]), key, value)
 
 
-def splash_attention(query, key, value) -> jax.Array:
+def splash_attention(query, key, value, interpret: bool = False) -> jax.Array:
   """Causal splash attention, each device running the kernel on its own batch and heads.
 
   Under a mesh (every Trainer step) the mesh's devices say what the program
   is compiled for — a TPU slice in a dry run from a CPU host — and any other
   platform is refused here. Without one (abstract shape evaluation, a bare
-  model.apply) nothing is known yet, and Pallas refuses to lower for a CPU.
+  model.apply) nothing is known yet, and Pallas refuses to lower for a CPU
+  unless `interpret` runs the kernel in Pallas's interpreter (for checking).
   """
   mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty and _target_platform() != 'tpu':
@@ -169,14 +201,96 @@ def splash_attention(query, key, value) -> jax.Array:
       f"model.attention='splash' needs a sequence length that is a multiple of "
       f'{SPLASH_BLOCK}; got {length}'
     )
+  return _on_each_device(
+    lambda q, k, v, _: _splash_per_shard(q, k, v, interpret), query, key, value
+  )
+
+
+def _on_each_device(per_shard: Callable, query, key, value, *replicated):
+  """per_shard(q, k, v, *replicated, shard_start) on each device's (batch, heads, length,
+  head_dim) shard, shard_start being (first batch row, first head) of the shard in the whole.
+
+  A Pallas kernel is one opaque call that XLA cannot split: under a mesh,
+  shard_map hands each device its own batch rows and heads, as the activations
+  are laid out. Takes and returns (batch, length, heads, head_dim).
+  """
   to_heads_first = functools.partial(jnp.swapaxes, axis1=1, axis2=2)
   query, key, value = map(to_heads_first, (query, key, value))
+  mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
-    return to_heads_first(_splash_per_shard(query, key, value))
-  # The kernel is one opaque call that XLA cannot split: shard_map hands each
-  # device its own batch rows and heads, as the activations are laid out.
+    return to_heads_first(per_shard(query, key, value, *replicated, (0, 0)))
   spec = nn.logical_to_mesh_axes(('activation_batch', 'activation_heads', None, None))
+  assert spec is not None  # the rules map every logical axis name
+  # A dimension its mesh axes do not divide (a batch of one at initialisation) stays whole.
+  spec = jax.P(
+    *(
+      axes if size % math.prod(mesh.shape[a] for a in _axis_names(axes)) == 0 else None
+      for axes, size in zip(spec, query.shape)
+    )
+  )
+
+  def on_shard(query, key, value, *replicated):
+    start = tuple(_shard_index(mesh, axes) * size for axes, size in zip(spec, query.shape))
+    return per_shard(query, key, value, *replicated, start)
+
   out = jax.shard_map(
-    _splash_per_shard, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False
-  )(query, key, value)
+    on_shard,
+    mesh=mesh,
+    in_specs=(spec,) * 3 + (jax.P(),) * len(replicated),
+    out_specs=spec,
+    check_vma=False,
+  )(query, key, value, *replicated)
   return to_heads_first(out)
+
+
+def _shard_index(mesh, axes) -> jax.Array | int:
+  """This device's shard number along a dimension split over mesh `axes` (major first)."""
+  index = 0
+  for axis in _axis_names(axes):
+    index = index * mesh.shape[axis] + jax.lax.axis_index(axis)
+  return index
+
+
+def _axis_names(axes) -> tuple[str, ...]:
+  """The mesh axes of one entry of a PartitionSpec."""
+  return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def _unsupported_dropout(query, dropout: PieceDropout | None) -> str | None:
+  if dropout is None or dropout.keep_prob == 0.0:
+    return None
+  return flash.unsupported_dropout(_flash_plan(query, dropout), dropout.key)
+
+
+def _flash_plan(query, dropout: PieceDropout | None) -> flash.Plan:
+  platform = _target_platform()
+  batch, length, heads, head_dim = query.shape
+  return flash.Plan(
+    batch,
+    heads,
+    length,
+    head_dim,
+    keep_prob=1.0 if dropout is None else dropout.keep_prob,
+    platform='gpu' if platform in ('cuda', 'rocm') else platform,
+  )
+
+
+def flash_attention(query, key, value, dropout: PieceDropout | None = None):
+  """Causal attention through our Pallas kernel, the dropout (if any) inside it."""
+  if dropout is not None and dropout.keep_prob == 0.0:
+    return jnp.zeros_like(query)  # every probability dropped
+  _, length, heads, head_dim = query.shape
+  plan = _flash_plan(query, dropout)
+  check_shape('flash', length, head_dim, heads)
+  problem = _unsupported_dropout(query, dropout)
+  if problem:
+    raise UserError(problem)
+  words = jnp.zeros(2, jnp.int32) if dropout is None else flash.key_words(dropout.key)
+  if plan.platform == 'cpu' and not jax.sharding.get_abstract_mesh().empty:
+    flash.say_interpreted()  # a run on the CPU, not the shapes-only tracing of a dry run
+
+  def per_shard(query, key, value, words, start):
+    scalars = jnp.concatenate([words, jnp.asarray(start, jnp.int32)])
+    return flash.attention(plan, scalars, query, key, value)
+
+  return _on_each_device(per_shard, query, key, value, words)

@@ -12,8 +12,8 @@ default, jax_threefry_partitionable=True), so `Dropout` draws exactly the
 masks nn.Dropout draws; tests/test_dropout.py holds it to that.
 """
 
+import dataclasses
 import math
-from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -67,8 +67,22 @@ def random_bits(
     stride = np.uint32(math.prod(shape[axis + 1 :]))
     position = jax.lax.broadcasted_iota(jnp.uint32, window, axis) + np.uint32(start[axis])
     index = index + position * stride
-  bits0, bits1 = threefry2x32(key0, key1, jnp.zeros(window, jnp.uint32), index)
+  return bits_at(key0, key1, index)
+
+
+def bits_at(key0, key1, index: jax.Array) -> jax.Array:
+  """The uint32 random bits of the elements at row-major `index` (uint32) under the key's two
+  words: plain integer ops, so a kernel can compute its own tile's bits."""
+  bits0, bits1 = threefry2x32(key0, key1, jnp.zeros_like(index), index)
   return bits0 ^ bits1
+
+
+def kept(bits: jax.Array, keep_prob: float) -> jax.Array:
+  """Whether jax.random.bernoulli(key, keep_prob) keeps the element of these bits: True where
+  the float32 uniform in [0, 1) built from their top 23 bits is below keep_prob."""
+  mantissa = (bits >> np.uint32(9)) | np.uint32(0x3F800000)
+  uniform = jax.lax.bitcast_convert_type(mantissa, jnp.float32) - 1.0
+  return uniform < jnp.float32(keep_prob)
 
 
 def keep_mask(
@@ -80,9 +94,7 @@ def keep_mask(
 ) -> jax.Array:
   """jax.random.bernoulli(key, keep_prob, shape), by the same float32 construction (or its
   window, as in random_bits)."""
-  mantissa = (random_bits(key, shape, start, window) >> np.uint32(9)) | np.uint32(0x3F800000)
-  uniform = jax.lax.bitcast_convert_type(mantissa, jnp.float32) - 1.0  # in [0, 1)
-  return uniform < jnp.float32(keep_prob)
+  return kept(random_bits(key, shape, start, window), keep_prob)
 
 
 class Dropout(nn.Module):
@@ -95,20 +107,24 @@ class Dropout(nn.Module):
       return inputs
     return self.in_pieces(inputs.shape)(inputs, (0,) * inputs.ndim)
 
-  def in_pieces(self, shape: tuple[int, ...]) -> Callable:
-    """Training-mode dropout of an array of `shape` that is computed in pieces.
+  def in_pieces(self, shape: tuple[int, ...]) -> 'PieceDropout':
+    """Training-mode dropout of an array of `shape` that is computed in pieces, with the mask
+    the whole array would get from __call__: one key is drawn for all pieces."""
+    return PieceDropout(self.make_rng('dropout'), 1.0 - self.rate, shape)
 
-    Returns drop(piece, start), which drops the elements of the piece whose
-    first element sits at index `start` of the whole array, with the mask the
-    whole array would get from __call__: one key is drawn for all pieces.
-    """
-    if self.rate == 1.0:
-      return lambda piece, start: jnp.zeros_like(piece)
-    keep_prob = 1.0 - self.rate
-    key = self.make_rng('dropout')
 
-    def drop(piece, start):
-      mask = keep_mask(key, keep_prob, shape, start, piece.shape)
-      return jax.lax.select(mask, piece / keep_prob, jnp.zeros_like(piece))
+@dataclasses.dataclass(frozen=True)
+class PieceDropout:
+  """Dropout of the pieces of an array of `shape`; a kernel reads the key and keep_prob to draw
+  the same masks itself."""
 
-    return drop
+  key: jax.Array
+  keep_prob: float
+  shape: tuple[int, ...]
+
+  def __call__(self, piece: jax.Array, start: tuple[int, ...]) -> jax.Array:
+    """The piece whose first element sits at index `start` of the whole array, dropped."""
+    if self.keep_prob == 0.0:
+      return jnp.zeros_like(piece)
+    mask = keep_mask(self.key, self.keep_prob, self.shape, start, piece.shape)
+    return jax.lax.select(mask, piece / self.keep_prob, jnp.zeros_like(piece))
