@@ -125,6 +125,7 @@ class GptJaxLM(TemplateLM):
           self.tok_encode(context)[-room:] or [self.eot_token_id] for _, context, _ in chunk
         ]
         stop = [] if self._tokenizer.eod_id is None else [self._tokenizer.eod_id]
+        assert self.weights.params is not None  # the harness loads trained weights
         outputs = sample.generate(
           self.weights.params,
           self.weights.model_config,

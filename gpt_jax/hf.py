@@ -24,6 +24,8 @@ import os
 import re
 import shutil
 import tempfile
+from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -173,7 +175,7 @@ def config_to_hf(model_config: ModelConfig) -> dict:
 # ---------------------------------------------------------------- import
 
 
-def params_from_hf(source, hf_config=None) -> tuple[dict, ModelConfig]:
+def params_from_hf(source: Any, hf_config: Any = None) -> tuple[dict, ModelConfig]:
   """Converts Hugging Face openai-gpt weights into our parameter tree.
 
   Args:
@@ -394,7 +396,7 @@ def _load_npy(file: epath.Path) -> np.ndarray:
 
 
 def load_openai_release(
-  path, *, n_ctx: int | None = None, n_head: int = 12
+  source: str | Path, *, n_ctx: int | None = None, n_head: int = 12
 ) -> tuple[dict, ModelConfig]:
   """Reads OpenAI's original GPT-1 release (finetune-transformer-lm/model/).
 
@@ -408,14 +410,14 @@ def load_openai_release(
   special-token rows).
 
   Args:
-    path: directory holding params_shapes.json and params_0.npy ... params_9.npy.
+    source: directory holding params_shapes.json and params_0.npy ... params_9.npy.
     n_ctx: positions to keep (None: all the release's, 512).
     n_head: attention heads (not recorded in the files; 12 for GPT-1).
 
   Returns:
     (params, model_config).
   """
-  path = workdir_lib.path(path)
+  path = workdir_lib.path(source)
   if not path.is_dir():
     raise UserError(f'OpenAI release directory {path} does not exist')
   files = [path / 'params_shapes.json'] + [path / f'params_{i}.npy' for i in range(10)]

@@ -35,7 +35,7 @@ _WIDTH_MULTIPLE = 16  # prompt batches are padded to a multiple of this many tok
 
 
 def generate(
-  params,
+  params: dict,
   model_config: ModelConfig,
   prompts: Sequence[Sequence[int]],
   max_new_tokens: int,

@@ -49,7 +49,7 @@ if [ ! -f "$workdir/finetune_random_init/summary.json" ]; then
     --init "$workdir/pretrain" --config.finetune.random_init=True
 fi
 if [ ! -f "$workdir/finetune_no_aux_lm/summary.json" ]; then
-  echo "[5/7] the same fine-tuning without the auxiliary LM loss"
+  echo "[5/7] the same fine-tuning without the auxiliary LM loss (lm_coef 0)"
   rm -rf "$workdir/finetune_no_aux_lm"
   gpt-jax finetune "${finetune[@]}" --workdir "$workdir/finetune_no_aux_lm" \
     --init "$workdir/pretrain" --config.finetune.lm_coef=0.0
