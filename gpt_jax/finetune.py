@@ -428,7 +428,7 @@ def run_finetuning(config: ml_collections.ConfigDict, workdir, log: RunLog | Non
   summary = {
     'task': task.name,
     'init': run.weights.source,
-    'n_transfer': _transfer_count(config, run.weights.model_config),  # blocks transferred
+    'n_transfer': _transfer_count(run.finetune_config, run.weights.model_config),  # blocks
     'model_arch': config.model.get('arch', 'transformer'),
     'lm_coef': config.finetune.lm_coef,
     'best_step': best_step,

@@ -209,7 +209,7 @@ def load_local_task(
   """
   check_kind(kind, zero_shot=True)
   classes = not regression and kind not in ('multiple_choice', 'pronoun')
-  if regression and not classes:
+  if regression and kind in ('multiple_choice', 'pronoun'):
     raise UserError(f'a {kind} task cannot be a regression')
   if labels is not None and not classes:
     raise UserError(
