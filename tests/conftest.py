@@ -5,11 +5,10 @@ import shutil
 import tempfile
 
 import pytest
+import xla_env
 
 # Must happen before JAX is imported anywhere.
-os.environ['XLA_FLAGS'] = (
-  os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
-).strip()
+os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {xla_env.cpu_devices(8)}'.strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # One persistent compilation cache for the whole run, shared by this process, the xdist
 # workers and every subprocess a test starts (the CLI runs, the multi-process runs): the same

@@ -11,6 +11,7 @@ import types
 from pathlib import Path
 
 import pytest
+import xla_env
 from helpers import prepared_local_corpus
 
 from gpt_jax import checkpoint, cli
@@ -38,7 +39,7 @@ def test_a_task_file_with_invalid_utf8_is_read_with_one_warning(tmp_path, capsys
 def _subprocess_env() -> dict:
   """This environment, as a user's shell has it: no JAX_PLATFORMS, one CPU device."""
   env = {key: value for key, value in os.environ.items() if key != 'JAX_PLATFORMS'}
-  return {**env, 'XLA_FLAGS': ''}
+  return {**env, 'XLA_FLAGS': xla_env.QUICK_COMPILE}
 
 
 def test_falling_back_from_a_damaged_checkpoint_prints_one_warning_and_nothing_else(tmp_path):

@@ -17,6 +17,7 @@ import time
 import fsspec
 import jax
 import numpy as np
+import xla_env
 from etils import epath
 from test_multiprocess import _free_port, _wait_for_success
 
@@ -60,7 +61,7 @@ def _cli(*args: str) -> list[str]:
 def _start(argv_of, env, cwd) -> list[subprocess.Popen]:
   """Two processes of the same command, 4 CPU devices each, joined by jax.distributed."""
   address = f'127.0.0.1:{_free_port()}'
-  env = {**env, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+  env = {**env, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': xla_env.cpu_devices(4)}
   return [
     subprocess.Popen(
       argv_of(i)

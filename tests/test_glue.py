@@ -6,6 +6,7 @@ import sys
 import zipfile
 
 import pytest
+import xla_env
 from test_finetune import SMALL, pretrained  # noqa: F401  the fixture
 from test_tasks_registry import data_dir  # noqa: F401  the fixture
 
@@ -28,7 +29,7 @@ def test_glue_zip_of_two_tasks_holds_their_files_in_idx_order_and_names_the_rest
   env = {
     **os.environ,
     'JAX_PLATFORMS': 'cpu',
-    'XLA_FLAGS': '--xla_force_host_platform_device_count=4',
+    'XLA_FLAGS': xla_env.cpu_devices(4),
   }
   workdirs = []
   for task in ('sst2', 'mnli'):

@@ -15,6 +15,7 @@ from pathlib import Path
 import multiprocess_worker
 import numpy as np
 import pytest
+import xla_env
 from helpers import prepared_local_corpus
 
 from gpt_jax import distributed
@@ -35,7 +36,7 @@ def _start_processes(argv_of, num_processes: int, cwd: Path) -> list[subprocess.
   env = {
     **os.environ,
     'JAX_PLATFORMS': 'cpu',
-    'XLA_FLAGS': f'--xla_force_host_platform_device_count={8 // num_processes}',
+    'XLA_FLAGS': xla_env.cpu_devices(8 // num_processes),
   }
   return [
     subprocess.Popen(

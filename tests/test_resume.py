@@ -18,6 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import xla_env
 
 from gpt_jax import checkpoint, cli
 from gpt_jax import config as config_lib
@@ -66,7 +67,7 @@ def flags(tmp_path_factory):
 def environment(tmp_path_factory):
   env = dict(
     os.environ,
-    XLA_FLAGS='',
+    XLA_FLAGS=xla_env.QUICK_COMPILE,
     JAX_PLATFORMS='cpu',
     # Later runs load the compiled step instead of compiling it again.
     JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp('jax_cache')),
