@@ -53,6 +53,10 @@ class FaultProxy:
     self._thread = threading.Thread(target=self._serve, daemon=True, name='fault-proxy')
     self.url = ''
 
+  def reseed(self, seed: int, *, fail: float = 0.0, stall: float = 0.0) -> None:
+    """New faults, drawn afresh from `seed` for the requests from now on."""
+    self.fail, self.stall, self._random = fail, stall, random.Random(seed)
+
   def start(self) -> str:
     """Starts serving; returns the proxy's URL (http://127.0.0.1:PORT)."""
     self._thread.start()
