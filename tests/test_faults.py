@@ -208,3 +208,42 @@ def test_sigterm_while_stuck_in_a_request_ends_the_process_after_the_grace_perio
   assert last.startswith('gpt-jax: error: SIGTERM 5 s ago (train.preemption_grace_s)'), err
   assert 'has not stopped, stuck while ' in last
   assert 'SIGTERM: saved step' not in out
+
+
+def test_storage_timeouts_keep_what_a_user_set(tmp_path):
+  """A fresh process: GPT_JAX_STORAGE_TIMEOUT_S sets gcsfs's and tensorstore's timeouts;
+  tensorstore's own variables and fsspec's requests_timeout, when set, win."""
+  probe = (
+    'import os, fsspec.config, gpt_jax; t = fsspec.config.conf["gs"]["requests_timeout"]; '
+    'print(os.environ["TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS"], '
+    'os.environ["TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES"], getattr(t, "sock_read", t))'
+  )
+
+  def run(**env) -> str:
+    environment = {
+      k: v
+      for k, v in os.environ.items()
+      if not k.startswith(('TENSORSTORE_CURL', 'FSSPEC_', storage.TIMEOUT_ENV))
+    }
+    result = subprocess.run(
+      [sys.executable, '-c', probe], env={**environment, **env}, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+  assert run() == ['60', '256', '60.0']
+  assert run(GPT_JAX_STORAGE_TIMEOUT_S='7.5') == ['8', '256', '7.5']
+  assert run(TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS='99', FSSPEC_GS_REQUESTS_TIMEOUT='5') == [
+    '99',
+    '256',
+    '5',
+  ]
+
+
+def test_a_bad_storage_timeout_is_one_line(monkeypatch, capsys):
+  from gpt_jax import cli
+
+  monkeypatch.setenv(storage.TIMEOUT_ENV, 'soon')
+  assert cli.main(['pretrain', '--config', 'tiny', '--workdir', 'unused']) == 1
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and err.startswith(f"gpt-jax: error: {storage.TIMEOUT_ENV}='soon'")
