@@ -247,3 +247,24 @@ def test_a_bad_storage_timeout_is_one_line(monkeypatch, capsys):
   assert cli.main(['pretrain', '--config', 'tiny', '--workdir', 'unused']) == 1
   err = capsys.readouterr().err
   assert err.count('\n') == 1 and err.startswith(f"gpt-jax: error: {storage.TIMEOUT_ENV}='soon'")
+
+
+def test_the_watchdog_reports_what_the_loop_was_doing_and_every_thread(tmp_path):
+  """In this process, with its exit replaced: the stacks, then the one line, then code 3."""
+  import threading
+
+  ended, codes = threading.Event(), []
+  report = tmp_path / 'report.txt'
+  with open(report, 'w') as stream:
+    dog = watchdog.Watchdog(
+      0.5, 0, stream=stream, exit=lambda code: (codes.append(code), ended.set())
+    )
+    with dog:
+      dog.pet('saving checkpoint 40')
+      assert ended.wait(60), 'the watchdog never fired'
+  assert codes == [watchdog.HUNG_EXIT_CODE]
+  *stacks, last = report.read_text().strip().splitlines()
+  assert (
+    last.startswith('gpt-jax: error: no progress for ') and 'while saving checkpoint 40' in last
+  )
+  assert any('test_faults.py' in line for line in stacks)  # the main thread, waiting above
