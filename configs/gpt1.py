@@ -78,6 +78,13 @@ def get_config() -> ml_collections.ConfigDict:
       # 1 on TPU / GPU, where it would only save dispatches. Calls end at evaluations and
       # saves, so use a divisor of eval_every and every_steps.
       steps_per_call=0,
+      # No progress for this long (a step, a save, an evaluation, a batch that never comes:
+      # a storage request or a collective stuck) ends the run with exit code 3 and every
+      # thread's stack, for a scheduler to restart it; 0: off. See docs/fault_tolerance.md.
+      hang_timeout_s=600.0,
+      # After SIGTERM the run saves at the next step boundary and exits; stuck longer than
+      # this, it exits anyway (code 3) so that preemption never waits on it. 0: off.
+      preemption_grace_s=30.0,
       # Zero-shot probes during pretraining (the paper's figure 2, right; gpt_jax/probes.py):
       # task configs with a probe, comma-separated ('': none), e.g. finetune/sst2,finetune/cola
       zero_shot='',

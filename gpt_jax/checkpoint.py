@@ -545,7 +545,8 @@ def _upgrade_config(stored: dict) -> dict:
   """A stored config (JSON) with today's fields, so old workdirs resume and take overrides.
 
   model.remat was a bool before it named a policy (True -> 'full', False -> 'none');
-  fields added since (model.scan_layers, compile_cache_dir) get their defaults.
+  fields added since (model.scan_layers, compile_cache_dir, train.hang_timeout_s,
+  train.preemption_grace_s) get their defaults.
   """
   from gpt_jax import compile_cache
 
@@ -554,6 +555,10 @@ def _upgrade_config(stored: dict) -> dict:
     if isinstance(model.get('remat'), bool):
       model['remat'] = 'full' if model['remat'] else 'none'
     model.setdefault('scan_layers', False)
+  train = stored.get('train')
+  if isinstance(train, dict):
+    train.setdefault('hang_timeout_s', 600.0)
+    train.setdefault('preemption_grace_s', 30.0)
   stored.setdefault('compile_cache_dir', compile_cache.DEFAULT_DIR)
   return stored
 

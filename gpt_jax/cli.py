@@ -746,8 +746,9 @@ def main(argv: list[str] | None = None) -> int:
   try:
     rest, overrides = _split_overrides(argv)
     args = build_parser().parse_args(rest)
-    from gpt_jax import distributed, gpu_flags
+    from gpt_jax import distributed, gpu_flags, storage
 
+    storage.configure()  # again, to report a bad GPT_JAX_STORAGE_TIMEOUT_S in one line
     distributed.skip_absent_tpu()  # before any mode starts JAX
     gpu_flags.set_gpu_flags()
     args.run(args, overrides)

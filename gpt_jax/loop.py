@@ -2,8 +2,9 @@
 
 Both run the same steps: dispatch an update, log the previous one's metrics,
 evaluate and checkpoint on their schedule, stop cleanly on SIGTERM (a TPU VM's
-preemption notice) at a step boundary, and count updates skipped for a
-non-finite loss or gradient. They differ only in what they evaluate and what a
+preemption notice) at a step boundary, count updates skipped for a non-finite
+loss or gradient, and tell a watchdog (gpt_jax.watchdog) what they are doing, which
+ends a run that stops making progress. They differ only in what they evaluate and what a
 checkpoint records, which they pass in.
 """
 
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import checkpoint, flops, sharding
+from gpt_jax import checkpoint, flops, sharding, watchdog
 from gpt_jax.errors import UserError
 from gpt_jax.model import ModelConfig
 from gpt_jax.report import RunLog, StepLogger, StepProfiler
@@ -137,17 +138,16 @@ def run(
   log: RunLog,
   profiler: StepProfiler | None = None,
   steps_per_call: int = 1,
+  hang_timeout_s: float = 0.0,
+  preemption_grace_s: float = 0.0,
 ) -> Outcome:
   """Trains from `first_step` to `total_steps` on `batches` (host arrays of this process).
 
   Runs `steps_per_call` updates per compiled call where it can (see `_call_size`);
-  evaluations, saves and the preemption check happen between calls.
+  evaluations, saves and the preemption check happen between calls. `hang_timeout_s` and
+  `preemption_grace_s` are the watchdog's (train.hang_timeout_s, train.preemption_grace_s).
   """
-  if steps_per_call < 1:
-    raise UserError(
-      f'train.steps_per_call={steps_per_call}: use 0 (auto: 8 on a CPU, 1 on TPU / GPU), '
-      '1 (one compiled call per update) or more'
-    )
+  _check_steps_per_call(steps_per_call)
 
   def periodic_save(done: int) -> bool:
     return bool(schedule.save_every) and done % schedule.save_every == 0
@@ -162,19 +162,24 @@ def run(
   last_eval, preempted = {}, False
   done = calls = first_step  # calls: a counter that grows by one per call
   log.start_progress(first_step, total_steps)
-  with checkpoint.PreemptionWatch() as preemption:
+  with (
+    checkpoint.PreemptionWatch() as preemption,
+    watchdog.Watchdog(hang_timeout_s, preemption_grace_s) as dog,
+  ):
     while done < total_steps:
       if profiler:
         profiler.step(done, log)
       size = _call_size(done, steps_per_call, total_steps, state_needed_after)
-      host_batches = [next(batches) for _ in range(size)]
+      host_batches = _next_batches(batches, size, dog, done)
       for group in _stackable_groups(host_batches):
+        dog.pet(f'train step {done + len(group)}')
         state, metrics = _dispatch(trainer, state, group)
         done += len(group)
         guard.after_steps(done, metrics.pop('update_skipped'))
         steps.after_steps(done, metrics, group)
       evaluated = schedule.is_eval_step(done)
       if evaluated:
+        dog.pet(f'evaluation at step {done}')
         steps.flush()
         last_eval = schedule.evaluate(state.params, done)
         steps.restart_clock(done)  # evaluation is not training time
@@ -183,6 +188,7 @@ def run(
       calls += 1
       preempted = preemption.should_stop(calls)
       if evaluated or preempted or periodic_save(done):
+        dog.pet(f'saving checkpoint {done}')
         steps.flush()  # a resumed run starts logging after the checkpoint's step
         schedule.save(done, state, last_eval if evaluated else None)
       if preempted:
@@ -192,6 +198,19 @@ def run(
     profiler.stop(log)
   guard.flush()
   return Outcome(state, steps.flush(), last_eval, preempted, guard.total)
+
+
+def _next_batches(batches: Iterator, size: int, dog: watchdog.Watchdog, done: int) -> list:
+  dog.pet(f'reading the batches of step {done + 1}')
+  return [next(batches) for _ in range(size)]
+
+
+def _check_steps_per_call(steps_per_call: int) -> None:
+  if steps_per_call < 1:
+    raise UserError(
+      f'train.steps_per_call={steps_per_call}: use 0 (auto: 8 on a CPU, 1 on TPU / GPU), '
+      '1 (one compiled call per update) or more'
+    )
 
 
 def _call_size(

@@ -180,6 +180,8 @@ def run_pretraining(
       steps_per_call=loop.updates_per_call(
         train_config.steps_per_call, trainer.mesh.devices.flat[0].platform
       ),
+      hang_timeout_s=train_config.hang_timeout_s,
+      preemption_grace_s=train_config.preemption_grace_s,
     )
     if first_step == run.total_steps:
       log.info(f'the workdir already holds the final step ({run.total_steps}); nothing to train')

@@ -38,6 +38,8 @@ class TrainConfig:
   eval_batches: int
   max_nonfinite_in_a_row: int
   steps_per_call: int
+  hang_timeout_s: float  # the watchdog (gpt_jax.watchdog) ends a run this long without progress
+  preemption_grace_s: float  # after SIGTERM, the process ends within this many seconds
 
   @classmethod
   def from_config(cls, section: ml_collections.ConfigDict) -> 'TrainConfig':

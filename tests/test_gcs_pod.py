@@ -4,7 +4,9 @@ Two JAX processes of 4 CPU devices each, as two TPU VM workers would be, with th
 tokenizer, token store, workdir and task files all in one bucket:
 tokenizer -> prepare (each process writes its shards) -> pretrain, SIGKILLed
 mid-run and rerun -> final parameters bitwise equal to an uninterrupted run;
-then fine-tune from the bucket, sample from it and export into it.
+then fine-tune from the bucket, sample from it and export into it. The pretraining runs
+reach the bucket through a proxy that fails 5 % of requests (503, 429, reset connections;
+tests/fault_proxy.py): retried, they change no bit of the result.
 """
 
 import json
@@ -19,6 +21,8 @@ import jax
 import numpy as np
 import xla_env
 from etils import epath
+from fake_gcs import client_env
+from fault_proxy import FaultProxy
 from test_multiprocess import _free_port, _wait_for_success
 
 from gpt_jax import checkpoint, cli, hf
@@ -130,15 +134,20 @@ def test_two_processes_prepare_train_resume_finetune_sample_in_a_bucket(tmp_path
   for name in shards + ['counts.npy']:
     assert (store.directory / name).read_bytes() == (alone.directory / name).read_bytes(), name
 
+  proxy = FaultProxy(gcs.url, seed=0, fail=0.05)
+  proxy.start()
+  faulty = {**env, **client_env(proxy.url)}
   pretrain = ['pretrain', '--config', 'tiny', *data, *MODEL, *TRAIN]
-  _run_two([*pretrain, '--workdir', f'{bucket}/full'], env, tmp_path)
+  _run_two([*pretrain, '--workdir', f'{bucket}/full'], faulty, tmp_path)
   killed = epath.Path(f'{bucket}/killed')
   _kill_after_first_checkpoint(
-    _start(lambda i: _cli(*pretrain, '--workdir', str(killed)), env, tmp_path),
+    _start(lambda i: _cli(*pretrain, '--workdir', str(killed)), faulty, tmp_path),
     f'{killed}/checkpoints',
   )
-  resumed = _run_two(['pretrain', '--workdir', str(killed)], env, tmp_path)  # its stored config
+  resumed = _run_two(['pretrain', '--workdir', str(killed)], faulty, tmp_path)  # stored config
+  proxy.stop()
   assert 'done: eval loss' in resumed[0]
+  assert min(proxy.counts[failure] for failure in ('503', '429', 'reset')) >= 1, proxy.counts
 
   full, again = (checkpoint.load_params(f'{bucket}/{run}') for run in ('full', 'killed'))
   for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(again), strict=True):
