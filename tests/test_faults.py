@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import xla_env
 from etils import epath
 from fake_gcs import client_env
 from fault_proxy import FaultProxy
@@ -86,7 +87,7 @@ def _start(proxy, workdir: str, flags, cache_dir, tmp_path, **env) -> subprocess
   environment = {
     **os.environ,
     **client_env(proxy.url),
-    'XLA_FLAGS': '',
+    'XLA_FLAGS': xla_env.QUICK_COMPILE,
     'JAX_PLATFORMS': 'cpu',
     'JAX_COMPILATION_CACHE_DIR': str(cache_dir),
     'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
