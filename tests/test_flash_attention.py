@@ -122,8 +122,9 @@ def _losses(config, params, steps: int) -> np.ndarray:
   return np.array(losses)
 
 
-@pytest.mark.parametrize('steps, model', [(20, {}), (3, dict(scan_layers=True, remat='full'))])
-def test_training_with_dropout_follows_xla(start_params, steps, model):
+@pytest.mark.parametrize('model', [{}, dict(scan_layers=True), dict(remat='full')])
+def test_twenty_training_steps_with_dropout_follow_xla(start_params, model):
+  steps = 20
   config = _training_config(**model)
   losses = {}
   for implementation in ('flash', 'xla'):
@@ -132,7 +133,7 @@ def test_training_with_dropout_follows_xla(start_params, steps, model):
     if config.model.scan_layers:
       params = layer_layout.convert(params, True)
     losses[implementation] = _losses(config, params, steps)
-  assert losses['xla'][0] - losses['xla'][-1] > 0.1 or steps < 20  # it learned
+  assert losses['xla'][0] - losses['xla'][-1] > 0.1  # it learned
   np.testing.assert_allclose(losses['flash'], losses['xla'], rtol=1e-5)
 
 
