@@ -68,6 +68,8 @@ class CheckpointConfig:
   best_mode: str  # 'min' or 'max'
   async_save: bool
   keep_log_spaced: bool  # also keep steps 1, 2, 5, 10, 20, 50, ... (zero-shot curves)
+  lease_heartbeat_s: float  # a bucket workdir's lease is renewed this often ...
+  lease_stale_after_s: float  # ... and taken over once not renewed for this long (gpt_jax.lease)
 
   @classmethod
   def from_config(cls, section: ml_collections.ConfigDict) -> 'CheckpointConfig':
@@ -422,6 +424,14 @@ class Checkpointer:
     ocp.multihost.sync_global_processes(f'gpt_jax_set_aside_{step}')
     self._manager.reload()
 
+  def discard_from(self, step: int) -> None:
+    """Deletes the checkpoints of `step` and later (a loss-spike rollback's: they hold the
+    updates it undoes), once every started save is on disk."""
+    self.wait()
+    for saved in self._manager.all_steps():
+      if saved >= step:
+        self._manager.delete(saved)
+
   def wait(self) -> None:
     """Blocks until every started save is on disk."""
     with self._failing_write_is_one_line():
@@ -541,11 +551,18 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(_upgrade_config(stored))
 
 
+_ADDED_FIELDS = {
+  'checkpoint': {'lease_heartbeat_s': 30.0, 'lease_stale_after_s': 90.0},
+  'train': {'spike': False, 'spike_threshold': 6.0, 'spike_window': 100, 'spike_max_rollbacks': 3},
+}
+
+
 def _upgrade_config(stored: dict) -> dict:
   """A stored config (JSON) with today's fields, so old workdirs resume and take overrides.
 
   model.remat was a bool before it named a policy (True -> 'full', False -> 'none');
-  fields added since (model.scan_layers, compile_cache_dir) get their defaults.
+  fields added since (model.scan_layers, compile_cache_dir, the lease's and the loss-spike
+  rollback's settings) get their defaults.
   """
   from gpt_jax import compile_cache
 
@@ -555,6 +572,10 @@ def _upgrade_config(stored: dict) -> dict:
       model['remat'] = 'full' if model['remat'] else 'none'
     model.setdefault('scan_layers', False)
   stored.setdefault('compile_cache_dir', compile_cache.DEFAULT_DIR)
+  for section, defaults in _ADDED_FIELDS.items():
+    if isinstance(stored.get(section), dict):
+      for field, value in defaults.items():
+        stored[section].setdefault(field, value)
   return stored
 
 

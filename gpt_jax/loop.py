@@ -19,6 +19,7 @@ from gpt_jax import checkpoint, flops, sharding
 from gpt_jax.errors import UserError
 from gpt_jax.model import ModelConfig
 from gpt_jax.report import RunLog, StepLogger, StepProfiler
+from gpt_jax.spike import SpikeWatch
 from gpt_jax.train import Trainer, TrainState
 
 
@@ -137,11 +138,13 @@ def run(
   log: RunLog,
   profiler: StepProfiler | None = None,
   steps_per_call: int = 1,
+  spikes: SpikeWatch | None = None,
 ) -> Outcome:
   """Trains from `first_step` to `total_steps` on `batches` (host arrays of this process).
 
   Runs `steps_per_call` updates per compiled call where it can (see `_call_size`);
-  evaluations, saves and the preemption check happen between calls.
+  evaluations, saves and the preemption check happen between calls. `spikes` (gpt_jax.spike)
+  sees every step's loss and raises spike.Spike out of the loop at a loss spike.
   """
   if steps_per_call < 1:
     raise UserError(
@@ -172,6 +175,8 @@ def run(
         state, metrics = _dispatch(trainer, state, group)
         done += len(group)
         guard.after_steps(done, metrics.pop('update_skipped'))
+        if spikes:
+          spikes.after_steps(done, metrics['loss'])
         steps.after_steps(done, metrics, group)
       evaluated = schedule.is_eval_step(done)
       if evaluated:
@@ -191,6 +196,8 @@ def run(
   if profiler:
     profiler.stop(log)
   guard.flush()
+  if spikes:
+    spikes.flush()
   return Outcome(state, steps.flush(), last_eval, preempted, guard.total)
 
 
