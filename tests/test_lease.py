@@ -80,10 +80,14 @@ def _finish(process: subprocess.Popen) -> str:
 
 
 def _saved_steps(workdir: str) -> list[int]:
-  directory = epath.Path(workdir) / 'checkpoints'
-  if not directory.exists():
+  import fsspec
+
+  fs, root = fsspec.core.url_to_fs(f'{workdir}/checkpoints')
+  fs.invalidate_cache()  # a bucket's listing is cached otherwise
+  if not fs.exists(root):
     return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+  names = [name.rstrip('/').rsplit('/', 1)[-1] for name in fs.ls(root, detail=False)]
+  return sorted(int(name) for name in names if name.isdigit())
 
 
 def _final_params(workdir: str) -> list[np.ndarray]:
@@ -207,8 +211,11 @@ class _Batches:
     self._inner.set_state(state)
 
 
+_PRETRAIN_DATA = workflow.pretrain_data  # the real one: each run below patches it afresh
+
+
 def _pretrain_on(monkeypatch, workdir, flags, drop_from: int | None) -> int:
-  real = workflow.pretrain_data
+  real = _PRETRAIN_DATA
 
   def data_with_a_poisoned_batch(config):
     data = real(config)
@@ -227,6 +234,9 @@ def test_a_loss_spike_is_rolled_back_and_its_batches_skipped(tmp_path, flags, mo
     '--config.train.spike=true',
     '--config.train.spike_window=6',
     '--config.train.spike_threshold=4',
+    # Learning fast, the model soon predicts this corpus far better than random tokens.
+    '--config.optim.warmup_steps=2',
+    '--config.optim.learning_rate=3e-3',
   ]
   capsys.readouterr()
   assert _pretrain_on(monkeypatch, tmp_path / 'run', flags, drop_from=None) == 0
@@ -246,11 +256,11 @@ def test_a_loss_spike_is_rolled_back_and_its_batches_skipped(tmp_path, flags, mo
   ):
     np.testing.assert_array_equal(actual, expected)
 
-  # Resumed from checkpoint 12 (as if killed right after the rollback), the run skips the
-  # same batches again and ends equal.
-  for step in _saved_steps(str(tmp_path / 'run')):
-    if step > 12:
-      shutil.rmtree(tmp_path / 'run' / 'checkpoints' / str(step))
+  # Run again from the start (as if killed right after the rollback, before a checkpoint
+  # past it: checkpoint.keep=3 has let 12 go since), the run skips the same batches when its
+  # data reaches step 12, and ends equal.
+  assert _saved_steps(str(tmp_path / 'run')) == [16, 20, 24]
+  shutil.rmtree(tmp_path / 'run' / 'checkpoints')
   assert _pretrain_on(monkeypatch, tmp_path / 'run', flags, drop_from=None) == 0
   assert 'loss spike' not in capsys.readouterr().out
   for actual, expected in zip(
