@@ -289,7 +289,7 @@ class Checkpointer:
     return self
 
   def __exit__(self, *exc_info) -> None:
-    self.close()
+    self.close()  # a failed save's one line replaces what its full disk broke meanwhile
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -334,9 +334,11 @@ class Checkpointer:
     data_state = _iterator_state(data_iterator)
     if data_state is not None:
       items[DATA] = DataStateSave(data_state)
-    with self._failing_write_is_one_line():  # the previous save is waited for first
-      self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    with self._failing_write_is_one_line():  # a failure here is the previous save's
+      self._manager.wait_until_finished()
     self._in_flight = step
+    with self._failing_write_is_one_line():  # and here this one's (its metadata, on a full disk)
+      self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
   @contextlib.contextmanager
   def _failing_write_is_one_line(self):
@@ -440,7 +442,7 @@ class Checkpointer:
   def close(self) -> None:
     with self._failing_write_is_one_line():
       self._manager.wait_until_finished()
-    self._manager.close()
+      self._manager.close()  # writes the metadata of the last save
     self._quiet.__exit__(None, None, None)
 
 
