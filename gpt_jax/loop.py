@@ -144,7 +144,8 @@ def run(
 
   Runs `steps_per_call` updates per compiled call where it can (see `_call_size`);
   evaluations, saves and the preemption check happen between calls. `spikes` (gpt_jax.spike)
-  sees every step's loss and raises spike.Spike out of the loop at a loss spike.
+  sees every step's loss and raises spike.Spike out of the loop at a loss spike; the caller
+  flushes it after the loop for the last call's.
   """
   if steps_per_call < 1:
     raise UserError(
@@ -175,8 +176,7 @@ def run(
         state, metrics = _dispatch(trainer, state, group)
         done += len(group)
         guard.after_steps(done, metrics.pop('update_skipped'))
-        if spikes:
-          spikes.after_steps(done, metrics['loss'])
+        _watch_losses(spikes, done, metrics)
         steps.after_steps(done, metrics, group)
       evaluated = schedule.is_eval_step(done)
       if evaluated:
@@ -196,9 +196,14 @@ def run(
   if profiler:
     profiler.stop(log)
   guard.flush()
-  if spikes:
-    spikes.flush()
   return Outcome(state, steps.flush(), last_eval, preempted, guard.total)
+
+
+def _watch_losses(spikes: SpikeWatch | None, done: int, metrics: dict) -> None:
+  """Hands a call's losses to the spike watch, if the run has one; it checks the previous
+  call's, so the host does not wait for this one."""
+  if spikes:
+    spikes.after_steps(done, metrics['loss'])
 
 
 def _call_size(

@@ -204,7 +204,7 @@ def _train(
   )
   steps.restart_clock(first_step)
   guard = loop.NonFiniteGuard(train_config.max_nonfinite_in_a_row, log, checkpoints.latest_step)
-  return loop.run(
+  outcome = loop.run(
     run.trainer,
     state,
     batches,
@@ -220,6 +220,9 @@ def _train(
     ),
     spikes=spikes,
   )
+  if spikes:
+    spikes.flush()  # the last call's losses
+  return outcome
 
 
 def _roll_back(
