@@ -96,8 +96,8 @@ class LocalLease:
       raise _in_use(
         self._workdir,
         holder,
-        'its lock was released when it exited: rerun this command (the lock is held by a live '
-        'process; a workdir on a network filesystem may need its lock server to notice it died)',
+        'rerun this command: the kernel releases its lock when it exits (on a network '
+        'filesystem, once the lock server notices)',
       ) from None
     file.seek(0)
     previous = Holder.parse(file.read())
@@ -156,16 +156,26 @@ class BucketLease:
   def _write(self, if_generation: int) -> int | None:
     """Writes our body if the object's generation is `if_generation` (0: it does not exist);
     its new generation, or None when the precondition failed (someone else wrote first)."""
+    # A multipart upload, as gcsfs's own create mode sends: storage emulators honour the
+    # precondition on these (fake-gcs-server ignores it on uploadType=media).
+    head = json.dumps({'name': self._key, 'contentType': 'application/json'})
+    data = (
+      (
+        f'--==0==\nContent-Type: application/json; charset=UTF-8\n\n{head}\n--==0==\n'
+        'Content-Type: application/json\n\n'
+      ).encode()
+      + self._body
+      + b'\n--==0==--'
+    )
     try:
       meta = self._fs.call(
         'POST',
         f'{self._fs._location}/upload/storage/v1/b/{{}}/o',
         self._bucket,
-        uploadType='media',
-        name=self._key,
+        uploadType='multipart',
         ifGenerationMatch=str(if_generation),
-        headers={'Content-Type': 'application/json'},
-        data=self._body,
+        headers={'Content-Type': 'multipart/related; boundary="==0=="'},
+        data=data,
         json_out=True,
       )
     except FileExistsError:  # HTTP 412: the precondition failed

@@ -267,3 +267,26 @@ def test_a_loss_spike_is_rolled_back_and_its_batches_skipped(tmp_path, flags, mo
     _final_params(str(tmp_path / 'run')), _final_params(str(tmp_path / 'reference')), strict=True
   ):
     np.testing.assert_array_equal(actual, expected)
+
+
+def test_a_bucket_lease_is_written_only_over_the_generation_its_writer_read(gcs, capsys):
+  """The precondition that makes one writer: a takeover changes the generation, so the old
+  holder's next heartbeat (a write over the generation it holds) fails."""
+  from gpt_jax.errors import UserError
+
+  workdir = f'{gcs.bucket()}/run'
+  first = lease.BucketLease(workdir, heartbeat_s=3600, stale_after_s=7200)
+  first.acquire()
+  held = first._generation
+  with pytest.raises(UserError, match=f'in use by host .* pid {os.getpid()} since .*rerun in'):
+    lease.BucketLease(workdir, heartbeat_s=3600, stale_after_s=7200).acquire()
+  second = lease.BucketLease(workdir, heartbeat_s=3600, stale_after_s=0)  # finds it stale
+  second.acquire()
+  assert 'which has not renewed its lease' in capsys.readouterr().err
+  assert second._generation != held
+  assert first._write(held) is None  # the old holder's heartbeat is refused
+  assert lease.BucketLease(workdir, 3600, 7200)._write(0) is None  # so is a second create
+  first._generation = 0  # it knows it lost: releasing deletes nothing of the new holder's
+  first.release()
+  second.release()
+  assert not (epath.Path(workdir) / lease.LEASE_FILE).exists()
