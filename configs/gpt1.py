@@ -90,6 +90,15 @@ def get_config() -> ml_collections.ConfigDict:
       zero_shot='',
       zero_shot_every='log',  # 'log' (1, 2, 5, 10, 20, 50, ... and the last) or steps: 100,1000
       zero_shot_batch_size=8,  # rows per scoring batch
+      # Loss-spike rollback (gpt_jax/spike.py; the paper did not need it): a step whose loss
+      # is spike_threshold standard deviations above the mean of the previous spike_window
+      # steps rolls back to the newest checkpoint before it and skips the batches that fed
+      # the steps from there to the spike; spike_max_rollbacks in a row without getting
+      # past a spike stop the run.
+      spike=False,
+      spike_threshold=6.0,
+      spike_window=100,
+      spike_max_rollbacks=3,
     )
   )
 
@@ -104,6 +113,11 @@ def get_config() -> ml_collections.ConfigDict:
       best_mode='min',
       async_save=True,  # write files in the background while training goes on
       keep_log_spaced=False,  # also keep steps 1, 2, 5, 10, 20, 50, ... (zero-shot curves)
+      # One writer per workdir (gpt_jax/lease.py): in a bucket the lease is renewed every
+      # lease_heartbeat_s seconds and taken over by another run once it has not been renewed
+      # for lease_stale_after_s; a local workdir's lock is released by the kernel.
+      lease_heartbeat_s=30.0,
+      lease_stale_after_s=90.0,
     )
   )
 

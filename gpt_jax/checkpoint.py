@@ -68,6 +68,8 @@ class CheckpointConfig:
   best_mode: str  # 'min' or 'max'
   async_save: bool
   keep_log_spaced: bool  # also keep steps 1, 2, 5, 10, 20, 50, ... (zero-shot curves)
+  lease_heartbeat_s: float  # a bucket workdir's lease is renewed this often ...
+  lease_stale_after_s: float  # ... and taken over once not renewed for this long (gpt_jax.lease)
 
   @classmethod
   def from_config(cls, section: ml_collections.ConfigDict) -> 'CheckpointConfig':
@@ -287,7 +289,7 @@ class Checkpointer:
     return self
 
   def __exit__(self, *exc_info) -> None:
-    self.close()
+    self.close()  # a failed save's one line replaces what its full disk broke meanwhile
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -332,9 +334,11 @@ class Checkpointer:
     data_state = _iterator_state(data_iterator)
     if data_state is not None:
       items[DATA] = DataStateSave(data_state)
-    with self._failing_write_is_one_line():  # the previous save is waited for first
-      self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    with self._failing_write_is_one_line():  # a failure here is the previous save's
+      self._manager.wait_until_finished()
     self._in_flight = step
+    with self._failing_write_is_one_line():  # and here this one's (its metadata, on a full disk)
+      self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
   @contextlib.contextmanager
   def _failing_write_is_one_line(self):
@@ -422,6 +426,14 @@ class Checkpointer:
     ocp.multihost.sync_global_processes(f'gpt_jax_set_aside_{step}')
     self._manager.reload()
 
+  def discard_from(self, step: int) -> None:
+    """Deletes the checkpoints of `step` and later (a loss-spike rollback's: they hold the
+    updates it undoes), once every started save is on disk."""
+    self.wait()
+    for saved in self._manager.all_steps():
+      if saved >= step:
+        self._manager.delete(saved)
+
   def wait(self) -> None:
     """Blocks until every started save is on disk."""
     with self._failing_write_is_one_line():
@@ -430,7 +442,7 @@ class Checkpointer:
   def close(self) -> None:
     with self._failing_write_is_one_line():
       self._manager.wait_until_finished()
-    self._manager.close()
+      self._manager.close()  # writes the metadata of the last save
     self._quiet.__exit__(None, None, None)
 
 
@@ -541,12 +553,25 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(_upgrade_config(stored))
 
 
+_ADDED_FIELDS = {
+  'checkpoint': {'lease_heartbeat_s': 30.0, 'lease_stale_after_s': 90.0},
+  'train': {
+    'hang_timeout_s': 600.0,
+    'preemption_grace_s': 30.0,
+    'spike': False,
+    'spike_threshold': 6.0,
+    'spike_window': 100,
+    'spike_max_rollbacks': 3,
+  },
+}
+
+
 def _upgrade_config(stored: dict) -> dict:
   """A stored config (JSON) with today's fields, so old workdirs resume and take overrides.
 
   model.remat was a bool before it named a policy (True -> 'full', False -> 'none');
-  fields added since (model.scan_layers, compile_cache_dir, train.hang_timeout_s,
-  train.preemption_grace_s) get their defaults.
+  fields added since (model.scan_layers, compile_cache_dir, the watchdog's, the lease's and
+  the loss-spike rollback's settings) get their defaults.
   """
   from gpt_jax import compile_cache
 
@@ -555,11 +580,11 @@ def _upgrade_config(stored: dict) -> dict:
     if isinstance(model.get('remat'), bool):
       model['remat'] = 'full' if model['remat'] else 'none'
     model.setdefault('scan_layers', False)
-  train = stored.get('train')
-  if isinstance(train, dict):
-    train.setdefault('hang_timeout_s', 600.0)
-    train.setdefault('preemption_grace_s', 30.0)
   stored.setdefault('compile_cache_dir', compile_cache.DEFAULT_DIR)
+  for section, defaults in _ADDED_FIELDS.items():
+    if isinstance(stored.get(section), dict):
+      for field, value in defaults.items():
+        stored[section].setdefault(field, value)
   return stored
 
 

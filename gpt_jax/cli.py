@@ -136,34 +136,45 @@ def _pretrain(args, overrides) -> None:
   compile_cache.enable(config)
   data = workflow.pretrain_data(config)
   workdir_lib.check_workdir(workdir)
-  # Only once the inputs are known to be good: no stray workdirs.
-  log = RunLog(workdir, trackers=tracking.trackers(config, workdir))
-  if jax.process_index() == 0:
-    data.tokenizer.copy_to(workdir)  # the run can always decode its own ids
-  try:
-    result = pretrain.run_pretraining(
-      config,
-      workdir,
-      data.train_batches,
-      data.eval_batches,
-      data.train_tokens,
-      log,
-      _profile_window(args.profile),
-      _pretraining_probes(config, data),
-    )
-  except BaseException:
-    # Flushes TensorBoard and draws curves.png after an error too; on a full disk that may
-    # fail as well, and the run's own error is the one to report.
-    with contextlib.suppress(OSError):
-      log.close()
-    raise
-  log.close()
+  with _workdir_lease(config, workdir):  # before the run writes anything there
+    # Only once the inputs are known to be good: no stray workdirs.
+    log = RunLog(workdir, trackers=tracking.trackers(config, workdir))
+    if jax.process_index() == 0:
+      data.tokenizer.copy_to(workdir)  # the run can always decode its own ids
+    try:
+      result = pretrain.run_pretraining(
+        config,
+        workdir,
+        data.train_batches,
+        data.eval_batches,
+        data.train_tokens,
+        log,
+        _profile_window(args.profile),
+        _pretraining_probes(config, data),
+      )
+    except BaseException:
+      # Flushes TensorBoard and draws curves.png after an error too; on a full disk that may
+      # fail as well, and the run's own error is the one to report.
+      with contextlib.suppress(OSError):
+        log.close()
+      raise
+    log.close()
   if result['preempted']:
     return
   log.info(
     f'done: eval loss {result["eval"]["loss"]:.4f} | '
     f'perplexity {result["eval"]["perplexity"]:.2f} | unigram entropy of the corpus '
     f'{data.store.unigram_entropy():.4f} nats | curves in {workdir / "curves.png"}'
+  )
+
+
+def _workdir_lease(config, workdir):
+  """The workdir's lease (gpt_jax.lease), held while a run writes there."""
+  from gpt_jax import checkpoint, lease
+
+  checkpoint_config = checkpoint.CheckpointConfig.from_config(config.checkpoint)
+  return lease.hold(
+    workdir, checkpoint_config.lease_heartbeat_s, checkpoint_config.lease_stale_after_s
   )
 
 
@@ -293,11 +304,12 @@ def _finetune(args, overrides) -> None:
     raise UserError('finetune needs --workdir (only --print_config runs without one)')
   compile_cache.enable(config)
   workdir_lib.check_workdir(args.workdir)
-  log = RunLog(args.workdir, trackers=tracking.trackers(config, args.workdir))
-  try:
-    result = finetune.run_finetuning(config, args.workdir, log)
-  finally:
-    log.close()
+  with _workdir_lease(config, args.workdir):  # before the run writes anything there
+    log = RunLog(args.workdir, trackers=tracking.trackers(config, args.workdir))
+    try:
+      result = finetune.run_finetuning(config, args.workdir, log)
+    finally:
+      log.close()
   if not result.get('preempted'):
     log.info('best validation: ' + ', '.join(f'{k} {v:.4f}' for k, v in result['best'].items()))
 

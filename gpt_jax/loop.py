@@ -20,6 +20,7 @@ from gpt_jax import checkpoint, flops, sharding, watchdog
 from gpt_jax.errors import UserError
 from gpt_jax.model import ModelConfig
 from gpt_jax.report import RunLog, StepLogger, StepProfiler
+from gpt_jax.spike import SpikeWatch
 from gpt_jax.train import Trainer, TrainState
 
 
@@ -140,12 +141,15 @@ def run(
   steps_per_call: int = 1,
   hang_timeout_s: float = 0.0,
   preemption_grace_s: float = 0.0,
+  spikes: SpikeWatch | None = None,
 ) -> Outcome:
   """Trains from `first_step` to `total_steps` on `batches` (host arrays of this process).
 
   Runs `steps_per_call` updates per compiled call where it can (see `_call_size`);
   evaluations, saves and the preemption check happen between calls. `hang_timeout_s` and
   `preemption_grace_s` are the watchdog's (train.hang_timeout_s, train.preemption_grace_s).
+  `spikes` (gpt_jax.spike) sees every step's loss and raises spike.Spike out of the loop at a
+  loss spike; the caller flushes it after the loop for the last call's.
   """
   _check_steps_per_call(steps_per_call)
 
@@ -176,6 +180,7 @@ def run(
         state, metrics = _dispatch(trainer, state, group)
         done += len(group)
         guard.after_steps(done, metrics.pop('update_skipped'))
+        _watch_losses(spikes, done, metrics)
         steps.after_steps(done, metrics, group)
       evaluated = schedule.is_eval_step(done)
       if evaluated:
@@ -211,6 +216,13 @@ def _check_steps_per_call(steps_per_call: int) -> None:
       f'train.steps_per_call={steps_per_call}: use 0 (auto: 8 on a CPU, 1 on TPU / GPU), '
       '1 (one compiled call per update) or more'
     )
+
+
+def _watch_losses(spikes: SpikeWatch | None, done: int, metrics: dict) -> None:
+  """Hands a call's losses to the spike watch, if the run has one; it checks the previous
+  call's, so the host does not wait for this one."""
+  if spikes:
+    spikes.after_steps(done, metrics['loss'])
 
 
 def _call_size(

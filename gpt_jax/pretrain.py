@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax import attention, checkpoint, loop, sharding
+from gpt_jax import attention, checkpoint, loop, sharding, spike
 from gpt_jax import workdir as workdir_lib
 from gpt_jax.errors import UserError
 from gpt_jax.model import ModelConfig
@@ -138,7 +138,8 @@ def run_pretraining(
     else:
       log.info(f'resumed from {checkpoints.directory / str(int(state.step))}')
     first_step = int(state.step)
-    log.drop_after(first_step)  # those steps are about to be rerun
+    # Every step's batch, less those a loss-spike rollback skipped (gpt_jax.spike).
+    batches = spike.SkippingBatches(train_batches, spike.read_skips(workdir), first_step)
     schedule = loop.Schedule(
       is_eval_step=lambda done: (
         done % train_config.eval_every == 0 or done == run.total_steps or done in probe_steps
@@ -155,34 +156,16 @@ def run_pretraining(
       ),
       save_every=checkpoint_config.every_steps,
     )
-    steps = loop.step_logger(
-      log,
-      run.model_config,
-      trainer.mesh,
-      every=train_config.log_every,
-      total_steps=run.total_steps,
-      tokens_of=lambda _: (run.tokens_per_step, train_config.seq_len),
-    )
-    steps.restart_clock(first_step)
-    guard = loop.NonFiniteGuard(train_config.max_nonfinite_in_a_row, log, checkpoints.latest_step)
     profiler = StepProfiler(workdir, *profile_steps) if profile_steps else None
-    outcome = loop.run(
-      trainer,
-      state,
-      train_batches,
-      first_step=first_step,
-      total_steps=run.total_steps,
-      schedule=schedule,
-      steps=steps,
-      guard=guard,
-      log=log,
-      profiler=profiler,
-      steps_per_call=loop.updates_per_call(
-        train_config.steps_per_call, trainer.mesh.devices.flat[0].platform
-      ),
-      hang_timeout_s=train_config.hang_timeout_s,
-      preemption_grace_s=train_config.preemption_grace_s,
-    )
+
+    def attempt(state, spikes: spike.SpikeWatch | None) -> loop.Outcome:
+      return _train(run, train_config, state, batches, schedule, checkpoints, log, profiler, spikes)
+
+    def roll_back(found: spike.Spike) -> tuple:
+      return _roll_back(found, run, checkpoints, train_batches, batches, workdir, log)
+
+    spike_config = spike.SpikeConfig.from_config(config.train)
+    outcome = spike.run_with_rollbacks(attempt, state, roll_back, spike_config)
     if first_step == run.total_steps:
       log.info(f'the workdir already holds the final step ({run.total_steps}); nothing to train')
       outcome.last_eval = evaluate(trainer, state.params, eval_batches())
@@ -194,3 +177,83 @@ def run_pretraining(
     'preempted': outcome.preempted,
     'skipped_steps': outcome.skipped_steps,
   }
+
+
+def _train(
+  run: _Run,
+  train_config: TrainConfig,
+  state,
+  batches: Iterator,
+  schedule: loop.Schedule,
+  checkpoints: checkpoint.Checkpointer,
+  log: RunLog,
+  profiler: StepProfiler | None,
+  spikes: 'spike.SpikeWatch | None',
+) -> loop.Outcome:
+  """The training loop from `state` to the last step, with fresh loggers (a rollback drops
+  what the steps it undoes logged)."""
+  first_step = int(state.step)
+  log.drop_after(first_step)  # those steps are about to be rerun
+  steps = loop.step_logger(
+    log,
+    run.model_config,
+    run.trainer.mesh,
+    every=train_config.log_every,
+    total_steps=run.total_steps,
+    tokens_of=lambda _: (run.tokens_per_step, train_config.seq_len),
+  )
+  steps.restart_clock(first_step)
+  guard = loop.NonFiniteGuard(train_config.max_nonfinite_in_a_row, log, checkpoints.latest_step)
+  outcome = loop.run(
+    run.trainer,
+    state,
+    batches,
+    first_step=first_step,
+    total_steps=run.total_steps,
+    schedule=schedule,
+    steps=steps,
+    guard=guard,
+    log=log,
+    profiler=profiler,
+    steps_per_call=loop.updates_per_call(
+      train_config.steps_per_call, run.trainer.mesh.devices.flat[0].platform
+    ),
+    hang_timeout_s=train_config.hang_timeout_s,
+    preemption_grace_s=train_config.preemption_grace_s,
+    spikes=spikes,
+  )
+  if spikes:
+    spikes.flush()  # the last call's losses
+  return outcome
+
+
+def _roll_back(
+  found: 'spike.Spike',
+  run: _Run,
+  checkpoints: checkpoint.Checkpointer,
+  train_batches: Iterator,
+  batches: 'spike.SkippingBatches',
+  workdir,
+  log: RunLog,
+) -> tuple:
+  """Restores the newest checkpoint before the spike, records and starts skipping the
+  batches from it to the spike; (state, its step)."""
+  checkpoints.discard_from(found.step)
+  state = checkpoints.restore_latest(run.trainer, train_batches)
+  if state is None:
+    raise UserError(
+      f'a loss spike ({found.describe()} the window mean {found.mean:.4f}) came before the '
+      'first checkpoint, so there is nothing to roll back to: lower checkpoint.every_steps, '
+      'or turn train.spike off'
+    )
+  step = int(state.step)
+  skip = spike.Skip(step, found.step - step, found.step, found.loss)
+  spike.record_skip(workdir, skip)
+  batches.add(skip)
+  batches.at(step)
+  log.info(
+    f'loss spike: {found.describe()} the mean of the window before it ({found.mean:.4f}); '
+    f'rolled back to checkpoint {step} and skipped the {skip.batches} batches that fed steps '
+    f'{step + 1}-{found.step} (recorded in {spike.SKIPS_FILE})'
+  )
+  return state, step

@@ -8,6 +8,8 @@
       tensorboard/             TensorBoard event files
       curves.png               loss, learning rate and validation metrics
       profile/                 a JAX profiler trace, when asked for
+      lease.json               the run that writes here (gpt_jax.lease)
+      skipped_batches.json     batches a loss-spike rollback skipped (gpt_jax.spike)
       summary.json             fine-tuning: best metrics, baseline, where the weights came from
       *.tsv                    fine-tuning: test predictions (GLUE submission files)
 

@@ -44,6 +44,7 @@ MODEL = [
   '--config.model.d_ff=128',
   '--config.model.n_ctx=16',
 ]
+LEASE_STALE_AFTER_S = 2
 TRAIN = [
   '--config.train.batch_size=8',
   '--config.train.seq_len=16',
@@ -52,6 +53,9 @@ TRAIN = [
   '--config.train.eval_every=8',
   '--config.train.eval_batches=1',
   '--config.checkpoint.every_steps=2',
+  # The killed run's bucket lease goes stale soon, so that its rerun takes it over.
+  '--config.checkpoint.lease_heartbeat_s=0.5',
+  f'--config.checkpoint.lease_stale_after_s={LEASE_STALE_AFTER_S}',
   '--config.mesh.data=-1',
   '--config.mesh.fsdp=2',
   '--config.mesh.tensor=1',
@@ -144,6 +148,7 @@ def test_two_processes_prepare_train_resume_finetune_sample_in_a_bucket(tmp_path
     _start(lambda i: _cli(*pretrain, '--workdir', str(killed)), faulty, tmp_path),
     f'{killed}/checkpoints',
   )
+  time.sleep(LEASE_STALE_AFTER_S)  # the killed run renews its lease no more
   resumed = _run_two(['pretrain', '--workdir', str(killed)], faulty, tmp_path)  # stored config
   proxy.stop()
   assert 'done: eval loss' in resumed[0]

@@ -2,10 +2,12 @@
 garbage, truncation), a checkpoint with one flipped byte, a disk that fills during a save."""
 
 import contextlib
+import errno
 import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -161,36 +163,77 @@ def test_a_checkpoint_with_a_flipped_byte_is_set_aside_and_the_previous_one_resu
 
 
 @contextlib.contextmanager
-def _small_disk(directory, size: str):
-  """A tmpfs of `size` at `directory` (the test runs as root)."""
+def _small_tmpfs(directory):
+  """A 6 MiB tmpfs at `directory` (the test runs as root); yields (fill, free): fill writes
+  a ballast file over all its space but 64 KiB, free deletes it and grows the disk."""
   directory.mkdir()
-  subprocess.run(
-    ['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(directory)], check=True
-  )
+  subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=6m', 'tmpfs', str(directory)], check=True)
+
+  def fill() -> None:
+    stats = os.statvfs(directory)
+    (directory / 'ballast').write_bytes(b'\0' * (stats.f_bavail * stats.f_frsize - 2**16))
+
+  def free() -> None:
+    (directory / 'ballast').unlink()
+    subprocess.run(['mount', '-o', 'remount,size=12m', str(directory)], check=True)
+
   try:
-    yield lambda new_size: subprocess.run(
-      ['mount', '-o', f'remount,size={new_size}', str(directory)], check=True
-    )
+    yield fill, free
   finally:
     subprocess.run(['umount', str(directory)], check=True)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason='mounting a small tmpfs needs root')
+@contextlib.contextmanager
+def _full_disk_double(directory):
+  """A filesystem double for a run without root: once filled, every file opened for writing
+  through epath under `directory/run/checkpoints` fails with ENOSPC, as on a full disk.
+
+  epath is what orbax writes each checkpoint's JSON items and metadata with (and our data
+  item), from its background save thread, so a save fails where it would on a full disk;
+  the array bytes tensorstore writes in C++ are not intercepted.
+  """
+  from etils.epath import testing as epath_testing
+
+  directory.mkdir()
+  full = threading.Event()
+  checkpoints = str(directory / 'run' / 'checkpoints')
+
+  def open_on_a_full_disk(original, path, mode='r', *args, **kwargs):
+    writing = any(flag in mode for flag in 'wax+')
+    if full.is_set() and writing and os.fspath(path).startswith(checkpoints):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
+    return original(path, mode, *args, **kwargs)
+
+  with epath_testing.mock_epath(open=open_on_a_full_disk):
+    yield full.set, full.clear
+
+
+@pytest.mark.parametrize(
+  'small_disk',
+  [
+    pytest.param(
+      _small_tmpfs,
+      id='tmpfs',
+      marks=pytest.mark.skipif(os.geteuid() != 0, reason='mounting a tmpfs needs root'),
+    ),
+    pytest.param(_full_disk_double, id='filesystem-double'),
+  ],
+)
 def test_a_disk_full_during_a_save_is_one_line_and_a_rerun_with_space_finishes_equal(
-  corpus, reference, tmp_path, capsys, monkeypatch
+  corpus, reference, tmp_path, capsys, monkeypatch, small_disk
 ):
   flags, _, _ = corpus
   real_save = checkpoint.Checkpointer.save
-
-  def save_on_a_filling_disk(self, step, *args, **kwargs):
-    if step == 4:  # something else fills the disk once checkpoint 2 is written
-      self.wait()
-      stats = os.statvfs(disk)
-      (disk / 'ballast').write_bytes(b'\0' * (stats.f_bavail * stats.f_frsize - 2**16))
-    return real_save(self, step, *args, **kwargs)
-
   disk = tmp_path / 'disk'
-  with _small_disk(disk, '6m') as resize:
+
+  with small_disk(disk) as (fill, free):
+
+    def save_on_a_filling_disk(self, step, *args, **kwargs):
+      if step == 4:  # something else fills the disk once checkpoint 2 is written
+        self.wait()
+        fill()
+      return real_save(self, step, *args, **kwargs)
+
     monkeypatch.setattr(checkpoint.Checkpointer, 'save', save_on_a_filling_disk)
     capsys.readouterr()
     assert _pretrain(flags, disk / 'run') == 1
@@ -203,8 +246,7 @@ def test_a_disk_full_during_a_save_is_one_line_and_a_rerun_with_space_finishes_e
     assert 'Traceback' not in err and 'ERROR' not in err, err[-3000:]
     _assert_same_params(disk / 'run', reference, 2)
     monkeypatch.setattr(checkpoint.Checkpointer, 'save', real_save)
-    (disk / 'ballast').unlink()
-    resize('12m')
+    free()
     assert _pretrain(flags, disk / 'run') == 0
     _assert_same_params(disk / 'run', reference, 6)
 
