@@ -179,8 +179,7 @@ def run(
         dog.pet(f'train step {done + len(group)}')
         state, metrics = _dispatch(trainer, state, group)
         done += len(group)
-        guard.after_steps(done, metrics.pop('update_skipped'))
-        _watch_losses(spikes, done, metrics)
+        _check_losses(guard, spikes, done, metrics)
         steps.after_steps(done, metrics, group)
       evaluated = schedule.is_eval_step(done)
       if evaluated:
@@ -218,9 +217,12 @@ def _check_steps_per_call(steps_per_call: int) -> None:
     )
 
 
-def _watch_losses(spikes: SpikeWatch | None, done: int, metrics: dict) -> None:
-  """Hands a call's losses to the spike watch, if the run has one; it checks the previous
-  call's, so the host does not wait for this one."""
+def _check_losses(
+  guard: NonFiniteGuard, spikes: SpikeWatch | None, done: int, metrics: dict
+) -> None:
+  """Hands a call's skipped updates to the non-finite guard and its losses to the spike
+  watch, if the run has one; it checks the previous call's, so the host does not wait."""
+  guard.after_steps(done, metrics.pop('update_skipped'))
   if spikes:
     spikes.after_steps(done, metrics['loss'])
 
