@@ -8,6 +8,7 @@ from pathlib import Path
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from helpers import make_trainer, max_relative_difference, prepared_local_corpus, tiny_config
@@ -299,3 +300,47 @@ def test_finetune_sample_and_zero_shot_through_the_cli(pretrained, tmp_path, cap
   assert cli.main([*probe, *task, verbalizer, '--out', str(out)]) == 0
   accuracy = json.loads(out.read_text())['splits']['validation']['accuracy']
   assert 0.0 <= accuracy <= 1.0
+
+
+def test_dprd_from_a_locally_built_tfds_copy_through_the_substitution_probe(memorised, tmp_path):
+  """The registry's 'dprd' entry reads the real definite_pronoun_resolution builder's
+  dataset (built here from files in its four-line format) and the probe scores it: on
+  examples made from the model's greedy text, with the right candidate first or second,
+  every answer is right."""
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.text import definite_pronoun_resolution as dprd
+
+  from gpt_jax.tasks import registry
+
+  params, model_config, tokenizer = memorised
+  prompts = ['the quick brown', 'jumps over the', 'over the lazy', 'the quick', 'brown fox']
+  examples = _greedy_examples(memorised, prompts)
+  lines, labels = [], []
+  for k, example in enumerate(examples):
+    candidates = example['candidates'][:: 1 - 2 * (k % 2)]  # odd examples: right one second
+    labels.append(candidates.index(example['candidates'][0]))
+    lines += [example['sentence'], 'it', ','.join(candidates), example['candidates'][0], '']
+  source = tmp_path / 'test.c.txt'
+  source.write_text('\n'.join(lines) + '\n')
+
+  class Local(dprd.DefinitePronounResolution, skip_registration=True):
+    name = dprd.DefinitePronounResolution.name
+
+    def _split_generators(self, dl_manager):
+      return [  # the real dataset's two splits; the probe scores test
+        tfds.core.SplitGenerator(name=split, gen_kwargs={'filepath': str(source)})
+        for split in ('test', 'train')
+      ]
+
+  Local(data_dir=str(tmp_path), file_format='array_record').download_and_prepare()
+  task = registry.load_tfds_task('dprd', str(tmp_path))
+  scored = task.validation['test']
+  assert task.kind == 'pronoun' and len(scored) == len(examples)
+  stored = sorted((scored[i]['sentence'], int(scored[i]['label'])) for i in range(len(scored)))
+  assert stored == sorted((e['sentence'].strip(), label) for e, label in zip(examples, labels))
+  mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+  scorer = Scorer(params, model_config, mesh, 8, 31)
+  probe = zero_shot.probe_for(task, ml_collections.ConfigDict({'prompt': ''}))
+  assert probe.method == 'substitution'
+  result = zero_shot.evaluate(scorer, tokenizer, task, probe, {'test': scored})
+  assert result['test']['accuracy'] == 1.0 and result['test']['chance'] == 0.5
