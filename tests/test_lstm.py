@@ -289,7 +289,11 @@ def test_finetune_sample_and_zero_shot_through_the_cli(pretrained, tmp_path, cap
   train = [r for r in read_metrics(workdir / 'metrics.jsonl') if r['split'] == 'train']
   assert {'task_loss', 'lm_loss'} <= set(train[-1])
 
-  capsys.readouterr()
+  capsys.readouterr()  # the ablation table's fourth row comes from the run's own summary
+  assert (
+    cli.main(['analysis', 'ablations', '--out', str(tmp_path / 'a'), '--runs', str(workdir)]) == 0
+  )
+  assert '| LSTM w/ aux LM |' in capsys.readouterr().out
   sample = ['sample', '--workdir', str(pretrained), '--prompt', 'the quick', '--temperature', '0']
   assert cli.main([*sample, '--max_new_tokens', '6']) == 0
   assert capsys.readouterr().out.strip()
