@@ -173,6 +173,9 @@ class LSTM(nn.Module):
     zeros = jnp.zeros((batch, self.config.lstm_units), jnp.float32)
     return zeros, zeros
 
+  def __call__(self, tokens, deterministic: bool = True):
+    return self.logits(self.hidden_states(tokens, deterministic))
+
   def hidden_states(self, tokens, deterministic: bool = True) -> jax.Array:
     """y (batch, length, n_embd) from a zero initial state."""
     h, _ = run(
@@ -180,20 +183,17 @@ class LSTM(nn.Module):
     )
     return self._output(h, deterministic)
 
-  def logits(self, hidden) -> jax.Array:
-    """Language-model logits through the transposed token embedding, in float32."""
-    logits = self.tokens_embed.attend(hidden.reshape(-1, hidden.shape[-1]))
-    return logits.reshape(*hidden.shape[:-1], -1).astype(jnp.float32)
-
-  def __call__(self, tokens, deterministic: bool = True):
-    return self.logits(self.hidden_states(tokens, deterministic))
-
   def next_token_loss(self, hidden, targets, weights, chunk: int) -> jax.Array:
     """As GPT.next_token_loss: the chunked, padded-vocabulary LM loss of gpt_jax.lm_head."""
     cfg = self.config
     return lm_head.next_token_loss(
       hidden, self.tokens_embed.embedding, targets, weights, cfg.pad_vocab_to, chunk, cfg.dtype
     )
+
+  def logits(self, hidden) -> jax.Array:
+    """Language-model logits through the transposed token embedding, in float32."""
+    logits = self.tokens_embed.attend(hidden.reshape(-1, hidden.shape[-1]))
+    return logits.reshape(*hidden.shape[:-1], -1).astype(jnp.float32)
 
   def decode(self, tokens, positions, cache_mask) -> jax.Array:
     """Logits (batch, vocab) after the last of `tokens`, carrying (h, c) in the cache.
