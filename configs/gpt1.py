@@ -43,6 +43,10 @@ def get_config() -> ml_collections.ConfigDict:
       # Positions per sequence whose LM logits the pretraining loss makes at a time, their
       # gradients in the same pass (memory); 0: all at once, as a plain autodiff step.
       lm_chunk=0,
+      # 'transformer' (GPT-1) or 'lstm': the paper's baseline, one LSTM layer of lstm_units
+      # under the same tied embedding (see docs/lstm.md and configs/lstm.py).
+      arch='transformer',
+      lstm_units=2048,
     )
   )
 

@@ -570,8 +570,8 @@ def _upgrade_config(stored: dict) -> dict:
   """A stored config (JSON) with today's fields, so old workdirs resume and take overrides.
 
   model.remat was a bool before it named a policy (True -> 'full', False -> 'none');
-  fields added since (model.scan_layers, compile_cache_dir, the watchdog's, the lease's and
-  the loss-spike rollback's settings) get their defaults.
+  fields added since (model.scan_layers, model.arch, model.lstm_units, compile_cache_dir, the
+  watchdog's, the lease's and the loss-spike rollback's settings) get their defaults.
   """
   from gpt_jax import compile_cache
 
@@ -580,6 +580,8 @@ def _upgrade_config(stored: dict) -> dict:
     if isinstance(model.get('remat'), bool):
       model['remat'] = 'full' if model['remat'] else 'none'
     model.setdefault('scan_layers', False)
+    model.setdefault('arch', 'transformer')
+    model.setdefault('lstm_units', 2048)
   stored.setdefault('compile_cache_dir', compile_cache.DEFAULT_DIR)
   for section, defaults in _ADDED_FIELDS.items():
     if isinstance(stored.get(section), dict):

@@ -74,6 +74,7 @@ def load_init(config: ml_collections.ConfigDict) -> Weights:
       'that model shape from random weights instead'
     )
   weights = load_weights(config.finetune.init, flag='finetune.init')
+  _check_arch(config, weights)
   tokenizer = weights.text_tokenizer()
   special = [tokenizer.start_id, tokenizer.delimiter_id, tokenizer.extract_id]
   # The paper gives <s>, $ and <e> new N(0, 0.02) rows; rows pretraining only ever pushed
@@ -112,6 +113,17 @@ def load_init(config: ml_collections.ConfigDict) -> Weights:
   if params is not None:  # the weights' block layout may differ from the config's
     params = layer_layout.convert(params, model_config.scan_layers)
   return dataclasses.replace(weights, params=params, model_config=model_config)
+
+
+def _check_arch(config: ml_collections.ConfigDict, weights: Weights) -> None:
+  """The weights decide the model family, as they decide its sizes; an explicit
+  model.arch=lstm that they contradict is one line."""
+  wanted, found = config.model.get('arch', 'transformer'), weights.model_config.arch
+  if wanted == 'lstm' and found != 'lstm':
+    raise UserError(
+      f'model.arch=lstm, but finetune.init={config.finetune.init} holds {found} weights: '
+      'pretrain with --config.model.arch=lstm (or configs/lstm.py) and fine-tune from that'
+    )
 
 
 def _transfer_count(finetune_config: 'FinetuneConfig', model_config: ModelConfig) -> int:
@@ -431,7 +443,7 @@ def run_finetuning(config: ml_collections.ConfigDict, workdir, log: RunLog | Non
     'task': task.name,
     'init': run.weights.source,
     'n_transfer': _transfer_count(run.finetune_config, run.weights.model_config),  # blocks
-    'model_arch': config.model.get('arch', 'transformer'),
+    'model_arch': run.weights.model_config.arch,
     'lm_coef': config.finetune.lm_coef,
     'best_step': best_step,
     'best': best,

@@ -25,9 +25,14 @@ def train_flops_per_token(model_config, seq_len: int) -> float:
   Counts the forward pass's matrix multiplies (projections, MLP, the tied
   output layer and the two attention products over the full square, as in the
   PaLM paper's MFU definition) and triples it for the backward pass.
-  Embedding look-ups, LayerNorms and softmax are not counted.
+  Embedding look-ups, LayerNorms and softmax are not counted. The LSTM (model.arch=lstm):
+  3 x 2 x (its gate kernels, projection and the tied output layer).
   """
   d, layers = model_config.n_embd, model_config.n_layer
+  if model_config.arch == 'lstm':
+    units = model_config.lstm_units
+    proj = units * d if units != d else 0
+    return 3.0 * 2.0 * (4 * units * (d + units) + proj + d * model_config.vocab_size)
   matmul_params = layers * (4 * d * d + 2 * d * model_config.d_ff) + d * model_config.vocab_size
   attention = layers * 2 * 2 * seq_len * d
   return 3.0 * (2.0 * matmul_params + attention)

@@ -16,6 +16,7 @@ from jax.ad_checkpoint import checkpoint_name
 from gpt_jax import attention, lm_head
 from gpt_jax.dropout import Dropout
 from gpt_jax.errors import UserError
+from gpt_jax.lstm import LSTM
 
 # Remat policies by name: what a block saves from its forward pass for the backward
 # pass. 'none' saves everything (no remat); 'full' saves only the block's input.
@@ -28,6 +29,10 @@ _POLICIES = {
   'save_qkv_mlp': jax.checkpoint_policies.save_only_these_names('qkv', 'mlp_hidden'),
 }
 REMAT_POLICIES = ('none', *_POLICIES)
+
+# The model families model.arch names: GPT-1's Transformer, and the paper's LSTM baseline
+# (gpt_jax/lstm.py). `decoder` builds either.
+ARCHITECTURES = ('transformer', 'lstm')
 
 # GPT-1 initialises every weight from N(0, 0.02) and every bias to zero.
 _weight_init = nn.initializers.normal(stddev=0.02)
@@ -63,8 +68,21 @@ class ModelConfig:
   # Positions per sequence whose LM logits the pretraining loss makes at a time, with their
   # gradients in the same pass (see gpt_jax.lm_head); 0: all at once, left to autodiff.
   lm_chunk: int = 0
+  # One of ARCHITECTURES. The LSTM reads vocab_size, n_ctx (the longest sequence), n_embd
+  # (embedding width), lstm_units and the dropout rates; the block fields (n_head, d_ff,
+  # attn_pdrop, layer_norm_epsilon, attention) do not apply to it and are ignored, and its
+  # n_layer is 1 (finetune.n_transfer counts it as the one block).
+  arch: str = 'transformer'
+  lstm_units: int = 2048  # the LSTM's state width (the paper: one layer of 2,048 units)
 
   def __post_init__(self):
+    if self.arch not in ARCHITECTURES:
+      raise UserError(
+        f'model.arch={self.arch!r} is not a model family; use one of: {", ".join(ARCHITECTURES)}'
+      )
+    if self.arch == 'lstm':
+      _check_lstm(self)
+      object.__setattr__(self, 'n_layer', 1)
     if isinstance(self.remat, bool):
       object.__setattr__(self, 'remat', 'full' if self.remat else 'none')
     if self.remat not in REMAT_POLICIES:
@@ -89,12 +107,25 @@ class ModelConfig:
     if unknown:
       raise UserError(f'unknown model config field(s) {unknown}; known: {sorted(fields)}')
     model_config = cls(**values)
+    if model_config.arch == 'lstm':
+      return model_config  # no attention: its kernel and head count are not read
     attention.check_implementation(model_config.attention)
     if model_config.n_embd % model_config.n_head:
       raise UserError(
         f'model.n_embd={model_config.n_embd} is not divisible by model.n_head={model_config.n_head}'
       )
     return model_config
+
+
+def _check_lstm(config: ModelConfig) -> None:
+  """One line for the Transformer-only options that would change what an LSTM run does."""
+  if config.lstm_units < 1:
+    raise UserError(f'model.lstm_units={config.lstm_units} must be >= 1')
+  if config.remat != 'none' or config.scan_layers:
+    raise UserError(
+      'model.remat and model.scan_layers apply to Transformer blocks; the LSTM has none: '
+      "drop them (remat='none', scan_layers=False) with model.arch=lstm"
+    )
 
 
 def _partitioned(init, names):
@@ -376,6 +407,15 @@ class GPT(nn.Module):
     return self.logits(self._run_blocks(x, True, cache_mask)[:, -1])
 
 
+def decoder(config: ModelConfig) -> GPT | LSTM:
+  """The language model `config.arch` names: GPT-1's Transformer or the LSTM baseline.
+
+  Both have the same methods (hidden_states, logits, next_token_loss, decode); training,
+  fine-tuning, scoring and sampling build their model here.
+  """
+  return LSTM(config) if config.arch == 'lstm' else GPT(config)
+
+
 # How GPTForTask reads the sequences of one example (gpt_jax.tasks maps task kinds onto these):
 #   single    tokens (batch, len): one sequence -> (batch, num_outputs)
 #   pair_sum  tokens (batch, 2, len): two sequences whose <e> states are added, then one linear
@@ -411,7 +451,7 @@ class GPTForTask(nn.Module):
         f'a choices head scores each choice with one output; got num_outputs={self.num_outputs}'
       )
     cfg = self.config
-    self.transformer = GPT(cfg)
+    self.transformer = decoder(cfg)  # either family, under one name in the parameter tree
     self.clf_drop = Dropout(self.clf_pdrop)
     self.classifier = Linear(
       (cfg.n_embd,), (self.num_outputs,), ('embed', 'classes'), cfg.dtype, cfg.param_dtype

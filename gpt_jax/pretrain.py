@@ -77,7 +77,10 @@ def _set_up(config, train_config: TrainConfig, workdir, train_tokens: int | None
   seq_len = train_config.seq_len
   if seq_len > model_config.n_ctx:
     raise UserError(f'train.seq_len={seq_len} exceeds model.n_ctx={model_config.n_ctx}')
-  attention.check_shape(model_config.attention, seq_len, model_config.head_dim, model_config.n_head)
+  if model_config.arch == 'transformer':
+    attention.check_shape(
+      model_config.attention, seq_len, model_config.head_dim, model_config.n_head
+    )
   total_steps = resolve_num_steps(train_config, train_tokens)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(train_config.batch_size, mesh)

@@ -13,6 +13,10 @@ column. Padding never counts: each row's positions start at 0 on its first
 real token (GPT-1's learned absolute positions), and the padding slots are
 masked out of attention, so a padded row decodes exactly as it would alone.
 
+The LSTM baseline (model.arch=lstm) decodes through the same loop: its 'cache' is its
+recurrent state (h, c) after the tokens fed so far, and left padding leaves that state
+untouched (see gpt_jax.lstm.LSTM.decode).
+
 `generate` is the tokenizer-agnostic core (ids in, ids out); `generate_text`
 wraps it for any tokenizer with `encode(str) -> list[int]` and
 `decode(list[int]) -> str`; `gpt_jax.weights.load_weights` reads the weights to sample from.
@@ -28,7 +32,7 @@ import numpy as np
 
 from gpt_jax import sharding
 from gpt_jax.errors import UserError
-from gpt_jax.model import GPT, ModelConfig
+from gpt_jax.model import ModelConfig, decoder
 
 _PAD_ID = 0  # fills padding and finished rows; never attended, never returned
 _WIDTH_MULTIPLE = 16  # prompt batches are padded to a multiple of this many tokens
@@ -186,7 +190,7 @@ def _decode(
   Returns the (batch, max_new_tokens) new tokens (_PAD_ID after a row stops,
   and everywhere once all rows stopped) and their logits, or None.
   """
-  model = GPT(model_config)
+  model = decoder(model_config)
   batch, prompt_len = prompts.shape
   padding = prompt_len - lengths
   # The last new token is never fed back, but one spare slot keeps shapes simple.
@@ -195,7 +199,7 @@ def _decode(
 
   def step(variables, tokens, positions):
     logits, variables = model.apply(
-      variables, tokens, positions, cache_mask, method=GPT.decode, mutable=['cache']
+      variables, tokens, positions, cache_mask, method='decode', mutable=['cache']
     )
     return logits, variables['cache']
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from gpt_jax import sharding
 from gpt_jax.errors import UserError
-from gpt_jax.model import GPT, ModelConfig
+from gpt_jax.model import ModelConfig, decoder
 
 WIDTH_MULTIPLE = 64  # short rows (zero-shot answers) are scored at a width rounded up to this
 
@@ -29,7 +29,7 @@ class Scorer:
     self.model_config, self.mesh, self.length = model_config, mesh, length
     self.batch_size = batch_size
     sharding.check_batch(batch_size, mesh)
-    model = GPT(model_config)
+    model = decoder(model_config)
     abstract = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, length), jnp.int32))['params']
     )

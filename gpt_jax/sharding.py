@@ -38,6 +38,11 @@ LOGICAL_RULES = (
   ('head_dim', None),
   ('mlp', 'tensor'),
   ('classes', None),
+  # The LSTM (gpt_jax/lstm.py): its state units over 'tensor' (as the MLP's), the units a
+  # recurrent kernel reads as 'embed' (over 'fsdp'), its four gates whole.
+  ('lstm', 'tensor'),
+  ('lstm_in', 'fsdp'),
+  ('gates', None),
   (
     'layers',
     None,

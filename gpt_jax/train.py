@@ -19,7 +19,8 @@ import optax
 
 from gpt_jax import config as config_lib
 from gpt_jax import optim, sharding
-from gpt_jax.model import GPT, GPTForTask, ModelConfig
+from gpt_jax.lstm import LSTM
+from gpt_jax.model import GPT, GPTForTask, ModelConfig, decoder
 from gpt_jax.tasks import transforms
 from gpt_jax.tasks.task import TaskShape
 
@@ -67,7 +68,7 @@ def _applied_updates(opt_state, default):
   return (scheduled or [count for _, count in counts] or [default])[0]
 
 
-def lm_loss_fn(model: GPT) -> Callable:
+def lm_loss_fn(model: GPT | LSTM) -> Callable:
   """Pretraining objective on windows of seq_len + 1 tokens: predict token t+1 from 0..t.
 
   The mean cross-entropy over every position, through the model's padded-vocabulary,
@@ -99,9 +100,9 @@ def make_pretrainer(
   mesh: jax.sharding.Mesh,
   seq_len: int,
   total_steps: int,
-) -> tuple[GPT, 'Trainer']:
-  """The GPT and its next-token Trainer for `total_steps` updates on `mesh`."""
-  model = GPT(model_config)
+) -> tuple[GPT | LSTM, 'Trainer']:
+  """The language model (model.arch) and its next-token Trainer for `total_steps` updates."""
+  model = decoder(model_config)
   tx, schedule = optim.make_optimizer(optim_config, total_steps)
   trainer = Trainer(
     init_params=lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32))['params'],

@@ -48,6 +48,9 @@ class Weights:
     return self.tokenizer
 
 
+LSTM_MARKER = 'recurrent_kernel'  # a parameter only the LSTM baseline has
+
+
 def source_kind(directory) -> str:
   """'hf', 'openai' or 'workdir': which kind of weights `directory` holds."""
   if (directory / hf.CONFIG_FILE).is_file():
@@ -64,15 +67,22 @@ def source_kind(directory) -> str:
   )
 
 
-def config_from_params(params) -> ModelConfig:
+def config_from_params(params, n_ctx: int = ModelConfig.n_ctx) -> ModelConfig:
   """The decoder's sizes, read off its parameter shapes.
 
   Not from a stored config: a fine-tuning run takes its model shape from the
   weights it started from and adds fine-tuning tokens to the vocabulary, so
   its config's model section need not match. The block layout is kept:
-  stacked parameters run with scanned blocks.
+  stacked parameters run with scanned blocks. The family too: an LSTM's
+  parameters (gpt_jax.lstm) give model.arch='lstm'; having no position
+  embeddings, it takes its context `n_ctx` from the caller.
   """
   vocab_size, n_embd = params['tokens_embed']['embedding'].shape
+  if LSTM_MARKER in params:
+    units = params[LSTM_MARKER].shape[0]
+    return ModelConfig(
+      vocab_size=vocab_size, n_ctx=n_ctx, n_embd=n_embd, arch='lstm', lstm_units=units
+    )
   scanned = layer_layout.is_scanned(params)
   block = params[layer_layout.SCANNED] if scanned else params['h_0']
   layers = int(scanned)  # the leading 'layers' axis of stacked kernels
@@ -96,6 +106,8 @@ def _read(directory, kind: str, step: int | None = None) -> tuple[dict, ModelCon
 
   params = checkpoint.load_params(directory, step=step)
   params = params.get('transformer', params)  # fine-tuning: {'transformer', 'classifier'}
+  if LSTM_MARKER in params:  # the context an LSTM was trained with is in its config only
+    return params, config_from_params(params, checkpoint.load_config(directory).model.n_ctx)
   return params, config_from_params(params)
 
 
@@ -237,6 +249,10 @@ def transferred(pretrained: dict, fresh: dict, count: int) -> dict:
   Both trees are one decoder's, in the same block layout (stacked blocks are split on their
   leading 'layers' axis). `count` is a transfer_count; with n_layer it is `pretrained`.
   """
+  if LSTM_MARKER in fresh:  # the LSTM is one block: the embedding, then the rest
+    return {-1: fresh, 0: {**fresh, 'tokens_embed': pretrained['tokens_embed']}}.get(
+      count, pretrained
+    )
   has_blocks = layer_layout.SCANNED in fresh or 'h_0' in fresh
   n_layer = layer_layout.num_layers(fresh) if has_blocks else None
   if n_layer is None or count == n_layer:

@@ -18,6 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import xla_env
 from etils import epath
 from helpers import prepared_local_corpus
 
@@ -53,7 +54,7 @@ def flags(tmp_path_factory):
 def environment(tmp_path_factory):
   env = dict(
     os.environ,
-    XLA_FLAGS='',
+    XLA_FLAGS=xla_env.QUICK_COMPILE,
     JAX_PLATFORMS='cpu',
     JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp('jax_cache')),
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
