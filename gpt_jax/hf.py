@@ -149,6 +149,11 @@ def config_from_hf(hf_config) -> ModelConfig:
 
 def config_to_hf(model_config: ModelConfig) -> dict:
   """The config.json of the Hugging Face OpenAIGPTLMHeadModel with our sizes."""
+  if model_config.arch != 'transformer':
+    raise UserError(
+      f"a model.arch={model_config.arch} model cannot be exported: Hugging Face's "
+      'OpenAIGPTLMHeadModel is the Transformer; sample and evaluate it with gpt-jax instead'
+    )
   if model_config.d_ff != 4 * model_config.n_embd:
     raise UserError(
       f"model.d_ff={model_config.d_ff} cannot be exported: Hugging Face's "

@@ -297,6 +297,10 @@ def test_finetune_sample_and_zero_shot_through_the_cli(pretrained, tmp_path, cap
   sample = ['sample', '--workdir', str(pretrained), '--prompt', 'the quick', '--temperature', '0']
   assert cli.main([*sample, '--max_new_tokens', '6']) == 0
   assert capsys.readouterr().out.strip()
+  export = ['export', '--workdir', str(pretrained), '--out', str(tmp_path / 'hf')]
+  assert cli.main(export) == 1
+  assert capsys.readouterr().err.startswith('gpt-jax: error: a model.arch=lstm model cannot be')
+  assert not (tmp_path / 'hf').exists()
 
   out = tmp_path / 'zero_shot.json'
   probe = ['eval', '--init', str(pretrained), '--zero_shot', '--config', 'finetune/local']
