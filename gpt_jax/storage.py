@@ -54,12 +54,15 @@ def configure() -> None:
 
   Call before the first request (filesystems gcsfs made before keep their settings).
   """
-  import aiohttp
-  import fsspec.config
-
   seconds = timeout_s()
   os.environ.setdefault(TENSORSTORE_TIME_ENV, str(max(1, math.ceil(seconds))))
   os.environ.setdefault(TENSORSTORE_LIMIT_ENV, str(LOW_SPEED_LIMIT_BYTES))
+  try:
+    import aiohttp  # gcsfs's HTTP client, installed with it (the tpu and test extras)
+  except ImportError:
+    return  # no gcsfs here, so no gcsfs request to time out
+  import fsspec.config
+
   conf = fsspec.config.conf
   if not any('requests_timeout' in conf.get(name, {}) for name in _FSSPEC_PROTOCOLS):
     # Per read, not in total: a stalled answer fails (aiohttp's SocketTimeoutError, which

@@ -241,6 +241,21 @@ def test_storage_timeouts_keep_what_a_user_set(tmp_path):
   ]
 
 
+def test_gpt_jax_imports_without_gcsfs_and_still_times_out_tensorstore():
+  """The base install has no gcsfs (nor aiohttp, its HTTP client): importing gpt_jax still
+  works and still sets tensorstore's stall detection."""
+  probe = (
+    'import sys; sys.modules["aiohttp"] = None; import os, gpt_jax; '
+    'print(os.environ["TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS"])'
+  )
+  environment = {k: v for k, v in os.environ.items() if not k.startswith('TENSORSTORE_CURL')}
+  result = subprocess.run(
+    [sys.executable, '-c', probe], env=environment, capture_output=True, text=True
+  )
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split() == ['60']
+
+
 def test_a_bad_storage_timeout_is_one_line(monkeypatch, capsys):
   from gpt_jax import cli
 
