@@ -1,12 +1,14 @@
 """Small shared builders for tests."""
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import xla_env
 
 from gpt_jax import dryrun, train
 from gpt_jax.configs import tiny
@@ -174,3 +176,17 @@ needs_libtpu = pytest.mark.skipif(
   not dryrun.libtpu_installed(),
   reason='libtpu is not installed: pip install "gpt_jax[tpu]" (CI does; needs no TPU)',
 )
+
+
+def cli_environment(compile_cache_dir) -> dict[str, str]:
+  """The environment of a CLI run in a process of its own: one CPU device, the suite's quick
+  compile, and a compile cache of the test's own, so later runs load the compiled steps."""
+  env = dict(
+    os.environ,
+    XLA_FLAGS=xla_env.QUICK_COMPILE,
+    JAX_PLATFORMS='cpu',
+    JAX_COMPILATION_CACHE_DIR=str(compile_cache_dir),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+  )
+  env.pop('GPT_JAX_TRACEBACK', None)
+  return env

@@ -18,9 +18,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-import xla_env
 from etils import epath
-from helpers import prepared_local_corpus
+from helpers import cli_environment, prepared_local_corpus
 
 from gpt_jax import checkpoint, cli, lease, spike
 from gpt_jax.data import workflow
@@ -52,15 +51,7 @@ def flags(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def environment(tmp_path_factory):
-  env = dict(
-    os.environ,
-    XLA_FLAGS=xla_env.QUICK_COMPILE,
-    JAX_PLATFORMS='cpu',
-    JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp('jax_cache')),
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-  )
-  env.pop('GPT_JAX_TRACEBACK', None)
-  return env
+  return cli_environment(tmp_path_factory.mktemp('jax_cache'))
 
 
 def _start(workdir: str, flags, env, log_path: Path) -> subprocess.Popen:

@@ -7,7 +7,6 @@ command run without interruption.
 
 import inspect
 import json
-import os
 import random
 import signal
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-import xla_env
+from helpers import cli_environment
 
 from gpt_jax import checkpoint, cli
 from gpt_jax import config as config_lib
@@ -65,16 +64,7 @@ def flags(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def environment(tmp_path_factory):
-  env = dict(
-    os.environ,
-    XLA_FLAGS=xla_env.QUICK_COMPILE,
-    JAX_PLATFORMS='cpu',
-    # Later runs load the compiled step instead of compiling it again.
-    JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp('jax_cache')),
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-  )
-  env.pop('GPT_JAX_TRACEBACK', None)
-  return env
+  return cli_environment(tmp_path_factory.mktemp('jax_cache'))
 
 
 def _start(workdir: Path, flags, environment, with_config=True) -> subprocess.Popen:
