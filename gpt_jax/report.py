@@ -3,7 +3,7 @@
 - console: one line per logged step, and a progress bar (step, loss, tokens/s,
   MFU, ETA) when the output is a terminal;
 - `metrics.jsonl`: one JSON record per logged step and split;
-- `tensorboard/`: TensorBoard event files (written by tensorboardX, no TensorFlow);
+- `tensorboard/`: TensorBoard event files (gpt_jax.tensorboard, no TensorFlow);
 - `curves.png`: loss and learning-rate curves (and validation metrics), drawn
   when the run ends;
 - `profile/`: a JAX profiler trace of a window of steps, when asked for.
@@ -25,6 +25,7 @@ import jax
 import numpy as np
 from etils import epath
 
+from gpt_jax import tensorboard
 from gpt_jax import workdir as workdir_lib
 from gpt_jax.workdir import CURVES_FILE, METRICS_FILE
 
@@ -74,9 +75,7 @@ class RunLog:
         if (self._workdir / METRICS_FILE).exists():
           (self._workdir / METRICS_FILE).copy(self._local / METRICS_FILE)
       self._file = open(self._local / METRICS_FILE, 'a', encoding='utf-8')
-      from tensorboardX import SummaryWriter
-
-      self._tensorboard = SummaryWriter(str(self._local / workdir_lib.TENSORBOARD_DIR))
+      self._tensorboard = tensorboard.EventWriter(self._local / workdir_lib.TENSORBOARD_DIR)
     self._start = time.time()
 
   def info(self, message: str) -> None:
@@ -127,6 +126,7 @@ class RunLog:
       for name, value in values.items():
         if isinstance(value, (int, float)):
           self._tensorboard.add_scalar(f'{split}/{name}', value, step)
+      self._tensorboard.flush()  # as metrics.jsonl: a live TensorBoard sees every logged step
     for tracker in self._trackers:
       tracker.log(step, split, values)
     if (
@@ -134,7 +134,6 @@ class RunLog:
       and self._local != self._workdir
       and time.monotonic() - self._uploaded_at >= self._upload_every_s
     ):
-      self._tensorboard.flush()
       self._upload()
 
   def _upload(self) -> None:

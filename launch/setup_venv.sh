@@ -15,12 +15,21 @@ fi
 spec="$repo"
 [ -n "$extras" ] && spec="${repo}[$extras]"
 echo "[setup] installing gpt_jax${extras:+[$extras]} (quick when already installed)"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+# uv installs the same pinned set as pip in a fraction of the time (parallel downloads, no
+# up-front bytecode compile: a fresh test venv in 30 s instead of pip's 3 to 4 minutes). It
+# comes from PyPI into the venv itself, and reads wheels lying on this machine's disk
+# wherever pip is configured to (find-links) as pip would.
+if [ ! -x "$venv/bin/uv" ]; then
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -c "$repo/launch/constraints.txt" uv 2>&1 | grep -v '^WARNING: Location' || true
+fi
+find_links="${PIP_FIND_LINKS:-$("$venv/bin/python" -m pip config get global.find-links 2>/dev/null || true)}"
 # The exact versions we test with (launch/constraints.txt); pyproject.toml keeps ranges.
 # setuptools warns at every editable install of a package that maps a folder into it (our
 # configs/ becomes gpt_jax.configs) that same-named folders in the working directory win
 # imports: no news for this checkout, so that one warning is filtered where it is raised.
-PYTHONWARNINGS="ignore:::setuptools.command.editable_wheel" "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-  -c "$repo/launch/constraints.txt" -e "$spec" 2>&1 | grep -v '^WARNING: Location' || true
+PYTHONWARNINGS="ignore:::setuptools.command.editable_wheel" UV_FIND_LINKS="$find_links" \
+  "$venv/bin/uv" pip install --quiet --python "$venv/bin/python" \
+  -c "$repo/launch/constraints.txt" -e "$spec"
 "$venv/bin/python" -c 'import gpt_jax' || { echo "[setup] install failed" >&2; exit 1; }
 export PATH="$venv/bin:$PATH"

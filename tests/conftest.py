@@ -22,10 +22,23 @@ else:
   _OWN_COMPILE_CACHE = None
 
 
-# Files that each take minutes, much of it waiting on other processes (pods, stalled buckets,
-# leases going stale): started first, so that no worker picks one up near the end of the run
-# and finishes it alone while the other has nothing left to do.
-LONG_FILES = ('test_gcs_pod.py', 'test_faults.py', 'test_lease.py')
+# The longest files, longest first (`--durations=0`, summed per file): started first, so that
+# no worker picks one up near the end of the run and finishes it alone while the other has
+# nothing left to do. Each worker takes the next file when it is done with one.
+LONG_FILES = (
+  'test_gcs_pod.py',
+  'test_lease.py',
+  'test_faults.py',
+  'test_resume.py',
+  'test_finetune.py',
+  'test_flash_attention.py',
+  'test_glue.py',
+  'test_attention.py',
+  'test_code_habits.py',
+  'test_scan.py',
+  'test_multiprocess.py',
+  'test_packaging.py',
+)
 
 
 def pytest_collection_modifyitems(items):

@@ -190,3 +190,38 @@ def cli_environment(compile_cache_dir) -> dict[str, str]:
   )
   env.pop('GPT_JAX_TRACEBACK', None)
   return env
+
+
+def tensorboard_events(directory) -> list:
+  """Every Event of the `events.out.tfevents.*` files in `directory`, parsed with tensorboardX's
+  protos; each record's length and payload checksums (TFRecord's masked crc32c) are checked."""
+  import struct
+
+  import google_crc32c
+  from tensorboardX.proto import event_pb2
+
+  def masked_crc(data: bytes) -> int:
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+  events = []
+  for path in sorted(directory.glob('events.out.tfevents.*')):
+    data, offset = path.read_bytes(), 0
+    while offset < len(data):
+      header, (length_crc,) = data[offset : offset + 8], struct.unpack_from('<I', data, offset + 8)
+      (length,) = struct.unpack('<Q', header)
+      payload = data[offset + 12 : offset + 12 + length]
+      (payload_crc,) = struct.unpack_from('<I', data, offset + 12 + length)
+      assert (length_crc, payload_crc) == (masked_crc(header), masked_crc(payload)), path
+      events.append(event_pb2.Event.FromString(payload))
+      offset += 12 + length + 4
+  return events
+
+
+def tensorboard_scalars(directory) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value), ...]} of the scalar events in `directory`."""
+  scalars: dict[str, list[tuple[int, float]]] = {}
+  for event in tensorboard_events(directory):
+    for value in event.summary.value:
+      scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars

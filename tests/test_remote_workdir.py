@@ -10,11 +10,10 @@ tests/test_gcs_pod.py run everything against a real GCS API on loopback.
 import json
 import os
 import string
-import struct
 
 import pytest
 from etils.epath import testing as epath_testing
-from tensorboardX.proto import event_pb2
+from helpers import tensorboard_scalars
 
 from gpt_jax import checkpoint
 from gpt_jax import workdir as workdir_lib
@@ -73,17 +72,8 @@ def _steps(path):
   return [json.loads(line)['step'] for line in path.read_text().splitlines()]
 
 
-def _event_steps(directory):
-  """Steps of 'train/loss' across TFRecord-framed event files, parsed without tensorboardX."""
-  steps = []
-  for path in directory.glob('events.out.tfevents.*'):
-    data, offset = path.read_bytes(), 0
-    while offset < len(data):
-      (length,) = struct.unpack('<Q', data[offset : offset + 8])
-      event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
-      offset += 12 + length + 4
-      steps += [event.step for v in event.summary.value if v.tag == 'train/loss']
-  return sorted(steps)
+def _loss_steps(directory) -> list[int]:
+  return sorted(step for step, _ in tensorboard_scalars(directory)['train/loss'])
 
 
 def test_run_log_stages_a_bucket_workdir_and_uploads_on_close(bucket, capsys):
@@ -94,7 +84,7 @@ def test_run_log_stages_a_bucket_workdir_and_uploads_on_close(bucket, capsys):
   log.close()
   assert _steps(bucket / 'b' / 'run' / 'metrics.jsonl') == [10, 20, 30]
   assert (bucket / 'b' / 'run' / 'curves.png').stat().st_size > 1000
-  assert _event_steps(bucket / 'b' / 'run' / 'tensorboard') == [10, 20, 30]
+  assert _loss_steps(bucket / 'b' / 'run' / 'tensorboard') == [10, 20, 30]
 
   # A resumed run starts from the bucket's records and forgets those past its checkpoint.
   log = RunLog('gs://b/run', progress=False)
@@ -103,7 +93,7 @@ def test_run_log_stages_a_bucket_workdir_and_uploads_on_close(bucket, capsys):
     log.scalars(step, {'loss': 1.0, 'learning_rate': 1e-3})
   log.close()
   assert _steps(bucket / 'b' / 'run' / 'metrics.jsonl') == [10, 20, 30, 40]
-  assert {30, 40} <= set(_event_steps(bucket / 'b' / 'run' / 'tensorboard'))
+  assert {30, 40} <= set(_loss_steps(bucket / 'b' / 'run' / 'tensorboard'))
   capsys.readouterr()
 
 

@@ -1,29 +1,14 @@
 """Run outputs a user looks at: metrics.jsonl, TensorBoard events, the curves PNG, traces."""
 
 import re
-import struct
 
 import numpy as np
+from helpers import tensorboard_events, tensorboard_scalars
 from PIL import Image
-from tensorboardX.proto import event_pb2
+from tensorboardX import SummaryWriter
 
 from gpt_jax.report import RunLog, StepLogger, StepProfiler, curve_series, read_metrics
-
-
-def _read_events(directory):
-  """Scalars from TFRecord-framed Event protos, parsed independently of the writer."""
-  scalars = {}
-  for path in directory.glob('events.out.tfevents.*'):
-    data = path.read_bytes()
-    offset = 0
-    while offset < len(data):
-      (length,) = struct.unpack('<Q', data[offset : offset + 8])
-      payload = data[offset + 12 : offset + 12 + length]
-      offset += 12 + length + 4
-      event = event_pb2.Event.FromString(payload)
-      for value in event.summary.value:
-        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
-  return scalars
+from gpt_jax.tensorboard import EventWriter
 
 
 def test_scalars_reach_jsonl_tensorboard_console_and_png(tmp_path, capsys):
@@ -44,7 +29,7 @@ def test_scalars_reach_jsonl_tensorboard_console_and_png(tmp_path, capsys):
   assert [r['step'] for r in records if r['split'] == 'train'] == [10, 20, 30, 40, 50]
   assert records[-1]['accuracy'] == 0.7
 
-  events = _read_events(tmp_path / 'tensorboard')
+  events = tensorboard_scalars(tmp_path / 'tensorboard')
   assert [s for s, _ in events['train/loss']] == [10, 20, 30, 40, 50]
   np.testing.assert_allclose([v for _, v in events['train/loss']], [4.5, 4.0, 3.5, 3.0, 2.5])
   assert events['eval/accuracy'] == [(50, np.float32(0.7))]
@@ -52,6 +37,24 @@ def test_scalars_reach_jsonl_tensorboard_console_and_png(tmp_path, capsys):
   image = np.asarray(Image.open(tmp_path / 'curves.png').convert('L'))
   assert image.shape[0] > 200 and image.shape[1] > 600  # loss, lr and eval-metric panels
   assert image.std() > 10  # something is drawn
+
+
+def test_event_files_hold_what_tensorboardx_writes_for_the_same_scalars(tmp_path):
+  scalars = [('train/loss', 4.25, 0), ('train/loss', 3.5, 10), ('eval/accuracy', 0.7, 2**40)]
+  ours, theirs = EventWriter(tmp_path / 'ours'), SummaryWriter(str(tmp_path / 'theirs'))
+  for writer in (ours, theirs):
+    for tag, value, step in scalars:
+      writer.add_scalar(tag, value, step)
+    writer.close()
+
+  def without_times(directory):
+    events = tensorboard_events(directory)
+    for event in events:
+      event.wall_time = 0
+    return [event.SerializeToString() for event in events]
+
+  assert without_times(tmp_path / 'ours') == without_times(tmp_path / 'theirs')
+  assert tensorboard_scalars(tmp_path / 'ours')['eval/accuracy'] == [(2**40, np.float32(0.7))]
 
 
 def test_curves_plot_metrics_not_positions_and_only_logged_losses():
