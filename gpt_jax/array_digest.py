@@ -5,7 +5,9 @@ word weighted by an odd multiplier from its flat position: any change of one
 element changes it, and so does moving values between positions. It is one
 jitted pass over the arrays on their own devices (sharded arrays reduce across
 their shards), so a checkpoint's arrays are digested as they are saved and
-again as they are restored, whatever mesh either side runs on.
+again as they are restored, whatever mesh either side runs on. `start` only
+dispatches that pass, so a save can fetch the results later, off the training
+loop (`fetch`).
 """
 
 import jax
@@ -37,11 +39,21 @@ def _name(path) -> str:
   return '/'.join(str(getattr(k, 'name', getattr(k, 'key', getattr(k, 'idx', k)))) for k in path)
 
 
-def digests(tree) -> dict[str, int]:
-  """{path: digest} of every array leaf of `tree`."""
-  flat = jax.tree_util.tree_flatten_with_path(_digests(tree))[0]
+def start(tree):
+  """The digests of `tree`'s arrays, a tree of device scalars still being computed."""
+  return _digests(tree)
+
+
+def fetch(started) -> dict[str, int]:
+  """{path: digest} of the tree `start` returned, once the devices have computed it."""
+  flat = jax.tree_util.tree_flatten_with_path(started)[0]
   values = jax.device_get([value for _, value in flat])
   return {_name(path): int(value) for (path, _), value in zip(flat, values)}
+
+
+def digests(tree) -> dict[str, int]:
+  """{path: digest} of every array leaf of `tree`."""
+  return fetch(start(tree))
 
 
 def mismatches(tree, expected: dict[str, int]) -> list[str]:

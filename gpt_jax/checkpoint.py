@@ -162,8 +162,28 @@ def _item_handlers() -> dict:
     STATE: ocp.StandardCheckpointHandler(),
     DATA: _DataStateHandler(),
     CONFIG: ocp.JsonCheckpointHandler(),
-    DIGESTS: ocp.JsonCheckpointHandler(),
+    DIGESTS: _DigestsHandler(),
   }
+
+
+class _DigestsHandler(ocp.JsonCheckpointHandler):
+  """Writes the digests `array_digest.start` dispatched as JSON, fetching them from the
+  devices in the save's background commit: `save` does not wait for their computation."""
+
+  async def _save_fn(self, x, directory):
+    await super()._save_fn(array_digest.fetch(x), directory)
+
+
+@ocp.args.register_with_handler(_DigestsHandler, for_save=True)
+@dataclasses.dataclass
+class DigestsSave(ocp.args.JsonSave):
+  """item: what array_digest.start returned for the state being saved."""
+
+
+@ocp.args.register_with_handler(_DigestsHandler, for_restore=True)
+@dataclasses.dataclass
+class DigestsRestore(ocp.args.JsonRestore):
+  pass
 
 
 # Up-front checks.
@@ -330,7 +350,7 @@ class Checkpointer:
       CONFIG: ocp.args.JsonSave(config.to_dict()),
     }
     if self._digest_arrays:
-      items[DIGESTS] = ocp.args.JsonSave(array_digest.digests(state))
+      items[DIGESTS] = DigestsSave(array_digest.start(state))
     data_state = _iterator_state(data_iterator)
     if data_state is not None:
       items[DATA] = DataStateSave(data_state)
@@ -448,7 +468,7 @@ class Checkpointer:
 
 def _digests_item(step_dir: epath.Path) -> dict:
   """The restore argument of a step's digests, if it was saved with them."""
-  return {DIGESTS: ocp.args.JsonRestore()} if (step_dir / DIGESTS).is_dir() else {}
+  return {DIGESTS: DigestsRestore()} if (step_dir / DIGESTS).is_dir() else {}
 
 
 # Reading a workdir without training: the config to resume with, parameters to fine-tune

@@ -337,11 +337,7 @@ def _train(
       steps=steps,
       guard=guard,
       log=log,
-      steps_per_call=loop.updates_per_call(
-        run.train_config.steps_per_call, trainer.mesh.devices.flat[0].platform
-      ),
-      hang_timeout_s=run.train_config.hang_timeout_s,
-      preemption_grace_s=run.train_config.preemption_grace_s,
+      train_config=run.train_config,
     )
     best = checkpoints.best()
   truncated['train'] = train_batches.total(len(run.train_examples))

@@ -21,7 +21,7 @@ from gpt_jax.errors import UserError
 from gpt_jax.model import ModelConfig
 from gpt_jax.report import RunLog, StepLogger, StepProfiler
 from gpt_jax.spike import SpikeWatch
-from gpt_jax.train import Trainer, TrainState
+from gpt_jax.train import TrainConfig, Trainer, TrainState
 
 
 def step_logger(
@@ -121,6 +121,11 @@ CPU_STEPS_PER_CALL = 8
 def updates_per_call(steps_per_call: int, platform: str) -> int:
   """train.steps_per_call as the loop runs it: 0 (auto) is CPU_STEPS_PER_CALL on a CPU, where
   XLA pages in a call's temporaries afresh once per call, and 1 on TPU / GPU."""
+  if steps_per_call < 0:
+    raise UserError(
+      f'train.steps_per_call={steps_per_call}: use 0 (auto: 8 on a CPU, 1 on TPU / GPU), '
+      '1 (one compiled call per update) or more'
+    )
   if steps_per_call == 0:
     return CPU_STEPS_PER_CALL if platform == 'cpu' else 1
   return steps_per_call
@@ -137,21 +142,21 @@ def run(
   steps: StepLogger,
   guard: NonFiniteGuard,
   log: RunLog,
+  train_config: TrainConfig,
   profiler: StepProfiler | None = None,
-  steps_per_call: int = 1,
-  hang_timeout_s: float = 0.0,
-  preemption_grace_s: float = 0.0,
   spikes: SpikeWatch | None = None,
 ) -> Outcome:
   """Trains from `first_step` to `total_steps` on `batches` (host arrays of this process).
 
-  Runs `steps_per_call` updates per compiled call where it can (see `_call_size`);
-  evaluations, saves and the preemption check happen between calls. `hang_timeout_s` and
-  `preemption_grace_s` are the watchdog's (train.hang_timeout_s, train.preemption_grace_s).
-  `spikes` (gpt_jax.spike) sees every step's loss and raises spike.Spike out of the loop at a
-  loss spike; the caller flushes it after the loop for the last call's.
+  Runs train.steps_per_call updates per compiled call where it can (see `_call_size`);
+  evaluations, saves and the preemption check happen between calls. The watchdog ends a run
+  without progress for train.hang_timeout_s, or still stuck train.preemption_grace_s after a
+  SIGTERM. `spikes` (gpt_jax.spike) sees every step's loss and raises spike.Spike out of the
+  loop at a loss spike; the caller flushes it after the loop for the last call's.
   """
-  _check_steps_per_call(steps_per_call)
+  steps_per_call = updates_per_call(
+    train_config.steps_per_call, trainer.mesh.devices.flat[0].platform
+  )
 
   def periodic_save(done: int) -> bool:
     return bool(schedule.save_every) and done % schedule.save_every == 0
@@ -168,7 +173,7 @@ def run(
   log.start_progress(first_step, total_steps)
   with (
     checkpoint.PreemptionWatch() as preemption,
-    watchdog.Watchdog(hang_timeout_s, preemption_grace_s) as dog,
+    watchdog.Watchdog(train_config.hang_timeout_s, train_config.preemption_grace_s) as dog,
   ):
     while done < total_steps:
       if profiler:
@@ -207,14 +212,6 @@ def run(
 def _next_batches(batches: Iterator, size: int, dog: watchdog.Watchdog, done: int) -> list:
   dog.pet(f'reading the batches of step {done + 1}')
   return [next(batches) for _ in range(size)]
-
-
-def _check_steps_per_call(steps_per_call: int) -> None:
-  if steps_per_call < 1:
-    raise UserError(
-      f'train.steps_per_call={steps_per_call}: use 0 (auto: 8 on a CPU, 1 on TPU / GPU), '
-      '1 (one compiled call per update) or more'
-    )
 
 
 def _check_losses(

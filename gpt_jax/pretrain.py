@@ -217,12 +217,8 @@ def _train(
     steps=steps,
     guard=guard,
     log=log,
+    train_config=train_config,
     profiler=profiler,
-    steps_per_call=loop.updates_per_call(
-      train_config.steps_per_call, run.trainer.mesh.devices.flat[0].platform
-    ),
-    hang_timeout_s=train_config.hang_timeout_s,
-    preemption_grace_s=train_config.preemption_grace_s,
     spikes=spikes,
   )
   if spikes:

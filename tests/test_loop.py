@@ -106,17 +106,6 @@ def test_steps_per_call_auto_is_eight_on_a_cpu_and_one_elsewhere():
   assert loop.updates_per_call(3, 'tpu') == 3
 
 
-def test_steps_per_call_below_one_is_a_clear_error():
+def test_a_negative_steps_per_call_is_a_clear_error():
   with pytest.raises(UserError, match=r'train.steps_per_call=-1: use 0 \(auto'):
-    loop.run(
-      None,
-      None,
-      iter([]),
-      first_step=0,
-      total_steps=1,
-      schedule=None,
-      steps=None,
-      guard=None,
-      log=None,
-      steps_per_call=-1,
-    )
+    loop.updates_per_call(-1, 'cpu')
