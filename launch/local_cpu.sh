@@ -43,20 +43,20 @@ if [ ! -f "$workdir/finetune/summary.json" ]; then
   gpt-jax finetune "${finetune[@]}" --workdir "$workdir/finetune" --init "$workdir/pretrain"
 fi
 if [ ! -f "$workdir/finetune_random_init/summary.json" ]; then
-  echo "[5/7] the same fine-tuning from random weights (no pretraining)"
+  echo "[5/7] ablation 1 of 2: the same fine-tuning from random weights (no pretraining)"
   rm -rf "$workdir/finetune_random_init"
   gpt-jax finetune "${finetune[@]}" --workdir "$workdir/finetune_random_init" \
     --init "$workdir/pretrain" --config.finetune.random_init=True
 fi
 if [ ! -f "$workdir/finetune_no_aux_lm/summary.json" ]; then
-  echo "[5/7] the same fine-tuning without the auxiliary LM loss (lm_coef 0)"
+  echo "[5/7] ablation 2 of 2: the same fine-tuning without the auxiliary LM loss (lm_coef 0)"
   rm -rf "$workdir/finetune_no_aux_lm"
   gpt-jax finetune "${finetune[@]}" --workdir "$workdir/finetune_no_aux_lm" \
     --init "$workdir/pretrain" --config.finetune.lm_coef=0.0
 fi
 echo "[6/7] $task: the ablation table (validation accuracy x 100) and the zero-shot curves"
-python -c "import json, sys; print('  majority-class baseline', json.load(open(sys.argv[1]))\
-['majority_baseline']['validation'])" "$workdir/finetune/summary.json"
+python -c "import json, sys; print('  majority-class baseline %.1f' % (100 * json.load(\
+open(sys.argv[1]))['majority_baseline']['validation']))" "$workdir/finetune/summary.json"
 gpt-jax analysis ablations --out "$workdir/analysis" --runs "full=$workdir/finetune" \
   "no_pretraining=$workdir/finetune_random_init" "no_aux_lm=$workdir/finetune_no_aux_lm"
 gpt-jax analysis zero-shot --out "$workdir/analysis" --workdirs "$workdir/pretrain"
