@@ -104,7 +104,8 @@ def test_simple_evaluate_accuracy_equals_our_zero_shot_scorer(model, lm, tmp_pat
     == 0
   )  # lm-eval's acc: summed log-probs
   ours = json.loads(out.read_text())['splits']['validation']['accuracy']
-  assert harness_accuracy == pytest.approx(ours) == pytest.approx(0.5)
+  assert harness_accuracy == pytest.approx(ours)
+  assert ours == pytest.approx(0.5)
 
 
 def test_loglikelihood_is_the_sum_of_our_models_token_log_probs(lm):
